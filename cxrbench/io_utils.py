@@ -23,10 +23,14 @@ def _explained_os_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except PermissionError as exc:
-        raise CxrbenchError(f"permission denied writing {path}: check the directory's owner and mode") from exc
+        raise CxrbenchError(
+            f"permission denied writing {path}: check the directory's owner and mode"
+        ) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise CxrbenchError(f"no space left on device while writing {path}: free disk space and re-run") from exc
+            raise CxrbenchError(
+                f"no space left on device while writing {path}: free disk space and re-run"
+            ) from exc
         raise
 
 
@@ -38,6 +42,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o644)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -50,11 +55,10 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes atomically (fsync before rename so a crash cannot expose a truncated file)."""
-    with atomic_path(path) as tmp, _explained_os_errors(Path(path)):
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(path) as tmp, _explained_os_errors(Path(path)), open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -67,8 +71,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     """Save one array as .npy atomically (loadable later with mmap_mode='r')."""
-    with atomic_path(path, suffix=".npy") as tmp, _explained_os_errors(Path(path)):
-        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+    with atomic_path(path, suffix=".npy") as tmp, _explained_os_errors(Path(path)), open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def read_json(path: str | Path) -> Any:

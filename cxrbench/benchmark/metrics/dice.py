@@ -1,0 +1,110 @@
+"""Segmentation Dice from per-image sufficient statistics (intersection, predicted and true pixel counts).
+
+Storing three integers per image and class makes the split-level micro Dice, per-image Dice and any
+bootstrap resample of images exact re-sums, without keeping the masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cxrbench.errors import CxrbenchError
+
+from .ragged import resolve_indices
+
+STAT_KEYS = ("intersection", "pred_sum", "gt_sum")
+
+
+def binarize_logits(logits: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Foreground where sigmoid(logit) >= 0.5, i.e. logit >= 0 (no sigmoid needed, no rounding at 0.5)."""
+    return logits >= 0
+
+
+def _as_mask(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor | np.ndarray:
+    """Boolean B x C x H x W view of a mask (B x H x W gets C = 1); floats are refused, not thresholded."""
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise CxrbenchError(f"{name} must be B x C x H x W (or B x H x W), got shape {tuple(x.shape)}")
+    if isinstance(x, torch.Tensor):
+        is_float = torch.is_floating_point(x)
+    else:
+        is_float = not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_)
+    if is_float:
+        raise CxrbenchError(
+            f"{name} must be a boolean mask, got {x.dtype}; threshold logits with binarize_logits"
+        )
+    if x.dtype not in (torch.bool, np.bool_) and ((x != 0) & (x != 1)).any():
+        raise CxrbenchError(f"{name} must hold only 0 and 1")
+    return x != 0
+
+
+def segmentation_stats(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per image and class: ``intersection`` = |P & G|, ``pred_sum`` = |P|, ``gt_sum`` = |G| (int64, B x C).
+
+    ``pred`` and ``target`` are boolean (or 0/1 integer) masks of equal shape B x C x H x W; tensors are
+    reduced on their own device, so only B x C numbers leave the GPU.
+    """
+    p, g = _as_mask(pred, "pred"), _as_mask(target, "target")
+    if tuple(p.shape) != tuple(g.shape):
+        raise CxrbenchError(f"pred shape {tuple(p.shape)} differs from target shape {tuple(g.shape)}")
+    if isinstance(p, torch.Tensor) or isinstance(g, torch.Tensor):
+        device = p.device if isinstance(p, torch.Tensor) else g.device
+        p, g = torch.as_tensor(p, device=device), torch.as_tensor(g, device=device)
+        sums = [(p & g).sum(dim=(2, 3)), p.sum(dim=(2, 3)), g.sum(dim=(2, 3))]
+        values = [s.to(torch.int64).cpu().numpy() for s in sums]
+    else:
+        values = [(p & g).sum(axis=(2, 3)), p.sum(axis=(2, 3)), g.sum(axis=(2, 3))]
+    return {k: np.asarray(v, dtype=np.int64) for k, v in zip(STAT_KEYS, values, strict=True)}
+
+
+def _stat_arrays(stats: Mapping[str, Sequence | np.ndarray]) -> list[np.ndarray]:
+    """The three statistics as int64 B x C arrays (accepts the JSON list form)."""
+    arrays = []
+    for key in STAT_KEYS:
+        a = np.asarray(stats[key], dtype=np.int64)
+        arrays.append(a if a.ndim == 2 else a.reshape(len(a), -1) if len(a) else np.zeros((0, 0), np.int64))
+    if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
+        raise CxrbenchError(f"Dice statistics disagree in shape: {[a.shape for a in arrays]}")
+    return arrays
+
+
+def dice_from_sums(intersection: np.ndarray, pred_sum: np.ndarray, gt_sum: np.ndarray) -> np.ndarray:
+    """Dice = 2 I / (P + G), elementwise; defined as 1.0 where P + G = 0 (nothing to find, nothing found)."""
+    denom = pred_sum + gt_sum
+    safe = np.where(denom > 0, denom, 1)
+    return np.where(denom > 0, 2.0 * intersection / safe, 1.0)
+
+
+def per_image_dice(stats: Mapping[str, Sequence | np.ndarray]) -> np.ndarray:
+    """Per-image Dice (B,): per-class Dice of the image (1.0 for empty GT and empty prediction), mean over C."""
+    inter, ps, gs = _stat_arrays(stats)
+    if inter.shape[1] == 0:
+        return np.full(len(inter), np.nan)
+    return dice_from_sums(inter, ps, gs).mean(axis=1)
+
+
+def aggregate_dice(
+    stats: Mapping[str, Sequence | np.ndarray], indices: Sequence[int] | np.ndarray | None = None
+) -> dict[str, float]:
+    """Micro Dice of the chosen images (duplicates count twice).
+
+    ``dice_<k>`` = 2 sum(I_k) / (sum(P_k) + sum(G_k)) over all pixels of the chosen images (1.0 when both
+    sums are 0); ``dice`` = mean of ``dice_<k>`` over classes; ``dice_per_image`` = mean over images of
+    :func:`per_image_dice` (an image with empty GT and empty prediction scores 1.0 for that class).
+    """
+    inter, ps, gs = _stat_arrays(stats)
+    idx = resolve_indices(indices, len(inter))
+    inter, ps, gs = inter[idx], ps[idx], gs[idx]
+    per_class = dice_from_sums(inter.sum(0), ps.sum(0), gs.sum(0))
+    nan = float("nan")
+    out = {"dice": float(per_class.mean()) if per_class.size and len(idx) else nan}
+    image_dice = dice_from_sums(inter, ps, gs).mean(axis=1) if inter.size else np.zeros(0)
+    out["dice_per_image"] = float(image_dice.mean()) if image_dice.size else nan
+    out.update({f"dice_{k}": float(v) if len(idx) else nan for k, v in enumerate(per_class)})
+    return out

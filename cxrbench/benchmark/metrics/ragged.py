@@ -1,0 +1,66 @@
+"""Flat storage of per-image variable-length arrays, so bootstrap resampling is a single gather."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxrbench.errors import CxrbenchError
+
+
+def resolve_indices(indices: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+    """Image indices to aggregate over (None = all ``n`` images); duplicates are kept, as in a bootstrap."""
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise CxrbenchError(f"indices must be a 1-D sequence of integers, got shape {idx.shape}, {idx.dtype}")
+    if idx.min() < 0 or idx.max() >= n:
+        raise CxrbenchError(f"indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
+    return idx.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Image i owns ``values[offsets[i]:offsets[i + 1]]`` (along the last axis of ``values``)."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_list(cls, items: Sequence[np.ndarray], dtype: type | np.dtype) -> Ragged:
+        """Concatenate per-image 1-D arrays (lists or ndarrays; may be empty)."""
+        arrays = [np.asarray(a, dtype=dtype).reshape(-1) for a in items]
+        lengths = np.array([a.size for a in arrays], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+        return cls(values.astype(dtype, copy=False), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Values of images ``idx`` concatenated in that order (an image listed twice appears twice)."""
+        starts = self.offsets[idx]
+        lengths = self.offsets[idx + 1] - starts
+        before = np.cumsum(lengths) - lengths
+        gather = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - before, lengths)
+        return self.values[gather]
+
+    def to_lists(self) -> list[list]:
+        """Back to one Python list per image (for JSON)."""
+        return [self.values[a:b].tolist() for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+
+
+def json_floats(values: np.ndarray) -> list[float | None]:
+    """Floats for strict JSON: non-finite values (undefined per-image scores) become ``None``."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def float_array(values: Sequence[float | None]) -> np.ndarray:
+    """Inverse of :func:`json_floats`: ``None`` becomes NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)

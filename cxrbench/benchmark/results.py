@@ -1,0 +1,347 @@
+"""Run records -> per (encoder, task) statistics: the numbers every leaderboard table is built from.
+
+Rules (they are also written into the table footers by `cxrbench.benchmark.report`):
+- Only records with status "ok" and phase "final" enter the statistics; failed final runs are counted
+  per group, lr-search runs are ignored. A NaN primary test value is excluded and counted.
+- Interval over runs: mean ± t(0.975, n-1) * sd / sqrt(n), sd with n-1 degrees of freedom (the
+  reference code used 1.96 * sd / sqrt(5)). One run gives no interval (NaN, flagged).
+- Bootstrap interval over test images: replicate b draws n test images with replacement,
+  ``np.random.default_rng([seed, zlib.crc32(task_id.encode())]).integers(0, n, size=(n_boot, n))``
+  in the order of the sorted image ids, recomputes the primary metric of every run with
+  `metrics.aggregate(kind, per_image, indices)` and averages over the runs; the interval is the
+  2.5 and 97.5 percentiles of the replicates. Every group of a task with the same test images gets
+  the same replicates, which is what makes the paired comparisons of `compare` paired.
+- Duplicate run ids are refused; records of one task with different protocol hashes, and one encoder
+  name with different checkpoints, are refused unless ``allow_mixed=True`` (then flagged).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cxrbench.errors import CxrbenchError
+
+SOURCE_KEY = "_source"
+REQUIRED_KEYS = ("run_id", "encoder", "task_id", "metric", "phase", "status", "test", "protocol_hash")
+MIN_BOOT_FINITE = 0.9
+MATCH_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task_id: str
+    dataset: str
+    metric: str
+
+
+# Used only when the task registry cannot be imported (it is the single source of the protocol).
+_FALLBACK_TASKS = (
+    *(TaskInfo(f"rsna_yolo_{m}_{f}", "rsna", "map") for m in ("finetune", "frozen") for f in (1, 10, 100)),
+    *(TaskInfo(f"rsna_seg_linear_{f}", "rsna", "dice") for f in (1, 10, 100)),
+    TaskInfo("covid_unet_finetune", "covid_rural", "dice"),
+    TaskInfo("covid_unet_frozen", "covid_rural", "dice"),
+    TaskInfo("covid_linear", "covid_rural", "dice"),
+    TaskInfo("siim_unet_finetune", "siim", "dice"),
+    TaskInfo("siim_unet_frozen", "siim", "dice"),
+    TaskInfo("object_yolo_finetune", "object_cxr", "froc"),
+    TaskInfo("object_yolo_frozen", "object_cxr", "froc"),
+    TaskInfo("object_seg_linear", "object_cxr", "dice"),
+    TaskInfo("nih_seg_linear", "nih", "dice"),
+)
+
+
+def protocol_tasks() -> tuple[TaskInfo, ...]:
+    """The 18 tasks in protocol order (task id, dataset, primary metric), from the task registry."""
+    try:
+        from cxrbench.benchmark.tasks import TASKS
+    except ImportError:
+        return _FALLBACK_TASKS
+    return tuple(TaskInfo(t.task_id, t.dataset, t.metric) for t in TASKS)
+
+
+@dataclass(frozen=True)
+class RecordScan:
+    """Records found under the runs directories, and the files skipped (path, reason)."""
+
+    records: list[dict]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
+    """Read every ``*.json`` run record below the directories; warn about and skip unreadable ones.
+
+    JSON files that do not look like run records at all (no ``run_id``/``schema_version``) are
+    ignored silently; files that do but cannot be parsed or miss keys are skipped with a warning.
+    Each returned record carries its file path under ``"_source"``.
+    """
+    dirs = [Path(runs_dirs)] if isinstance(runs_dirs, str | Path) else [Path(d) for d in runs_dirs]
+    records: list[dict] = []
+    skipped: list[tuple[Path, str]] = []
+    for root in dirs:
+        if not root.is_dir():
+            raise CxrbenchError(
+                f"runs directory {root} does not exist (pass the --runs-dir of cxrbench evaluate)"
+            )
+        for path in sorted(root.rglob("*.json")):
+            reason = None
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                reason = f"not valid JSON ({exc})"
+            else:
+                if not isinstance(obj, dict) or not ({"run_id", "schema_version"} & obj.keys()):
+                    continue
+                missing = [k for k in REQUIRED_KEYS if k not in obj]
+                if missing:
+                    reason = f"run record without {', '.join(missing)}"
+            if reason is not None:
+                warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
+                skipped.append((path, reason))
+                continue
+            obj[SOURCE_KEY] = str(path)
+            records.append(obj)
+    return RecordScan(records, skipped)
+
+
+def load_records(runs_dirs: Path | str | Iterable[Path | str]) -> list[dict]:
+    """The run records below the runs directories (see `scan_records` for what is skipped)."""
+    return scan_records(runs_dirs).records
+
+
+def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[str]:
+    """Refuse duplicate run ids, and mixed protocols/checkpoints unless allowed; return table notes."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for rec in records:
+        by_id[str(rec["run_id"])].append(rec.get(SOURCE_KEY, "<in memory>"))
+    dups = {rid: files for rid, files in by_id.items() if len(files) > 1}
+    if dups:
+        lines = [f"  {rid}: {', '.join(files)}" for rid, files in sorted(dups.items())]
+        raise CxrbenchError(
+            "duplicate run ids (copied run records are not independent runs):\n" + "\n".join(lines)
+        )
+    notes = []
+    final = [r for r in records if r.get("phase") == "final"]
+    for label, key_of, value_of in (
+        ("protocol hashes", lambda r: r["task_id"], lambda r: r["protocol_hash"]),
+        ("checkpoints", lambda r: r["encoder"], lambda r: (r.get("checkpoint") or {}).get("sha256")),
+    ):
+        seen: dict[str, set] = defaultdict(set)
+        for rec in final:
+            seen[key_of(rec)].add(value_of(rec))
+        mixed = {k: v for k, v in seen.items() if len(v) > 1}
+        if not mixed:
+            continue
+        detail = "; ".join(f"{k}: {', '.join(sorted(map(str, v)))}" for k, v in sorted(mixed.items()))
+        if not allow_mixed:
+            raise CxrbenchError(
+                f"records with different {label} ({detail}); they are not comparable. "
+                "Re-run them under one protocol, or pass allow_mixed (--allow-mixed) to flag them instead"
+            )
+        notes.append(f"mixed {label} allowed: {detail}")
+    return notes
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high) with the t distribution; sd and interval are NaN for fewer than 2 values."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return (math.nan,) * 4
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, df=x.size - 1)) * sd / math.sqrt(x.size)
+    return mean, sd, mean - half, mean + half
+
+
+def bootstrap_indices(task_id: str, n_images: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Resampled test-image positions (n_boot x n_images) shared by every group of one task."""
+    rng = np.random.default_rng([seed, zlib.crc32(task_id.encode("utf-8"))])
+    return rng.integers(0, n_images, size=(n_boot, n_images))
+
+
+@dataclass
+class Summary:
+    """The tidy statistics table plus what the comparisons need (bootstrap replicates per group)."""
+
+    table: pd.DataFrame
+    replicates: dict[tuple[str, str], np.ndarray]
+    image_sets: dict[tuple[str, str], tuple[str, ...]]
+    notes: list[str]
+    n_boot: int
+    seed: int
+
+
+TABLE_COLUMNS = (
+    "encoder",
+    "task_id",
+    "dataset",
+    "metric",
+    "n_runs",
+    "n_nan",
+    "n_failed",
+    "mean",
+    "sd",
+    "ci95_low",
+    "ci95_high",
+    "boot_low",
+    "boot_high",
+    "n_images",
+    "protocol_hash",
+    "profile",
+    "flags",
+    "source",
+)
+
+
+def summarize_records(
+    records: Sequence[dict],
+    n_boot: int = 1000,
+    seed: int = 0,
+    allow_mixed: bool = False,
+) -> Summary:
+    """Per (encoder, task) statistics of the final runs; see the module docstring for the rules."""
+    notes = check_records(records, allow_mixed=allow_mixed)
+    catalogue = {t.task_id: t for t in protocol_tasks()}
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for rec in records:
+        if rec.get("phase") == "final":
+            groups[(str(rec["encoder"]), str(rec["task_id"]))].append(rec)
+    rows, replicates, image_sets = [], {}, {}
+    for (encoder, task_id), recs in groups.items():
+        info = catalogue.get(task_id) or TaskInfo(
+            task_id, str(recs[0].get("dataset", "")), str(recs[0]["metric"])
+        )
+        wrong = sorted({str(r["metric"]) for r in recs} - {info.metric})
+        if wrong:
+            raise CxrbenchError(
+                f"{encoder}/{task_id}: records name primary metric {wrong}, the task's is {info.metric!r}"
+            )
+        row, reps, ids = _summarize_group(encoder, info, recs, n_boot, seed)
+        rows.append(row)
+        if reps is not None:
+            replicates[(encoder, task_id)] = reps
+            image_sets[(encoder, task_id)] = ids
+    order = {t: i for i, t in enumerate(catalogue)}
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    if not table.empty:
+        table["_order"] = [order.get(t, len(order)) for t in table["task_id"]]
+        table = (
+            table.sort_values(["_order", "task_id", "encoder"]).drop(columns="_order").reset_index(drop=True)
+        )
+    return Summary(table, replicates, image_sets, notes, n_boot, seed)
+
+
+def _primary_value(rec: dict) -> float:
+    value = (rec.get("test") or {}).get(rec["metric"])
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _summarize_group(
+    encoder: str, info: TaskInfo, recs: list[dict], n_boot: int, seed: int
+) -> tuple[dict, np.ndarray | None, tuple[str, ...]]:
+    ok = sorted((r for r in recs if r.get("status") == "ok"), key=lambda r: (r.get("seed", 0), r["run_id"]))
+    n_failed = len(recs) - len(ok)
+    values = np.array([_primary_value(r) for r in ok], dtype=float)
+    finite = np.isfinite(values)
+    used = [r for r, f in zip(ok, finite, strict=True) if f]
+    mean, sd, low, high = t_interval(values[finite])
+    flags = []
+    if len(used) == 1:
+        flags.append("single run: no t-interval")
+    if not used:
+        flags.append("no successful run")
+    if (~finite).sum():
+        flags.append(f"{int((~finite).sum())} NaN value(s) excluded")
+    if n_failed:
+        flags.append(f"{n_failed} failed run(s) excluded")
+    seeds = Counter(r.get("seed") for r in used)
+    if any(c > 1 for c in seeds.values()):
+        flags.append("repeated seed")
+    hashes = sorted({str(r["protocol_hash"]) for r in recs})
+    if len(hashes) > 1:
+        flags.append("mixed protocol hashes")
+    profiles = sorted({str(r.get("profile", "")) for r in recs})
+    reps, ids, boot_flags = _group_bootstrap(info, used, n_boot, seed)
+    flags.extend(boot_flags)
+    boot_low = boot_high = math.nan
+    if reps is not None:
+        fin = reps[np.isfinite(reps)]
+        if fin.size >= MIN_BOOT_FINITE * reps.size:
+            boot_low, boot_high = (float(v) for v in np.percentile(fin, [2.5, 97.5]))
+        else:
+            flags.append("bootstrap replicates mostly undefined")
+    row = {
+        "encoder": encoder,
+        "task_id": info.task_id,
+        "dataset": info.dataset,
+        "metric": info.metric,
+        "n_runs": len(used),
+        "n_nan": int((~finite).sum()),
+        "n_failed": n_failed,
+        "mean": mean,
+        "sd": sd,
+        "ci95_low": low,
+        "ci95_high": high,
+        "boot_low": boot_low,
+        "boot_high": boot_high,
+        "n_images": len(ids) if ids else 0,
+        "protocol_hash": ",".join(hashes),
+        "profile": ",".join(profiles),
+        "flags": "; ".join(flags),
+        "source": "measured",
+    }
+    return row, reps, ids
+
+
+def _group_bootstrap(
+    info: TaskInfo, used: list[dict], n_boot: int, seed: int
+) -> tuple[np.ndarray | None, tuple[str, ...], list[str]]:
+    """Replicates of the run-mean metric over resampled test images (None when not computable)."""
+    if not used or n_boot <= 0:
+        return None, (), []
+    per_images = [r.get("test_per_image") or {} for r in used]
+    if any("image_ids" not in p for p in per_images):
+        return None, (), ["no per-image stats: no bootstrap interval"]
+    id_lists = [[str(i) for i in p["image_ids"]] for p in per_images]
+    ids = tuple(sorted(id_lists[0]))
+    if len(set(ids)) != len(ids) or any(sorted(lst) != list(ids) for lst in id_lists[1:]):
+        return None, (), ["runs do not share the same test images: no bootstrap interval"]
+    from cxrbench.benchmark import metrics
+
+    flags = []
+    stats_list = [{k: v for k, v in p.items() if k != "image_ids"} for p in per_images]
+    for rec, st in zip(used, stats_list, strict=True):
+        full = metrics.aggregate(info.metric, st)[info.metric]
+        if not math.isclose(full, _primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
+            flags.append("test value differs from its per-image stats (run cxrbench rescore)")
+            break
+    canonical = bootstrap_indices(info.task_id, len(ids), n_boot, seed)
+    position = {image_id: k for k, image_id in enumerate(ids)}
+    per_run = []
+    for lst, st in zip(id_lists, stats_list, strict=True):
+        # canonical position -> this run's own position of the same image
+        to_run = np.empty(len(ids), dtype=np.int64)
+        to_run[[position[i] for i in lst]] = np.arange(len(lst))
+        per_run.append(_replicate_values(info.metric, st, to_run[canonical]))
+    return np.mean(per_run, axis=0), ids, flags
+
+
+def _replicate_values(kind: str, per_image: dict, indices: np.ndarray) -> np.ndarray:
+    from cxrbench.benchmark import metrics
+
+    return np.array([metrics.aggregate(kind, per_image, row)[kind] for row in indices], dtype=float)

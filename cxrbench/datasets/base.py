@@ -1,0 +1,156 @@
+"""The dataset adapter contract: raw download -> validated samples -> prepared cache.
+
+An adapter knows one dataset's raw layout. It lists samples from the annotation files (recording
+every malformed row as a `Problem` with file and row), loads one sample's image and masks at raw
+resolution, and says how splits are made. Everything generic (geometry, splits, caching,
+atomicity, resume) lives in `prepare.py`, so an adapter stays a small parser.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cxrbench.errors import DataError
+
+PATIENT_SPLIT = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One malformed input: the file, the row (1-based, header = row 1), what is wrong, what was expected."""
+
+    file: str
+    message: str
+    row: int | None = None
+    expected: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file}, row {self.row}"
+        return f"{where}: {self.message}" + (f" (expected {self.expected})" if self.expected else "")
+
+    def to_error(self) -> DataError:
+        return DataError(self.file, self.message, row=self.row, expected=self.expected)
+
+
+@dataclass
+class Problems:
+    """Collects problems; in strict mode the first one raises immediately."""
+
+    strict: bool = False
+    items: list[Problem] = field(default_factory=list)
+
+    def add(
+        self, file: str | Path, message: str, row: int | None = None, expected: str | None = None
+    ) -> None:
+        problem = Problem(str(file), message, row, expected)
+        if self.strict:
+            raise problem.to_error()
+        self.items.append(problem)
+        warnings.warn(str(problem), stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class RawSample:
+    """One image as listed by the raw annotations (boxes in raw pixel xyxy)."""
+
+    image_id: str
+    patient_id: str
+    path: Path
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    box_rows: list[tuple[str, int]] = field(default_factory=list)
+    split_hint: str | None = None
+    source: tuple[str, int | None] | None = None
+    annotation: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedSample:
+    """A decoded sample at raw resolution: image float32 HxW in [0, 1], masks bool CxHxW or None."""
+
+    image: np.ndarray
+    masks: np.ndarray | None = None
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    raw_root: Path
+    n_samples: int
+    missing: list[str]
+    extra: list[str]
+    problems: list[Problem]
+    expected_layout: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.problems
+
+
+class DatasetAdapter(ABC):
+    """Base class of the six adapters. Subclasses set the class attributes and three methods."""
+
+    name: ClassVar[str]
+    classes: ClassVar[tuple[str, ...]] = ()
+    has_masks: ClassVar[bool] = False
+    has_boxes: ClassVar[bool] = False
+    masks_from_boxes: ClassVar[bool] = False
+    extra_fields: ClassVar[tuple[str, ...]] = ()
+    equalize: ClassVar[bool] = False
+    split_fractions: ClassVar[dict[str, float]] = PATIENT_SPLIT
+    subset_percents: ClassVar[tuple[float, ...]] = ()
+    expected_counts: ClassVar[dict[str, int]] = {}
+    layout: ClassVar[str] = ""
+
+    @abstractmethod
+    def required_files(self, raw_root: Path) -> list[Path]:
+        """Annotation files (and folders) that must exist before anything can be parsed."""
+
+    @abstractmethod
+    def list_samples(self, raw_root: Path, problems: Problems) -> list[RawSample]:
+        """Parse the annotation files into samples; malformed rows go to `problems`."""
+
+    @abstractmethod
+    def load(self, sample: RawSample) -> LoadedSample:
+        """Decode one sample's image (and masks) at raw resolution."""
+
+    def image_files(self, raw_root: Path) -> Iterable[Path]:
+        """All image files present on disk (for the 'extra files' check); override per layout."""
+        return ()
+
+    def assign_splits(self, samples: list[RawSample], seed: int) -> dict[str, np.ndarray]:
+        """Default: seeded split by patient with `split_fractions`; adapters with an official split override."""
+        from cxrbench.datasets.splits import split_by_patient
+
+        return split_by_patient([s.patient_id for s in samples], self.split_fractions, seed)
+
+    def check_required(self, raw_root: Path) -> list[str]:
+        return [str(p) for p in self.required_files(raw_root) if not p.exists()]
+
+    def verify(self, raw_root: str | Path) -> VerifyReport:
+        """Check the raw layout: missing annotation/image files, extra images, malformed rows."""
+        raw_root = Path(raw_root)
+        missing = self.check_required(raw_root)
+        problems = Problems(strict=False)
+        samples: list[RawSample] = []
+        if not missing:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                samples = self.list_samples(raw_root, problems)
+            listed = {s.path.resolve() for s in samples}
+            missing += [str(s.path) for s in samples if not s.path.exists()]
+            extra = sorted(str(p) for p in self.image_files(raw_root) if p.resolve() not in listed)
+        else:
+            extra = []
+        return VerifyReport(self.name, raw_root, len(samples), missing, extra, problems.items, self.layout)

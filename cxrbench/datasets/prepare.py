@@ -1,0 +1,315 @@
+"""Raw download -> prepared cache: generic, idempotent, atomic and resumable.
+
+Work happens in `<out>.partial/`: each chunk of images is written as its own file as soon as it
+is done, so a killed run resumes where it stopped. The final arrays, manifest and, last of all,
+`prepared.json` (the completion marker) are assembled there and the folder is renamed onto `<out>`
+in one step, so a cache that loads as complete is always complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
+from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes
+from cxrbench.datasets.imaging import equalize_histogram
+from cxrbench.datasets.splits import DEFAULT_SEED, ids_hash, nested_subsets
+from cxrbench.errors import CxrbenchError, DataError
+from cxrbench.io_utils import atomic_path, atomic_save_npy, atomic_write_json, read_json
+from cxrbench.provenance import provenance
+
+FORMAT_VERSION = 1
+CHUNK_SIZE = 64
+MARKER = "prepared.json"
+
+
+@dataclass
+class ProcessedImage:
+    image: np.ndarray  # uint8 size x size
+    masks: np.ndarray | None  # packed bits C x size x ceil(size/8)
+    boxes: np.ndarray  # float32 K x 4 in prepared pixels
+    labels: np.ndarray  # int64 K
+
+
+@dataclass
+class PrepareSummary:
+    dataset: str
+    out_root: Path
+    counts: dict[str, int]
+    skipped_rows: int = 0
+    skipped_images: int = 0
+    reused: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+
+def prepare_config(adapter: DatasetAdapter, size: int, seed: int) -> dict:
+    return {
+        "dataset": adapter.name,
+        "size": size,
+        "seed": seed,
+        "format_version": FORMAT_VERSION,
+        "equalize": adapter.equalize,
+        "classes": list(adapter.classes),
+    }
+
+
+def process_sample(
+    adapter: DatasetAdapter, sample: RawSample, size: int, problems: Problems
+) -> ProcessedImage:
+    """Decode, equalise, pad+resize one sample; validate and transform its boxes."""
+    loaded = adapter.load(sample)
+    image = loaded.image
+    height, width = image.shape
+    if adapter.equalize:
+        image = equalize_histogram(image)
+    geometry = SquareResize(height, width, size)
+    keep = []
+    for k, box in enumerate(sample.boxes):
+        reason = check_box(box, height, width)
+        if reason is None:
+            keep.append(k)
+        else:
+            file, row = sample.box_rows[k] if k < len(sample.box_rows) else (str(sample.path), None)
+            problems.add(file, f"{reason}; row skipped", row=row, expected="a box inside the image")
+    boxes = geometry.boxes(clip_boxes(sample.boxes[keep], height, width))
+    labels = np.asarray(sample.labels, dtype=np.int64)[keep]
+    masks = loaded.masks
+    if masks is not None:
+        masks = geometry.masks(masks)
+    elif adapter.masks_from_boxes:
+        masks = boxes_to_masks(boxes, labels, len(adapter.classes), (size, size))
+    return ProcessedImage(
+        image=np.clip(np.round(geometry.image(image) * 255), 0, 255).astype(np.uint8),
+        masks=None if masks is None else np.packbits(masks, axis=-1),
+        boxes=boxes,
+        labels=labels,
+    )
+
+
+def _process_chunk(
+    adapter: DatasetAdapter, samples: list[RawSample], size: int, strict: bool, path: Path
+) -> list[Problem]:
+    """Process one chunk and save it as one .npz (atomically); return the problems met."""
+    problems = Problems(strict=strict)
+    results: list[ProcessedImage | None] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sample in samples:
+            try:
+                results.append(process_sample(adapter, sample, size, problems))
+            except DataError as exc:
+                if strict:
+                    raise
+                problems.add(exc.file, f"{exc.detail}; image skipped", row=exc.row, expected=exc.expected)
+                results.append(None)
+    ok = [r is not None for r in results]
+    done = [r for r in results if r is not None]
+    arrays = {
+        "ok": np.array(ok, dtype=bool),
+        "images": np.stack([r.image for r in done]) if done else np.zeros((0, size, size), np.uint8),
+        "boxes": np.concatenate([r.boxes for r in done]) if done else np.zeros((0, 4), np.float32),
+        "labels": np.concatenate([r.labels for r in done]) if done else np.zeros((0,), np.int64),
+        "n_boxes": np.array([len(r.boxes) for r in done], dtype=np.int64),
+        "problems": np.array([_encode_problem(p) for p in problems.items], dtype=object).astype(str),
+    }
+    if adapter.has_masks:
+        packed = (len(adapter.classes), size, (size + 7) // 8)
+        arrays["masks"] = np.stack([r.masks for r in done]) if done else np.zeros((0, *packed), np.uint8)
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return problems.items
+
+
+def _encode_problem(p: Problem) -> str:
+    return "\x1f".join([p.file, "" if p.row is None else str(p.row), p.message, p.expected or ""])
+
+
+def _decode_problem(text: str) -> Problem:
+    file, row, message, expected = text.split("\x1f")
+    return Problem(file, message, int(row) if row else None, expected or None)
+
+
+def prepare(
+    adapter: DatasetAdapter,
+    raw_root: str | Path,
+    out_root: str | Path,
+    size: int = 224,
+    seed: int = DEFAULT_SEED,
+    strict: bool = False,
+    force: bool = False,
+    workers: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> PrepareSummary:
+    """Convert a raw download into the prepared cache read by every task (see module docstring)."""
+    raw_root, out_root = Path(raw_root), Path(out_root)
+    config = prepare_config(adapter, size, seed)
+    if (out_root / MARKER).exists() and not force:
+        meta = read_json(out_root / MARKER)
+        if meta.get("config") == config:
+            return PrepareSummary(adapter.name, out_root, meta["counts"], reused=True)
+        raise CxrbenchError(
+            f"{out_root} already holds a prepared {meta.get('config', {}).get('dataset')} cache made with other "
+            f"settings ({meta.get('config')}); pass --force to replace it or choose another output folder"
+        )
+    missing = adapter.check_required(raw_root)
+    if missing:
+        raise CxrbenchError(
+            f"{adapter.name}: missing under {raw_root}: {', '.join(missing)}\nexpected layout:\n{adapter.layout}"
+        )
+    problems = Problems(strict=strict)
+    samples = adapter.list_samples(raw_root, problems)
+    present = []
+    for s in samples:
+        if s.path.exists():
+            present.append(s)
+        else:
+            file, row = s.source or (str(s.path), None)
+            problems.add(
+                file,
+                f"image {s.path} is listed but absent; image skipped",
+                row=row,
+                expected="the file to exist",
+            )
+    if not present:
+        raise CxrbenchError(f"{adapter.name}: no usable images found under {raw_root}")
+    skipped_rows = len(problems)
+    splits = adapter.assign_splits(present, seed)
+
+    partial = out_root.with_name(out_root.name + ".partial")
+    _reset_partial_if_stale(partial, config)
+    chunk_dir = partial / "chunks"
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for split, indices in splits.items():
+        for c, start in enumerate(range(0, len(indices), CHUNK_SIZE)):
+            chunk = [present[i] for i in indices[start : start + CHUNK_SIZE]]
+            jobs.append((split, c, chunk, chunk_dir / f"{split}_{c:05d}.npz"))
+    total = sum(len(j[2]) for j in jobs)
+    done = sum(len(j[2]) for j in jobs if j[3].exists())
+    if on_progress:
+        on_progress(done, total)
+    todo = [j for j in jobs if not j[3].exists()]
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(_process_chunk, adapter, chunk, size, strict, path) for _, _, chunk, path in todo
+            ]
+            for job, future in zip(todo, futures):
+                future.result()
+                done += len(job[2])
+                if on_progress:
+                    on_progress(done, total)
+    else:
+        for _, _, chunk, path in todo:
+            _process_chunk(adapter, chunk, size, strict, path)
+            done += len(chunk)
+            if on_progress:
+                on_progress(done, total)
+
+    summary = _assemble(adapter, present, splits, jobs, partial, config)
+    summary.skipped_rows += skipped_rows
+    summary.problems = problems.items + summary.problems
+    _swap_into_place(partial, out_root)
+    summary.out_root = out_root
+    return summary
+
+
+def _reset_partial_if_stale(partial: Path, config: dict) -> None:
+    cfg_file = partial / "config.json"
+    if partial.exists() and (not cfg_file.exists() or read_json(cfg_file) != config):
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not cfg_file.exists():
+        atomic_write_json(cfg_file, config)
+
+
+def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> PrepareSummary:
+    """Concatenate chunk files into per-split arrays, compute stats, write manifest and marker."""
+    counts, manifest, split_meta, problems = {}, {"splits": {}, "subsets": {}}, {}, []
+    skipped_images = 0
+    train_sum = train_sq = train_n = 0.0
+    for split, indices in splits.items():
+        chunk_files = [j for j in jobs if j[0] == split]
+        parts = [np.load(path, allow_pickle=False) for _, _, _, path in chunk_files]
+        ok = np.concatenate([p["ok"] for p in parts]) if parts else np.zeros(0, bool)
+        for p in parts:
+            problems += [_decode_problem(t) for t in p["problems"]]
+        skipped_images += int((~ok).sum())
+        kept = [samples[i] for i, good in zip(indices, ok) if good]
+        size = config["size"]
+        images = (
+            np.concatenate([p["images"] for p in parts]) if parts else np.zeros((0, size, size), np.uint8)
+        )
+        n_boxes = np.concatenate([p["n_boxes"] for p in parts]) if parts else np.zeros(0, np.int64)
+        split_dir = partial / split
+        split_dir.mkdir(exist_ok=True)
+        atomic_save_npy(split_dir / "images.npy", images)
+        if adapter.has_masks:
+            atomic_save_npy(split_dir / "masks.npy", np.concatenate([p["masks"] for p in parts]))
+        if adapter.has_boxes:
+            atomic_save_npy(
+                split_dir / "boxes.npy", np.concatenate([p["boxes"] for p in parts]).astype(np.float32)
+            )
+            atomic_save_npy(split_dir / "box_labels.npy", np.concatenate([p["labels"] for p in parts]))
+            atomic_save_npy(
+                split_dir / "box_offsets.npy", np.concatenate([[0], np.cumsum(n_boxes)]).astype(np.int64)
+            )
+        ids = [s.image_id for s in kept]
+        meta = {"image_ids": ids, "patient_ids": [s.patient_id for s in kept]}
+        for name in adapter.extra_fields:
+            meta[name] = [s.extra.get(name) for s in kept]
+        atomic_write_json(split_dir / "meta.json", meta)
+        split_meta[split] = meta
+        counts[split] = len(ids)
+        manifest["splits"][split] = {"count": len(ids), "ids_sha256": ids_hash(ids)}
+        if split == "train":
+            pixels = images.astype(np.float64) / 255.0
+            train_sum, train_sq, train_n = pixels.sum(), (pixels**2).sum(), pixels.size
+    subsets = {}
+    if adapter.subset_percents and "train" in counts:
+        for key, idx in nested_subsets(counts["train"], adapter.subset_percents, config["seed"]).items():
+            subsets[key] = idx.tolist()
+            ids = [split_meta["train"]["image_ids"][i] for i in idx]
+            manifest["subsets"][f"train_{key}pct"] = {"count": len(ids), "ids_sha256": ids_hash(ids)}
+    mean = train_sum / train_n if train_n else 0.5
+    std = float(np.sqrt(max(train_sq / train_n - mean**2, 1e-12))) if train_n else 0.25
+    atomic_write_json(partial / "manifest.json", manifest)
+    summary = PrepareSummary(adapter.name, partial, counts, skipped_images=skipped_images, problems=problems)
+    summary.skipped_rows = len([p for p in problems if "row skipped" in p.message])
+    marker = {
+        "config": config,
+        "dataset": adapter.name,
+        "classes": list(adapter.classes),
+        "size": config["size"],
+        "counts": counts,
+        "subsets": {"train": subsets},
+        "stats": {"mean": float(mean), "std": float(std)},
+        "has_masks": adapter.has_masks,
+        "has_boxes": adapter.has_boxes,
+        "skipped": {"rows": summary.skipped_rows, "images": skipped_images},
+        "expected_counts": adapter.expected_counts,
+        "provenance": provenance(),
+    }
+    shutil.rmtree(partial / "chunks", ignore_errors=True)
+    atomic_write_json(partial / MARKER, marker)
+    return summary
+
+
+def _swap_into_place(partial: Path, out_root: Path) -> None:
+    """Replace `out_root` by the finished `partial` folder with renames only."""
+    old = out_root.with_name(out_root.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_root.exists():
+        out_root.rename(old)
+    partial.rename(out_root)
+    (out_root / "config.json").unlink(missing_ok=True)
+    if old.exists():
+        shutil.rmtree(old)
