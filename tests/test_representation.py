@@ -95,7 +95,9 @@ def test_between_sample_uniformity_closed_form_and_chunking():
     assert within_sample_uniformity(regions, t).item() == pytest.approx(-2 * t)
     random_regions = torch.randn(5, 7, 8)
     full = between_sample_uniformity(random_regions)
-    assert between_sample_uniformity(random_regions, chunk_size=3).item() == pytest.approx(full.item(), rel=1e-5)
+    assert between_sample_uniformity(random_regions, chunk_size=3).item() == pytest.approx(
+        full.item(), rel=1e-5
+    )
     # equals the potential over all pairs restricted to different images
     z = l2_normalize(random_regions).reshape(35, 8).double()
     sample = torch.arange(5).repeat_interleave(7)

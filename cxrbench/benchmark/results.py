@@ -11,8 +11,9 @@ Rules (they are also written into the table footers by `cxrbench.benchmark.repor
   `metrics.aggregate(kind, per_image, indices)` and averages over the runs; the interval is the
   2.5 and 97.5 percentiles of the replicates. Every group of a task with the same test images gets
   the same replicates, which is what makes the paired comparisons of `compare` paired.
-- Duplicate run ids are refused; records of one task with different protocol hashes, and one encoder
-  name with different checkpoints, are refused unless ``allow_mixed=True`` (then flagged).
+- Duplicate run ids are refused; final records with different protocol hashes (the hash covers all
+  tasks and the profile), and one encoder name with different checkpoints, are refused unless
+  ``allow_mixed=True`` (then noted under the table and flagged on the groups that mix).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cxrbench.benchmark.tasks import TASKS
 from cxrbench.errors import CxrbenchError
 
 SOURCE_KEY = "_source"
@@ -45,28 +47,8 @@ class TaskInfo:
     metric: str
 
 
-# Used only when the task registry cannot be imported (it is the single source of the protocol).
-_FALLBACK_TASKS = (
-    *(TaskInfo(f"rsna_yolo_{m}_{f}", "rsna", "map") for m in ("finetune", "frozen") for f in (1, 10, 100)),
-    *(TaskInfo(f"rsna_seg_linear_{f}", "rsna", "dice") for f in (1, 10, 100)),
-    TaskInfo("covid_unet_finetune", "covid_rural", "dice"),
-    TaskInfo("covid_unet_frozen", "covid_rural", "dice"),
-    TaskInfo("covid_linear", "covid_rural", "dice"),
-    TaskInfo("siim_unet_finetune", "siim", "dice"),
-    TaskInfo("siim_unet_frozen", "siim", "dice"),
-    TaskInfo("object_yolo_finetune", "object_cxr", "froc"),
-    TaskInfo("object_yolo_frozen", "object_cxr", "froc"),
-    TaskInfo("object_seg_linear", "object_cxr", "dice"),
-    TaskInfo("nih_seg_linear", "nih", "dice"),
-)
-
-
 def protocol_tasks() -> tuple[TaskInfo, ...]:
     """The 18 tasks in protocol order (task id, dataset, primary metric), from the task registry."""
-    try:
-        from cxrbench.benchmark.tasks import TASKS
-    except ImportError:
-        return _FALLBACK_TASKS
     return tuple(TaskInfo(t.task_id, t.dataset, t.metric) for t in TASKS)
 
 
@@ -130,26 +112,42 @@ def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[st
         raise CxrbenchError(
             "duplicate run ids (copied run records are not independent runs):\n" + "\n".join(lines)
         )
-    notes = []
     final = [r for r in records if r.get("phase") == "final"]
-    for label, key_of, value_of in (
-        ("protocol hashes", lambda r: r["task_id"], lambda r: r["protocol_hash"]),
-        ("checkpoints", lambda r: r["encoder"], lambda r: (r.get("checkpoint") or {}).get("sha256")),
-    ):
-        seen: dict[str, set] = defaultdict(set)
-        for rec in final:
-            seen[key_of(rec)].add(value_of(rec))
-        mixed = {k: v for k, v in seen.items() if len(v) > 1}
-        if not mixed:
-            continue
-        detail = "; ".join(f"{k}: {', '.join(sorted(map(str, v)))}" for k, v in sorted(mixed.items()))
-        if not allow_mixed:
-            raise CxrbenchError(
-                f"records with different {label} ({detail}); they are not comparable. "
-                "Re-run them under one protocol, or pass allow_mixed (--allow-mixed) to flag them instead"
-            )
-        notes.append(f"mixed {label} allowed: {detail}")
-    return notes
+    problems = []
+    # The protocol hash covers all tasks and the profile, so one table must hold a single hash.
+    hashes = sorted({_hash_of(r) for r in final})
+    if len(hashes) > 1:
+        problems.append(("protocol hashes", "the table: " + _listing(final, _hash_of, hashes)))
+    for encoder in sorted({str(r["encoder"]) for r in final}):
+        mine = [r for r in final if str(r["encoder"]) == encoder]
+        sums = sorted({_checkpoint_of(r) for r in mine})
+        if len(sums) > 1:
+            problems.append(("checkpoints", f"encoder {encoder}: " + _listing(mine, _checkpoint_of, sums)))
+    if problems and not allow_mixed:
+        detail = "\n".join(f"  different {label} in {where}" for label, where in problems)
+        raise CxrbenchError(
+            f"records that are not comparable:\n{detail}\nRe-run them under one protocol and checkpoint, "
+            "or pass allow_mixed (--allow-mixed) to flag them instead"
+        )
+    return [f"mixed {label} allowed in {where}" for label, where in problems]
+
+
+def _hash_of(rec: dict) -> str:
+    return str(rec["protocol_hash"])
+
+
+def _checkpoint_of(rec: dict) -> str:
+    return str((rec.get("checkpoint") or {}).get("sha256"))
+
+
+def _listing(records: Sequence[dict], value_of, values: Sequence[str], limit: int = 3) -> str:
+    """Each value with a few of the encoder/task pairs whose records carry it (for messages)."""
+    parts = []
+    for value in values:
+        pairs = sorted({f"{r['encoder']}/{r['task_id']}" for r in records if value_of(r) == value})
+        more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
+        parts.append(f"{value} ({', '.join(pairs[:limit])}{more})")
+    return "; ".join(parts)
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
@@ -218,8 +216,11 @@ def summarize_records(
     for rec in records:
         if rec.get("phase") == "final":
             groups[(str(rec["encoder"]), str(rec["task_id"]))].append(rec)
-    rows, replicates, image_sets = [], {}, {}
-    for (encoder, task_id), recs in groups.items():
+    rows, replicates, image_sets, cache = [], {}, {}, {}
+    order = {t: i for i, t in enumerate(catalogue)}
+    for (encoder, task_id), recs in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][1], len(order)), kv[0][1], kv[0][0])
+    ):
         info = catalogue.get(task_id) or TaskInfo(
             task_id, str(recs[0].get("dataset", "")), str(recs[0]["metric"])
         )
@@ -228,12 +229,11 @@ def summarize_records(
             raise CxrbenchError(
                 f"{encoder}/{task_id}: records name primary metric {wrong}, the task's is {info.metric!r}"
             )
-        row, reps, ids = _summarize_group(encoder, info, recs, n_boot, seed)
+        row, reps, ids = _summarize_group(encoder, info, recs, n_boot, seed, cache)
         rows.append(row)
         if reps is not None:
             replicates[(encoder, task_id)] = reps
             image_sets[(encoder, task_id)] = ids
-    order = {t: i for i, t in enumerate(catalogue)}
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     if not table.empty:
         table["_order"] = [order.get(t, len(order)) for t in table["task_id"]]
@@ -252,7 +252,7 @@ def _primary_value(rec: dict) -> float:
 
 
 def _summarize_group(
-    encoder: str, info: TaskInfo, recs: list[dict], n_boot: int, seed: int
+    encoder: str, info: TaskInfo, recs: list[dict], n_boot: int, seed: int, cache: dict
 ) -> tuple[dict, np.ndarray | None, tuple[str, ...]]:
     ok = sorted((r for r in recs if r.get("status") == "ok"), key=lambda r: (r.get("seed", 0), r["run_id"]))
     n_failed = len(recs) - len(ok)
@@ -276,7 +276,7 @@ def _summarize_group(
     if len(hashes) > 1:
         flags.append("mixed protocol hashes")
     profiles = sorted({str(r.get("profile", "")) for r in recs})
-    reps, ids, boot_flags = _group_bootstrap(info, used, n_boot, seed)
+    reps, ids, boot_flags = _group_bootstrap(info, used, n_boot, seed, cache)
     flags.extend(boot_flags)
     boot_low = boot_high = math.nan
     if reps is not None:
@@ -309,7 +309,7 @@ def _summarize_group(
 
 
 def _group_bootstrap(
-    info: TaskInfo, used: list[dict], n_boot: int, seed: int
+    info: TaskInfo, used: list[dict], n_boot: int, seed: int, cache: dict
 ) -> tuple[np.ndarray | None, tuple[str, ...], list[str]]:
     """Replicates of the run-mean metric over resampled test images (None when not computable)."""
     if not used or n_boot <= 0:
@@ -323,25 +323,56 @@ def _group_bootstrap(
         return None, (), ["runs do not share the same test images: no bootstrap interval"]
     from cxrbench.benchmark import metrics
 
-    flags = []
-    stats_list = [{k: v for k, v in p.items() if k != "image_ids"} for p in per_images]
-    for rec, st in zip(used, stats_list, strict=True):
-        full = metrics.aggregate(info.metric, st)[info.metric]
-        if not math.isclose(full, _primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
-            flags.append("test value differs from its per-image stats (run cxrbench rescore)")
-            break
-    canonical = bootstrap_indices(info.task_id, len(ids), n_boot, seed)
+    key = (info.task_id, ids)
+    if key not in cache:
+        cache.clear()  # groups arrive task by task: keep only the current task's resamples
+        cache[key] = _Resamples(bootstrap_indices(info.task_id, len(ids), n_boot, seed))
+    resamples = cache[key]
     position = {image_id: k for k, image_id in enumerate(ids)}
-    per_run = []
-    for lst, st in zip(id_lists, stats_list, strict=True):
-        # canonical position -> this run's own position of the same image
-        to_run = np.empty(len(ids), dtype=np.int64)
+    flags, per_run = [], []
+    for rec, lst, per_image in zip(used, id_lists, per_images, strict=True):
+        try:
+            prepared = metrics.prepare(info.metric, per_image)
+            full = metrics.aggregate(info.metric, prepared)[info.metric]
+        except (CxrbenchError, KeyError, TypeError, ValueError) as exc:
+            return None, (), [f"unreadable per-image stats ({exc}): no bootstrap interval"]
+        if not flags and not math.isclose(full, _primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
+            flags.append("test value differs from its per-image stats (run cxrbench rescore)")
+        to_run = np.empty(len(ids), dtype=np.int64)  # canonical position -> this run's position
         to_run[[position[i] for i in lst]] = np.arange(len(lst))
-        per_run.append(_replicate_values(info.metric, st, to_run[canonical]))
+        per_run.append(_replicate_values(info.metric, prepared, to_run, resamples))
     return np.mean(per_run, axis=0), ids, flags
 
 
-def _replicate_values(kind: str, per_image: dict, indices: np.ndarray) -> np.ndarray:
+class _Resamples:
+    """One task's bootstrap image positions, and the per-image draw counts they imply (built lazily)."""
+
+    def __init__(self, indices: np.ndarray):
+        self.indices = indices
+        self._counts: np.ndarray | None = None
+
+    @property
+    def counts(self) -> np.ndarray:
+        """n_boot x n_images matrix: how often each image was drawn in each replicate."""
+        if self._counts is None:
+            b, n = self.indices.shape
+            flat = (self.indices + n * np.arange(b)[:, None]).ravel()
+            self._counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+        return self._counts
+
+
+def _replicate_values(kind: str, prepared: object, to_run: np.ndarray, resamples: _Resamples) -> np.ndarray:
+    """The metric on every replicate; Dice as a weighted re-sum (checked against `aggregate`)."""
     from cxrbench.benchmark import metrics
 
-    return np.array([metrics.aggregate(kind, per_image, row)[kind] for row in indices], dtype=float)
+    indices = resamples.indices
+    if kind == "dice":
+        sums = [resamples.counts @ prepared[k][to_run].astype(np.float64) for k in metrics.dice.STAT_KEYS]
+        fast = metrics.dice.dice_from_sums(*sums).mean(axis=1)
+        check = metrics.aggregate(kind, prepared, to_run[indices[0]])[kind]
+        if math.isclose(fast[0], check, rel_tol=1e-9, abs_tol=1e-12):
+            return fast
+        warnings.warn(
+            "fast Dice bootstrap disagrees with metrics.aggregate; using the slow path", stacklevel=2
+        )
+    return np.array([metrics.aggregate(kind, prepared, to_run[row])[kind] for row in indices], dtype=float)

@@ -1,0 +1,268 @@
+"""COCO-style box AP and the Kaggle RSNA score, built on per-image matches.
+
+Matching (the expensive part) is done once per image; AP over any set of images, including a bootstrap
+resample with repeated images, only re-sorts and re-accumulates the stored (score, TP-flag) pairs.
+Single class (RSNA opacity). Boxes are x1 y1 x2 y2 in pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cxrbench.errors import CxrbenchError
+
+from .ragged import Ragged, float_array, json_floats, resolve_indices
+
+IOU_THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools recThrs
+MAX_DETS = 100  # COCO maxDets: only the 100 highest-scoring boxes of an image count for AP
+KAGGLE_MIN_SCORE = 0.5  # boxes scored below this are not "submitted" for the Kaggle score (see below)
+
+
+def as_boxes(x: object, name: str = "boxes") -> np.ndarray:
+    """K x 4 float64 array from a tensor/array/list (empty input gives 0 x 4)."""
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros((0, 4))
+    if a.ndim != 2 or a.shape[1] != 4 or not np.isfinite(a).all():
+        raise CxrbenchError(f"{name} must be a finite K x 4 array (x1 y1 x2 y2), got shape {a.shape}")
+    return a
+
+
+def as_scores(x: object, n: int) -> np.ndarray:
+    """Length-n float64 score vector matching n predicted boxes."""
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
+    if a.size != n or not np.isfinite(a).all():
+        raise CxrbenchError(f"need {n} finite scores (one per predicted box), got {a.size}")
+    return a
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a) x len(b)) of xyxy boxes, no +1 pixel convention (as pycocotools); 0 if union is 0."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def greedy_match(iou: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """TP flags (T x N) of predictions already sorted by descending score, one row per IoU threshold.
+
+    COCO rule: each prediction in turn takes the still-unmatched GT with the highest IoU if that IoU is
+    >= the threshold (ties go to the later GT, as in pycocotools); each GT is matched at most once.
+    """
+    n, m = iou.shape
+    thr = np.minimum(np.asarray(thresholds, dtype=np.float64), 1 - 1e-10)
+    tp = np.zeros((len(thr), n), dtype=bool)
+    if m == 0:
+        return tp
+    matched = np.zeros((len(thr), m), dtype=bool)
+    rows = np.arange(len(thr))
+    for d in range(n):
+        cand = np.where(matched, -1.0, iou[d][None, :])
+        best = m - 1 - np.argmax(cand[:, ::-1], axis=1)
+        hit = cand[rows, best] >= thr
+        tp[hit, d] = True
+        matched[rows[hit], best[hit]] = True
+    return tp
+
+
+@dataclass(frozen=True)
+class ImageMatches:
+    """One image's kept predictions: ``scores`` (N, descending), ``tp`` (T x N bool), ``n_gt`` GT boxes."""
+
+    scores: np.ndarray
+    tp: np.ndarray
+    n_gt: int
+
+
+def match_detections(
+    pred_boxes: object,
+    pred_scores: object,
+    gt_boxes: object,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    max_dets: int | None = MAX_DETS,
+) -> ImageMatches:
+    """Sort predictions by score (stable), keep the top ``max_dets``, and match them to GT per threshold."""
+    boxes = as_boxes(pred_boxes, "pred_boxes")
+    scores = as_scores(pred_scores, len(boxes))
+    gt = as_boxes(gt_boxes, "gt_boxes")
+    order = np.argsort(-scores, kind="mergesort")[:max_dets]
+    tp = greedy_match(box_iou(boxes[order], gt), iou_thresholds)
+    return ImageMatches(scores[order], tp, len(gt))
+
+
+@dataclass(frozen=True)
+class MatchTable:
+    """All images' matches stored flat; ``tp_mask`` bit t is set when the prediction is a TP at threshold t."""
+
+    scores: Ragged
+    tp_mask: Ragged
+    n_gt: np.ndarray
+    n_thresholds: int
+
+    @classmethod
+    def from_matches(
+        cls, matches: Sequence[ImageMatches], n_thresholds: int = len(IOU_THRESHOLDS)
+    ) -> MatchTable:
+        """Flatten per-image matches (all must use the same thresholds)."""
+        if any(m.tp.shape[0] != n_thresholds for m in matches):
+            raise CxrbenchError(f"every image's matches must have {n_thresholds} IoU thresholds")
+        bits = np.arange(n_thresholds, dtype=np.int64)[:, None]
+        masks = [(m.tp.astype(np.int64) << bits).sum(axis=0) for m in matches]
+        n_gt = np.array([m.n_gt for m in matches], dtype=np.int64)
+        return cls(
+            Ragged.from_list([m.scores for m in matches], np.float64),
+            Ragged.from_list(masks, np.int64),
+            n_gt,
+            n_thresholds,
+        )
+
+    def __len__(self) -> int:
+        return len(self.n_gt)
+
+
+def _ap_from_flags(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> np.ndarray:
+    """pycocotools ``accumulate`` for one class/area/maxDets: AP per threshold from pooled predictions.
+
+    Predictions of all images are sorted by score (stable); recall = cumTP / n_gt, precision =
+    cumTP / (cumTP + cumFP + eps); precision is replaced by its running maximum from the right (the
+    envelope) and read at the first rank whose recall reaches each of the 101 recall points (0 if never
+    reached); AP is the mean of those 101 values. NaN when there is no GT box.
+    """
+    t = tp.shape[0]
+    if n_gt == 0:
+        return np.full(t, np.nan)
+    if scores.size == 0:
+        return np.zeros(t)
+    tp = tp[:, np.argsort(-scores, kind="mergesort")]
+    tps = np.cumsum(tp, axis=1, dtype=np.float64)
+    fps = np.cumsum(~tp, axis=1, dtype=np.float64)
+    recall = tps / n_gt
+    precision = np.maximum.accumulate((tps / (tps + fps + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
+    ap = np.empty(t)
+    for i in range(t):
+        ranks = np.searchsorted(recall[i], RECALL_POINTS, side="left")
+        ap[i] = np.where(ranks < scores.size, precision[i, np.minimum(ranks, scores.size - 1)], 0.0).mean()
+    return ap
+
+
+def average_precision(
+    matches: Sequence[ImageMatches] | MatchTable, indices: Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
+    """COCO AP (101-point interpolated) per IoU threshold (T,) over the chosen images; NaN if no GT at all."""
+    table = matches if isinstance(matches, MatchTable) else MatchTable.from_matches(matches, _n_thr(matches))
+    idx = resolve_indices(indices, len(table))
+    bits = np.arange(table.n_thresholds, dtype=np.int64)[:, None]
+    tp = ((table.tp_mask.take(idx)[None, :] >> bits) & 1).astype(bool)
+    return _ap_from_flags(table.scores.take(idx), tp, int(table.n_gt[idx].sum()))
+
+
+def _n_thr(matches: Sequence[ImageMatches]) -> int:
+    return matches[0].tp.shape[0] if len(matches) else len(IOU_THRESHOLDS)
+
+
+def detection_metrics(
+    matches: Sequence[ImageMatches] | MatchTable,
+    indices: Sequence[int] | np.ndarray | None = None,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+) -> dict[str, float]:
+    """``map`` = mean AP over the IoU thresholds (0.40:0.05:0.75), ``map50`` / ``map75`` = AP at 0.5 / 0.75."""
+    ap = average_precision(matches, indices)
+    thr = np.asarray(iou_thresholds)
+    if ap.shape != thr.shape:
+        raise CxrbenchError(f"matches have {ap.size} IoU thresholds, expected {thr.size}")
+    at = {k: ap[np.flatnonzero(np.isclose(thr, v))] for k, v in (("map50", 0.5), ("map75", 0.75))}
+    out = {"map": float(ap.mean())}
+    out.update({k: float(v[0]) if v.size else float("nan") for k, v in at.items()})
+    return out
+
+
+def kaggle_rsna_score(
+    pred_boxes: object,
+    pred_scores: object,
+    gt_boxes: object,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    min_score: float | None = KAGGLE_MIN_SCORE,
+) -> float:
+    """Kaggle RSNA Pneumonia score of one image: mean over IoU thresholds of TP / (TP + FP + FN).
+
+    Only boxes scoring >= ``min_score`` count as submitted (None: all boxes; a detector's low-confidence
+    tail would otherwise be counted as false positives). Boxes are matched in descending confidence with
+    the same greedy rule as COCO (IoU >= threshold). An image with no GT and no submitted box is not
+    scored (NaN, left out of the mean); no GT but some box scores 0; GT but no box scores 0.
+    """
+    boxes = as_boxes(pred_boxes, "pred_boxes")
+    scores = as_scores(pred_scores, len(boxes))
+    if min_score is not None:
+        boxes, scores = boxes[scores >= min_score], scores[scores >= min_score]
+    gt = as_boxes(gt_boxes, "gt_boxes")
+    if len(gt) == 0 and len(boxes) == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    tp = greedy_match(box_iou(boxes[order], gt), iou_thresholds).sum(axis=1)
+    return float(np.mean(tp / (len(boxes) + len(gt) - tp)))
+
+
+def kaggle_map(
+    per_image: Sequence[float | None] | np.ndarray, indices: Sequence[int] | np.ndarray | None = None
+) -> float:
+    """Dataset Kaggle score: mean of the chosen images' scores, skipping unscored (NaN/None) images."""
+    values = float_array(per_image) if not isinstance(per_image, np.ndarray) else per_image
+    chosen = values[resolve_indices(indices, len(values))]
+    chosen = chosen[np.isfinite(chosen)]
+    return float(chosen.mean()) if chosen.size else float("nan")
+
+
+@dataclass(frozen=True)
+class DetectionTable:
+    """Prepared detection statistics: flat matches plus per-image Kaggle scores (NaN = not scored)."""
+
+    matches: MatchTable
+    kaggle: np.ndarray
+
+
+def per_image_stats(
+    predictions: Sequence[tuple[object, object]], targets: Sequence[object]
+) -> dict[str, list]:
+    """JSON-ready per-image statistics: kept ``scores``, ``tp_mask`` bitmasks, ``n_gt``, and ``map``
+    (the per-image Kaggle score, None when not scored)."""
+    if len(predictions) != len(targets):
+        raise CxrbenchError(f"{len(predictions)} predictions for {len(targets)} targets")
+    matches = [match_detections(b, s, g) for (b, s), g in zip(predictions, targets, strict=True)]
+    kaggle = [kaggle_rsna_score(b, s, g) for (b, s), g in zip(predictions, targets, strict=True)]
+    table = MatchTable.from_matches(matches)
+    return {
+        "scores": table.scores.to_lists(),
+        "tp_mask": table.tp_mask.to_lists(),
+        "n_gt": table.n_gt.tolist(),
+        "map": json_floats(np.array(kaggle)),
+    }
+
+
+def prepare(per_image: dict) -> DetectionTable:
+    """Arrays from the JSON form, once, so that many bootstrap aggregations stay cheap."""
+    scores = Ragged.from_list(per_image["scores"], np.float64)
+    masks = Ragged.from_list(per_image["tp_mask"], np.int64)
+    n_gt = np.asarray(per_image["n_gt"], dtype=np.int64).reshape(-1)
+    if not np.array_equal(scores.offsets, masks.offsets) or len(n_gt) != len(scores):
+        raise CxrbenchError("detection per-image statistics disagree in length")
+    kaggle = float_array(per_image["map"])
+    return DetectionTable(MatchTable(scores, masks, n_gt, len(IOU_THRESHOLDS)), kaggle)
+
+
+def aggregate(
+    data: dict | DetectionTable, indices: Sequence[int] | np.ndarray | None = None
+) -> dict[str, float]:
+    """``map``, ``map50``, ``map75`` and ``kaggle_map`` over the chosen images."""
+    table = data if isinstance(data, DetectionTable) else prepare(data)
+    out = detection_metrics(table.matches, indices)
+    out["kaggle_map"] = kaggle_map(table.kaggle, indices)
+    return out

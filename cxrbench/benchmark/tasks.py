@@ -1,0 +1,245 @@
+"""The 18-task protocol (PROTOCOL.md) as frozen dataclasses, and the profiles that scale it.
+
+The registry is the single source of the protocol: the CLI, the runner and the leaderboard read
+it. A profile scales images, epochs and resolution without forking code (`demo` runs every code
+path of `full` in minutes on a laptop CPU). The protocol hash identifies exact settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from cxrbench.errors import CxrbenchError
+from cxrbench.io_utils import stable_hash
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task: dataset, head, training regime, metric and optimisation settings."""
+
+    task_id: str
+    dataset: str
+    head: str  # "yolo" | "linear" | "unet"
+    mode: str  # "frozen" | "finetune"
+    percent: float  # share of the train split (nested subsets)
+    metric: str  # "map" | "froc" | "dice"
+    batch_size: int
+    default_lr: float
+    lr_grid: tuple[float, ...]
+    max_epochs: int
+    patience: int
+    warmup_steps: int = 0  # fine-tune only: head-only steps with the encoder frozen
+    warmup_lr: float = 1e-3
+
+    @property
+    def frozen(self) -> bool:
+        return self.mode == "frozen"
+
+    @property
+    def target(self) -> str:
+        return "boxes" if self.head == "yolo" else "masks"
+
+
+def _t(task_id, dataset, head, mode, percent, metric, batch, lr, grid, epochs, patience, warmup=0) -> Task:
+    return Task(
+        task_id, dataset, head, mode, percent, metric, batch, lr, tuple(grid), epochs, patience, warmup
+    )
+
+
+TASKS: tuple[Task, ...] = (
+    _t("rsna_yolo_finetune_1", "rsna", "yolo", "finetune", 1, "map", 8, 1e-4, (3e-4, 1e-4), 500, 20, 100),
+    _t("rsna_yolo_finetune_10", "rsna", "yolo", "finetune", 10, "map", 64, 3e-4, (3e-4, 1e-3), 100, 10, 100),
+    _t("rsna_yolo_finetune_100", "rsna", "yolo", "finetune", 100, "map", 64, 1e-4, (3e-4, 1e-4), 50, 10, 100),
+    _t("rsna_yolo_frozen_1", "rsna", "yolo", "frozen", 1, "map", 8, 1e-3, (1e-3, 3e-4), 500, 20),
+    _t("rsna_yolo_frozen_10", "rsna", "yolo", "frozen", 10, "map", 64, 1e-3, (1e-3,), 100, 10),
+    _t("rsna_yolo_frozen_100", "rsna", "yolo", "frozen", 100, "map", 64, 1e-3, (3e-4, 1e-3), 50, 10),
+    _t(
+        "rsna_seg_linear_1", "rsna", "linear", "frozen", 1, "dice", 8, 1e-2, (3e-2, 1e-2, 3e-3, 1e-4), 500, 20
+    ),
+    _t(
+        "rsna_seg_linear_10",
+        "rsna",
+        "linear",
+        "frozen",
+        10,
+        "dice",
+        64,
+        3e-2,
+        (3e-2, 1e-2, 3e-3, 1e-3),
+        100,
+        10,
+    ),
+    _t(
+        "rsna_seg_linear_100",
+        "rsna",
+        "linear",
+        "frozen",
+        100,
+        "dice",
+        64,
+        1e-2,
+        (3e-2, 1e-2, 3e-3, 1e-3),
+        50,
+        10,
+    ),
+    _t(
+        "covid_unet_finetune",
+        "covid_rural",
+        "unet",
+        "finetune",
+        100,
+        "dice",
+        8,
+        1e-4,
+        (1e-4, 3e-4),
+        100,
+        20,
+        20,
+    ),
+    _t(
+        "covid_unet_frozen",
+        "covid_rural",
+        "unet",
+        "frozen",
+        100,
+        "dice",
+        8,
+        3e-4,
+        (1e-4, 3e-4, 1e-3),
+        100,
+        20,
+    ),
+    _t(
+        "covid_linear",
+        "covid_rural",
+        "linear",
+        "frozen",
+        100,
+        "dice",
+        8,
+        3e-2,
+        (3e-2, 1e-2, 3e-3, 1e-3),
+        100,
+        20,
+    ),
+    _t("siim_unet_finetune", "siim", "unet", "finetune", 100, "dice", 64, 1e-3, (3e-5, 1e-5), 50, 10, 100),
+    _t("siim_unet_frozen", "siim", "unet", "frozen", 100, "dice", 64, 1e-3, (3e-5, 1e-5), 50, 10),
+    _t(
+        "object_yolo_finetune",
+        "object_cxr",
+        "yolo",
+        "finetune",
+        100,
+        "froc",
+        64,
+        3e-4,
+        (1e-3, 3e-4),
+        100,
+        10,
+        100,
+    ),
+    _t("object_yolo_frozen", "object_cxr", "yolo", "frozen", 100, "froc", 64, 1e-3, (1e-3, 3e-3), 100, 10),
+    _t(
+        "object_seg_linear",
+        "object_cxr",
+        "linear",
+        "frozen",
+        100,
+        "dice",
+        64,
+        1e-2,
+        (3e-1, 1e-1, 3e-2, 1e-2),
+        100,
+        10,
+    ),
+    _t("nih_seg_linear", "nih", "linear", "frozen", 100, "dice", 64, 1e-2, (1e-1, 3e-2, 1e-2), 100, 10),
+)
+
+TASKS_BY_ID: dict[str, Task] = {t.task_id: t for t in TASKS}
+BASIC_TASK = "rsna_yolo_frozen_10"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How a run scales the protocol. `full` changes nothing; `demo` shrinks everything."""
+
+    name: str
+    resolution: int = 224
+    max_epochs: int | None = None  # cap on each task's max_epochs
+    patience: int | None = None  # cap on each task's patience
+    warmup_steps: int | None = None  # cap on fine-tune warm-up steps
+    batch_size: int | None = None  # cap on batch size
+    max_lrs: int | None = None  # None: the whole lr grid; 1: the default lr only
+    default_seeds: int = 5
+    max_train_images: int | None = None
+    max_eval_images: int | None = None
+
+    def apply(self, task: Task) -> Task:
+        """The task as this profile runs it."""
+        cap = lambda value, limit: value if limit is None else min(value, limit)  # noqa: E731
+        grid = (
+            task.lr_grid if self.max_lrs is None or len(task.lr_grid) <= self.max_lrs else (task.default_lr,)
+        )
+        return replace(
+            task,
+            max_epochs=cap(task.max_epochs, self.max_epochs),
+            patience=cap(task.patience, self.patience),
+            warmup_steps=cap(task.warmup_steps, self.warmup_steps),
+            batch_size=cap(task.batch_size, self.batch_size),
+            lr_grid=grid,
+        )
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full"),
+    "demo": Profile(
+        "demo",
+        resolution=128,
+        max_epochs=6,
+        patience=3,
+        warmup_steps=4,
+        batch_size=16,
+        max_lrs=1,
+        default_seeds=2,
+        max_train_images=96,
+        max_eval_images=48,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise CxrbenchError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}") from None
+
+
+def select_tasks(spec: str | list[str] | None) -> list[Task]:
+    """'all' / None -> all 18; otherwise comma-separated ids (or dataset names) in protocol order."""
+    if spec is None or spec == "all" or spec == ["all"]:
+        return list(TASKS)
+    names = [
+        s.strip()
+        for part in ([spec] if isinstance(spec, str) else spec)
+        for s in part.split(",")
+        if s.strip()
+    ]
+    unknown = [n for n in names if n not in TASKS_BY_ID and n not in {t.dataset for t in TASKS}]
+    if unknown:
+        raise CxrbenchError(f"unknown task(s) {', '.join(unknown)}; run `cxrbench tasks` for the list of ids")
+    return [t for t in TASKS if t.task_id in names or t.dataset in names]
+
+
+def protocol_hash(profile: Profile) -> str:
+    """Identifies the exact protocol settings a run used (tasks, profile, protocol version)."""
+    from cxrbench.datasets.splits import DEFAULT_SEED
+
+    payload = {
+        "version": PROTOCOL_VERSION,
+        "split_seed": DEFAULT_SEED,
+        "tasks": [asdict(t) for t in TASKS],
+        "profile": asdict(profile),
+    }
+    return stable_hash(payload)[:16]

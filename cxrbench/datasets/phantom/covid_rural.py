@@ -1,0 +1,64 @@
+"""COVID Rural phantom: jpgs/COVID-19-AR-<patient>_<study>_<n>.jpg + pngs_masks/<stem>.png (0/1).
+
+Several images per patient, of varying (mostly non-square) size. Opacities are irregular unions
+of soft patches painted in the lungs; the mask is the painted region thresholded on the canvas and
+mapped to output pixels, so it matches what is visible. About 1 in 6 images gets no mask (not
+annotated, as in the real download, where those images are dropped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxrbench.datasets.phantom.anatomy import Canvas, chest, paint_opacity, random_box_in, to_uint8
+
+DEFAULT_N = 60
+STUDIES = ("XR_CHEST_AP_PORTABLE", "XR_CHEST_AP_ONLY", "XR_CHEST_PA_AND_LATERAL")
+MASK_THRESHOLD = 0.1  # canvas brightening that counts as opacity (strengths are 0.2-0.35)
+
+
+def paint_opacities(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
+    """Paint 1-2 irregular opacities (clusters of overlapping patches); return the canvas mask."""
+    before = canvas.image.copy()
+    for _ in range(int(rng.integers(1, 3))):
+        lung = canvas.lungs[rng.integers(2)]
+        x1, y1, x2, y2 = random_box_in(rng, lung, 24, 48)
+        strength = float(rng.uniform(0.2, 0.35))
+        for _ in range(int(rng.integers(2, 5))):
+            cx, cy = rng.uniform(x1, x2), rng.uniform(y1, y2)
+            bw, bh = rng.uniform(10, 26, size=2)
+            paint_opacity(canvas, rng, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), strength)
+    return (canvas.image - before) > MASK_THRESHOLD
+
+
+def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
+    """Write `n_images` COVID-19-AR-like images (1-4 per patient), most with an opacity mask."""
+    rng = np.random.default_rng(seed)
+    image_dir, mask_dir = out_dir / "jpgs", out_dir / "pngs_masks"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    k = 0
+    patients: set[str] = set()
+    while k < n_images:
+        patient = str(int(rng.integers(16_000_000, 17_000_000)))
+        if patient in patients:
+            continue
+        patients.add(patient)
+        study = str(rng.choice(STUDIES))
+        for n in range(1, min(int(rng.integers(1, 5)), n_images - k) + 1):
+            height = 2 * int(rng.integers(400, 560))
+            width = height if k % 5 == 0 else 2 * int(rng.integers(380, 560))
+            canvas = chest(rng, height, width)
+            mask = paint_opacities(canvas, rng) if rng.random() < 0.9 else np.zeros_like(canvas.heart)
+            stem = f"COVID-19-AR-{patient}_{study}_{n}"
+            image = Image.fromarray(to_uint8(canvas.render(rng)), mode="L")
+            if k % 11 == 5:  # some exports are RGB JPEGs
+                image = image.convert("RGB")
+            image.save(image_dir / f"{stem}.jpg", quality=92)
+            if k % 6 != 2:  # the rest are not annotated: no mask file
+                out_mask = canvas.mask_to_output(mask).astype(np.uint8)
+                Image.fromarray(out_mask, mode="L").save(mask_dir / f"{stem}.png")
+            k += 1

@@ -1,0 +1,255 @@
+"""Encoders: feature shapes, and loading of the checkpoint layouts users actually have."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+
+from cxrbench.benchmark.encoders import (
+    ARCHS,
+    IMAGENET_ENV,
+    ResNetEncoder,
+    detect_arch,
+    format_load_report,
+    load_encoder,
+)
+from cxrbench.errors import CheckpointError, CxrbenchError
+
+
+class NotATensor:
+    """Anything that weights_only unpickling must refuse."""
+
+    def __init__(self) -> None:
+        self.payload = "arbitrary code could run here"
+
+
+@pytest.fixture(scope="module")
+def tv18() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().state_dict()
+
+
+def _same_weights(encoder: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> bool:
+    own = encoder.state_dict()
+    return all(
+        torch.equal(v, state[prefix + k]) for k, v in own.items() if not k.endswith("num_batches_tracked")
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_feature_shapes_strides_and_channels(arch):
+    with torch.device("meta"):  # shape-only forward: every arch in milliseconds
+        encoder = ResNetEncoder(arch)
+        feats = encoder(torch.empty(2, 3, 96, 128))
+    info = encoder.feature_info
+    assert list(feats) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    for stage, x in feats.items():
+        assert x.shape == (2, info.channels[stage], 96 // info.strides[stage], 128 // info.strides[stage])
+    assert info.channels["conv5"] == (512 if arch in ("resnet18", "resnet34") else 2048)
+
+
+def test_real_forward_resnet50_224_matches_torchvision():
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50().eval()
+    encoder = ResNetEncoder("resnet50").eval()
+    assert set(encoder.state_dict()) == {k for k in tv.state_dict() if not k.startswith("fc.")}
+    encoder.load_state_dict({k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")})
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        feats = encoder(x)
+        stem = tv.relu(tv.bn1(tv.conv1(x)))
+        ref = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(stem)))))
+    assert {k: tuple(v.shape[-2:]) for k, v in feats.items()} == {
+        "conv1": (112, 112),
+        "conv2": (56, 56),
+        "conv3": (28, 28),
+        "conv4": (14, 14),
+        "conv5": (7, 7),
+    }
+    assert torch.allclose(feats["conv1"], stem) and torch.allclose(feats["conv5"], ref)
+
+
+def test_unknown_arch_is_a_user_error():
+    with pytest.raises(CxrbenchError, match="resnet50"):
+        ResNetEncoder("vit_b16")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_detect_arch_from_keys(arch):
+    with torch.device("meta"):
+        state = ResNetEncoder(arch).state_dict()
+    assert detect_arch(state) == arch
+
+
+def test_torchvision_state_dict_round_trip(tmp_path, tv18):
+    path = tmp_path / "tv.pth"
+    torch.save(tv18, path)
+    loaded = load_encoder(path)
+    report = loaded.report
+    assert (report.arch, report.prefix, report.fraction_loaded) == ("resnet18", "", 1.0)
+    assert report.n_loaded == report.n_total and not report.missing and not report.unexpected  # fc.* ignored
+    assert report.sha256 is not None and len(report.sha256) == 64 and report.path == str(path)
+    assert _same_weights(loaded.encoder, tv18)
+    text = format_load_report(report)
+    assert "resnet18" in text and "100.0%" in text
+
+
+def test_lightning_checkpoints_prefix_auto_detected(tmp_path, tv18):
+    text_encoder = {
+        "model_b.text.embeddings.weight": torch.zeros(10, 4),
+        "model_b.proj.weight": torch.zeros(4, 4),
+    }
+    state = {f"model_a.encoder.{k}": v for k, v in tv18.items()}
+    ckpt = {"epoch": 3, "state_dict": {**text_encoder, **state}, "optimizer_states": [{"state": {}}]}
+    path = tmp_path / "lovt.ckpt"
+    torch.save(ckpt, path)
+    loaded = load_encoder(path)
+    assert loaded.report.prefix == "model_a.encoder." and loaded.report.fraction_loaded == 1.0
+    assert _same_weights(loaded.encoder, state, "model_a.encoder.")
+
+    # MoCo/LoVT style: a query and a momentum encoder fit equally well; the first one in the file wins.
+    torch.manual_seed(1)
+    other = torchvision.models.resnet18().state_dict()
+    both = {**{f"img_encoder_q.model.{k}": v for k, v in tv18.items()}}
+    both.update({f"img_encoder_k.model.{k}": v for k, v in other.items()})
+    torch.save({"state_dict": both}, path)
+    loaded = load_encoder(path)
+    assert loaded.report.prefix == "img_encoder_q.model."
+    assert loaded.report.alternatives == ("img_encoder_k.model.",)
+    assert "img_encoder_k.model." in format_load_report(loaded.report)
+    assert _same_weights(loaded.encoder, tv18)
+
+    explicit = load_encoder(path, prefix="img_encoder_k.model.")
+    assert explicit.report.prefix == "img_encoder_k.model." and _same_weights(explicit.encoder, other)
+
+
+@pytest.mark.parametrize("wrapper", ["model", "encoder", "model_state", "module"])
+def test_wrapped_state_dicts(tmp_path, tv18, wrapper):
+    if wrapper == "module":  # DistributedDataParallel
+        obj = {f"module.{k}": v for k, v in tv18.items()}
+    else:
+        obj = {wrapper: dict(tv18), "step": 10}
+    path = tmp_path / "wrapped.pt"
+    torch.save(obj, path)
+    loaded = load_encoder(path)
+    assert loaded.report.fraction_loaded == 1.0
+    assert loaded.report.prefix == ("module." if wrapper == "module" else "")
+
+
+def test_timm_resnet_state_dict(tmp_path):
+    model = timm.create_model("resnet18", pretrained=False)
+    state = model.state_dict()
+    assert {k for k in state if not k.startswith("fc.")} == set(ResNetEncoder("resnet18").state_dict())
+    path = tmp_path / "timm.pth"
+    torch.save(state, path)
+    loaded = load_encoder(path)
+    assert loaded.report.arch == "resnet18" and loaded.report.fraction_loaded == 1.0
+    assert _same_weights(loaded.encoder, state)
+
+
+def test_safetensors(tmp_path, tv18):
+    path = tmp_path / "enc.safetensors"
+    save_file({f"backbone.{k}": v.contiguous() for k, v in tv18.items()}, str(path))
+    loaded = load_encoder(path)
+    assert loaded.report.prefix == "backbone." and loaded.report.fraction_loaded == 1.0
+    assert _same_weights(loaded.encoder, tv18)
+
+
+def test_corrupt_safetensors(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_encoder(path)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "config": NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="refused to unpickle"):
+        load_encoder(path)
+
+
+def test_truncated_and_missing_files(tmp_path, tv18):
+    path = tmp_path / "full.pth"
+    torch.save(tv18, path)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_encoder(truncated)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        load_encoder(empty)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_encoder(tmp_path / "nope.pth")
+
+
+def test_non_dict_checkpoint(tmp_path):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="dict of tensors"):
+        load_encoder(path)
+
+
+def test_foreign_checkpoints_are_refused(tmp_path, tv18):
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    path = tmp_path / "mlp.pt"
+    torch.save(mlp.state_dict(), path)
+    with pytest.raises(CheckpointError, match="loaded 0%"):
+        load_encoder(path)
+
+    # A ResNet stem but most of the body gone (e.g. a different network sharing key names).
+    partial = {k: v for k, v in tv18.items() if not k.startswith(("layer3", "layer4"))}
+    torch.save(partial, path)
+    with pytest.raises(CheckpointError, match=r"only \d+/\d+ .* prefix ''.*missing e\.g\. layer"):
+        load_encoder(path, arch="resnet18")
+
+
+def test_explicit_arch_mismatch_is_refused(tmp_path, tv18):
+    path = tmp_path / "tv.pth"
+    torch.save(tv18, path)
+    with pytest.raises(CheckpointError, match="resnet50 backbone"):
+        load_encoder(path, arch="resnet50")
+
+
+def test_random_init(tmp_path):
+    torch.manual_seed(3)
+    a = load_encoder("random", arch="resnet18")
+    torch.manual_seed(3)
+    b = load_encoder("random", arch="resnet18")
+    assert a.report.source == "random" and a.report.sha256 is None and a.report.n_loaded == 0
+    assert torch.equal(a.encoder.conv1.weight, b.encoder.conv1.weight)
+    assert "random" in format_load_report(a.report)
+
+
+def test_imagenet_absent_explains_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv(IMAGENET_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(CheckpointError, match=r"ResNet50_Weights\.IMAGENET1K_V1") as err:
+        load_encoder("imagenet")
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in str(err.value) and IMAGENET_ENV in str(
+        err.value
+    )
+
+
+def test_imagenet_found_in_hub_cache_and_env(tmp_path, monkeypatch, tv18):
+    monkeypatch.delenv(IMAGENET_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(tv18, cache / "resnet18-f37072fd.pth")
+    loaded = load_encoder("imagenet", arch="resnet18")
+    assert loaded.report.source == "imagenet" and loaded.report.path == str(cache / "resnet18-f37072fd.pth")
+    assert _same_weights(loaded.encoder, tv18)
+
+    monkeypatch.setenv(IMAGENET_ENV, str(cache / "resnet18-f37072fd.pth"))
+    assert load_encoder("imagenet", arch="resnet18").report.fraction_loaded == 1.0
+    monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="not a file"):
+        load_encoder("imagenet")

@@ -1,0 +1,371 @@
+"""Metrics: hand-computed cases, pycocotools/torchmetrics agreement, brute-force references, resampling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cxrbench.benchmark import metrics as M
+from cxrbench.benchmark.metrics import detection as D
+from cxrbench.benchmark.metrics import dice as S
+from cxrbench.benchmark.metrics import froc as F
+from cxrbench.errors import CxrbenchError
+
+THR = list(D.IOU_THRESHOLDS)
+
+
+def box(x1, y1, x2, y2):
+    return np.array([[x1, y1, x2, y2]], dtype=np.float32)
+
+
+def boxes(*rows):
+    return np.array(rows, dtype=np.float32).reshape(-1, 4)
+
+
+def random_detection_case(seed: int, n_images: int = 30):
+    """GT boxes, jittered copies of them as good predictions, plus random false positives."""
+    rng = np.random.default_rng(seed)
+    preds, gts = [], []
+    for _ in range(n_images):
+        xy = rng.uniform(0, 200, (rng.integers(0, 4), 2))
+        wh = rng.uniform(10, 80, xy.shape)
+        gt = np.concatenate([xy, xy + wh], axis=1)
+        xy2 = rng.uniform(0, 200, (rng.integers(0, 6), 2))
+        extra = np.concatenate([xy2, xy2 + rng.uniform(10, 80, xy2.shape)], axis=1)
+        b = np.concatenate([gt + rng.normal(0, 6, gt.shape), extra])
+        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
+        preds.append((b.astype(np.float32), rng.uniform(0, 1, len(b)).astype(np.float32)))
+        gts.append(gt.astype(np.float32))
+    return preds, gts
+
+
+# ---------------------------------------------------------------- Dice
+
+
+def test_binarize_logits_is_sigmoid_half():
+    logits = torch.tensor([-1.0, -1e-3, 0.0, 2.0])
+    assert S.binarize_logits(logits).tolist() == (torch.sigmoid(logits) >= 0.5).tolist()
+    # exact at the boundary, where a float32 sigmoid already rounds to 0.5
+    tiny = np.array([-1e-7, 1e-7], dtype=np.float32)
+    assert S.binarize_logits(tiny).tolist() == [False, True]
+
+
+def test_dice_known_overlap_and_empty_convention():
+    pred = np.zeros((3, 1, 4, 4), bool)
+    gt = np.zeros((3, 1, 4, 4), bool)
+    pred[0, 0, 0, :4] = True  # 4 px
+    gt[0, 0, 0, 1:4] = True
+    gt[0, 0, 1, :3] = True  # 6 px, intersection 3 -> 0.6
+    pred[2, 0, 3, :] = True  # image 2: empty GT, 4 predicted px -> 0
+    stats = S.segmentation_stats(pred, gt)
+    assert stats["intersection"].tolist() == [[3], [0], [0]]
+    assert stats["pred_sum"].tolist() == [[4], [0], [4]]
+    assert stats["gt_sum"].tolist() == [[6], [0], [0]]
+    assert S.per_image_dice(stats).tolist() == pytest.approx([0.6, 1.0, 0.0])
+    out = S.aggregate_dice(stats)
+    assert out["dice"] == pytest.approx(6 / 14) and out["dice_0"] == out["dice"]
+    assert out["dice_per_image"] == pytest.approx(1.6 / 3)
+    assert S.aggregate_dice(stats, [1, 1])["dice"] == 1.0  # both sums 0 -> 1
+    assert S.aggregate_dice(stats, [0, 1])["dice_per_image"] == pytest.approx(0.8)
+
+
+def test_dice_multiclass_mean_and_torch_matches_numpy():
+    gt = np.zeros((2, 2, 4, 4), bool)
+    gt[:, 0, :2] = True
+    gt[:, 1, :, :2] = True
+    pred = gt.copy()
+    pred[:, 1, :, 1] = False  # class 1: I = 4, P = 4, G = 8 -> 2/3 per image and micro
+    out = S.aggregate_dice(S.segmentation_stats(pred, gt))
+    assert out["dice_0"] == 1.0 and out["dice_1"] == pytest.approx(2 / 3)
+    assert out["dice"] == pytest.approx(5 / 6) and out["dice_per_image"] == pytest.approx(5 / 6)
+    t = S.segmentation_stats(torch.from_numpy(pred), torch.from_numpy(gt).to(torch.uint8))
+    n = S.segmentation_stats(pred, gt)
+    assert all(np.array_equal(t[k], n[k]) and t[k].dtype == np.int64 for k in S.STAT_KEYS)
+
+
+def test_dice_rejects_float_and_mismatched_masks():
+    with pytest.raises(CxrbenchError, match="binarize_logits"):
+        S.segmentation_stats(torch.rand(1, 1, 4, 4), torch.zeros(1, 1, 4, 4, dtype=torch.bool))
+    with pytest.raises(CxrbenchError, match="differs"):
+        S.segmentation_stats(np.zeros((1, 1, 4, 4), bool), np.zeros((1, 1, 4, 5), bool))
+    with pytest.raises(CxrbenchError, match="0 and 1"):
+        S.segmentation_stats(np.full((1, 4, 4), 2), np.zeros((1, 4, 4), bool))
+
+
+# ---------------------------------------------------------------- COCO AP
+
+
+def test_ap_perfect_and_no_gt():
+    gts = [box(0, 0, 10, 10), boxes(), box(5, 5, 50, 60)]
+    preds = [(g, np.ones(len(g))) for g in gts]
+    out = M.aggregate("map", M.per_image_stats("map", preds, gts))
+    assert out == {"map": 1.0, "map50": 1.0, "map75": 1.0, "kaggle_map": 1.0}
+    no_gt = D.average_precision([D.match_detections(box(0, 0, 1, 1), [0.9], boxes())])
+    assert np.isnan(no_gt).all()
+
+
+def test_ap_hand_computed_ranks():
+    gt = box(0, 0, 10, 10)
+    tp, fp = box(0, 0, 10, 10), box(50, 50, 60, 60)
+    # FP ranked above the only TP: precision 1/2 at recall 1 for all 101 recall points
+    m = D.match_detections(np.concatenate([fp, tp]), [0.9, 0.8], gt)
+    assert D.average_precision([m]) == pytest.approx(np.full(8, 0.5))
+    # TP ranked first: the later FP does not lower the envelope
+    assert D.average_precision(
+        [D.match_detections(np.concatenate([fp, tp]), [0.1, 0.8], gt)]
+    ) == pytest.approx(1.0)
+    # two GT: TP 0.9, FP 0.8, TP 0.7 -> precision envelope 1 up to recall .5 (51 points), 2/3 after (50)
+    gts = np.concatenate([gt, box(100, 100, 120, 120)])
+    preds = np.concatenate([tp, fp, box(100, 100, 120, 120)])
+    ap = D.average_precision([D.match_detections(preds, [0.9, 0.8, 0.7], gts)])
+    assert ap == pytest.approx(np.full(8, (51 + 50 * 2 / 3) / 101))
+
+
+def test_ap_iou_thresholds_and_kaggle_partial_overlap():
+    gt, pred = box(0, 0, 10, 10), box(0, 0, 10, 6)  # IoU 0.6: TP at 0.40..0.60, FP above
+    m = D.match_detections(pred, [0.9], gt)
+    assert m.tp[:, 0].tolist() == [True] * 5 + [False] * 3
+    out = D.detection_metrics([m])
+    assert out == pytest.approx({"map": 5 / 8, "map50": 1.0, "map75": 0.0})
+    assert D.kaggle_rsna_score(pred, [0.9], gt) == pytest.approx(5 / 8)
+
+
+def test_ap_keeps_100_highest_scores_per_image():
+    gt = box(0, 0, 10, 10)
+    preds = np.concatenate([np.tile(box(50, 50, 60, 60), (100, 1)), gt])
+    scores = np.concatenate([np.linspace(1.0, 0.5, 100), [0.1]])
+    assert D.average_precision([D.match_detections(preds, scores, gt)]) == pytest.approx(0.0)
+    assert D.average_precision([D.match_detections(preds, scores, gt, max_dets=None)])[0] > 0
+
+
+def test_each_gt_matched_once_best_iou_first():
+    gts = boxes([0, 0, 10, 10], [0, 0, 10, 8])
+    preds = boxes(
+        [0, 0, 10, 9], [0, 0, 10, 9]
+    )  # both GT overlap; first pred takes the better (IoU .9 each: tie)
+    m = D.match_detections(preds, [0.9, 0.8], gts)
+    assert m.tp.all()  # second prediction takes the other GT at every threshold
+    single = D.match_detections(preds, [0.9, 0.8], gts[:1])
+    assert single.tp[:, 0].all() and not single.tp[:, 1].any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_ap_matches_torchmetrics(seed):
+    from torchmetrics.detection import MeanAveragePrecision
+
+    preds, gts = random_detection_case(seed)
+    # torchmetrics' default recall points are float32 (torch.linspace); pycocotools' are float64
+    tm = MeanAveragePrecision(
+        iou_thresholds=THR, box_format="xyxy", rec_thresholds=np.linspace(0, 1, 101).tolist()
+    )
+    tm.update(
+        [
+            {
+                "boxes": torch.from_numpy(b),
+                "scores": torch.from_numpy(s),
+                "labels": torch.zeros(len(b), dtype=torch.long),
+            }
+            for b, s in preds
+        ],
+        [{"boxes": torch.from_numpy(g), "labels": torch.zeros(len(g), dtype=torch.long)} for g in gts],
+    )
+    ref = tm.compute()
+    ours = M.aggregate("map", M.per_image_stats("map", preds, gts))
+    assert ours["map"] == pytest.approx(float(ref["map"]), abs=1e-6)
+    assert ours["map50"] == pytest.approx(float(ref["map_50"]), abs=1e-6)
+    assert ours["map75"] == pytest.approx(float(ref["map_75"]), abs=1e-6)
+    assert 0.05 < ours["map"] < 0.95  # the case is not degenerate
+
+
+# ---------------------------------------------------------------- Kaggle RSNA
+
+
+def brute_kaggle(pred_boxes, scores, gt_boxes, min_score=0.5):
+    """Literal reading of the Kaggle rule with Python loops."""
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union
+
+    kept = sorted(
+        [(float(s), list(map(float, b))) for b, s in zip(pred_boxes, scores) if s >= min_score],
+        key=lambda x: -x[0],
+    )
+    gts = [list(map(float, g)) for g in gt_boxes]
+    if not kept and not gts:
+        return None
+    values = []
+    for t in THR:
+        used, tp = set(), 0
+        for _, p in kept:
+            cands = [(iou(p, g), j) for j, g in enumerate(gts) if j not in used and iou(p, g) >= t]
+            if cands:
+                used.add(max(cands)[1])
+                tp += 1
+        values.append(tp / (tp + (len(kept) - tp) + (len(gts) - tp)))
+    return sum(values) / len(values)
+
+
+def test_kaggle_conventions():
+    gt, far = box(0, 0, 10, 10), box(50, 50, 60, 60)
+    assert np.isnan(D.kaggle_rsna_score(boxes(), [], boxes()))
+    assert np.isnan(D.kaggle_rsna_score(far, [0.2], boxes()))  # below min_score: nothing submitted
+    assert D.kaggle_rsna_score(far, [0.9], boxes()) == 0.0
+    assert D.kaggle_rsna_score(boxes(), [], gt) == 0.0
+    assert D.kaggle_rsna_score(np.concatenate([gt, far]), [0.9, 0.8], gt) == pytest.approx(0.5)
+    assert D.kaggle_map([0.5, None, 1.0]) == pytest.approx(0.75)
+    assert np.isnan(D.kaggle_map([None]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kaggle_matches_brute_force(seed):
+    preds, gts = random_detection_case(seed, n_images=40)
+    pi = M.per_image_stats("map", preds, gts)
+    ref = [brute_kaggle(b, s, g) for (b, s), g in zip(preds, gts)]
+    assert pi["map"] == pytest.approx(ref, abs=1e-12)
+    counted = [r for r in ref if r is not None]
+    assert M.aggregate("map", pi)["kaggle_map"] == pytest.approx(sum(counted) / len(counted), abs=1e-12)
+
+
+# ---------------------------------------------------------------- FROC
+
+
+def test_froc_hand_computed():
+    g1, g2 = [0, 0, 10, 10], [20, 20, 40, 40]
+    a_preds = boxes([2, 2, 6, 6], [50, 50, 60, 60], [-20, -20, 30, 30], [25, 25, 70, 70])
+    # centres: (4,4) in g1; (55,55) FP; (5,5) in g1 again (neither); (47.5,47.5) FP - overlaps g2 but centre outside
+    b_preds = boxes([100, 100, 110, 110])
+    preds = [
+        (a_preds, [0.9, 0.8, 0.7, 0.6]),
+        (np.concatenate([boxes([21, 21, 39, 39]), b_preds]), [0.4, 0.95]),
+    ]
+    gts = [boxes(g1, g2), boxes()]
+    # image B has no GT, so its box at (21..39) is an FP although it would cover g2 of image A
+    out = M.aggregate("froc", M.per_image_stats("froc", preds, gts))
+    # thresholds .95:(FP .5, 0) .9:(.5,.5) .8:(1,.5) .7:(1,.5) .6:(1.5,.5) .4:(2,.5)
+    assert out["sens@0.125"] == 0.0 and out["sens@0.25"] == 0.0
+    assert [out[f"sens@{r:g}"] for r in (0.5, 1, 2, 4, 8)] == [0.5] * 5
+    assert out["froc"] == pytest.approx(2.5 / 7)
+    gts = [boxes(g1, g2), boxes()]
+    preds[0] = (np.concatenate([a_preds, boxes([21, 21, 39, 39])]), [0.9, 0.8, 0.7, 0.6, 0.65])
+    out = M.aggregate("froc", M.per_image_stats("froc", preds, gts))
+    # now .65 hits g2 of image A: points (0,0) (.5,0) (.5,.5) (1,.5) (1,.5) (1,1) (1.5,1) (2,1)
+    assert [out[f"sens@{r:g}"] for r in F.FP_RATES] == [0, 0, 0.5, 1, 1, 1, 1]
+
+
+def test_froc_interpolates_only_across_ties_and_perfect():
+    gt = box(0, 0, 10, 10)
+    preds = [(boxes([1, 1, 9, 9], [50, 50, 60, 60]), [0.9, 0.9])]  # one threshold adds a hit and an FP
+    out = F.froc_metrics(F.FrocTable.from_images([F.froc_image(*preds[0], gt)]))
+    assert out["sens@0.5"] == pytest.approx(np.interp(0.5, [0, 1], [0, 1])) and out["sens@1"] == 1.0
+    perfect = M.aggregate("froc", M.per_image_stats("froc", [(gt, [0.3])], [gt]))
+    assert perfect["froc"] == 1.0
+    nothing = M.aggregate("froc", M.per_image_stats("froc", [(boxes(), [])], [gt]))
+    assert nothing["froc"] == 0.0
+    no_gt = M.aggregate("froc", M.per_image_stats("froc", [(gt, [0.3])], [boxes()]))
+    assert np.isnan(no_gt["froc"])
+
+
+def brute_froc(preds, gts):
+    """Challenge-style FROC with loops: one operating point per distinct score, read with np.interp."""
+
+    def inside(p, g):
+        cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
+        return g[0] <= cx <= g[2] and g[1] <= cy <= g[3]
+
+    n_gt = sum(len(g) for g in gts)
+    thresholds = sorted({float(s) for _, sc in preds for s in sc}, reverse=True)
+    fps, sens = [0.0], [0.0]
+    for t in thresholds:
+        fp = hit = 0
+        for (pb, sc), gb in zip(preds, gts):
+            kept = [p for p, s in zip(pb, sc) if s >= t]
+            fp += sum(not any(inside(p, g) for g in gb) for p in kept)
+            hit += sum(any(inside(p, g) for p in kept) for g in gb)
+        fps.append(fp / len(preds))
+        sens.append(hit / n_gt)
+    return np.interp(F.FP_RATES, fps, sens)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_froc_matches_brute_force(seed):
+    preds, gts = random_detection_case(seed, n_images=25)
+    out = M.aggregate("froc", M.per_image_stats("froc", preds, gts))
+    ref = brute_froc(preds, gts)
+    assert [out[f"sens@{r:g}"] for r in F.FP_RATES] == pytest.approx(ref.tolist(), abs=1e-12)
+    assert out["froc"] == pytest.approx(ref.mean(), abs=1e-12)
+    assert 0 < out["froc"] < 1
+
+
+# ---------------------------------------------------------------- uniform interface, resampling
+
+
+def dice_case(seed):
+    rng = np.random.default_rng(seed)
+    gt = rng.random((12, 2, 8, 8)) < 0.2
+    gt[3] = False
+    pred = (rng.random((12, 2, 8, 8)) < 0.2) | gt & (rng.random((12, 2, 8, 8)) < 0.7)
+    pred[3] = False
+    return pred, gt
+
+
+def _subset(kind, preds, gts, idx):
+    if kind == "dice":
+        return preds[idx], gts[idx]
+    return [preds[i] for i in idx], [gts[i] for i in idx]
+
+
+@pytest.mark.parametrize("kind", ["dice", "map", "froc"])
+def test_resampled_aggregate_equals_direct(kind):
+    preds, gts = dice_case(0) if kind == "dice" else random_detection_case(7, n_images=20)
+    n = len(gts)
+    pi = M.per_image_stats(kind, preds, gts, image_ids=[f"im{i}" for i in range(n)])
+    loaded = json.loads(json.dumps(pi, allow_nan=False))
+    prepared = M.prepare(kind, loaded)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        idx = rng.integers(0, n, n)
+        assert len(set(idx.tolist())) < n  # duplicates present
+        direct = M.aggregate(kind, M.per_image_stats(kind, *_subset(kind, preds, gts, idx)))
+        assert M.aggregate(kind, loaded, idx) == pytest.approx(direct, abs=1e-12, nan_ok=True)
+        assert M.aggregate(kind, prepared, idx) == pytest.approx(direct, abs=1e-12, nan_ok=True)
+    assert M.aggregate(kind, prepared) == pytest.approx(M.aggregate(kind, pi), nan_ok=True)
+
+
+def test_uniform_interface_keys_ids_and_merge():
+    pred, gt = dice_case(1)
+    pi = M.per_image_stats("dice", pred, gt, image_ids=list(range(12)))
+    assert pi["image_ids"] == list(range(12))
+    assert set(M.aggregate("dice", pi)) == {"dice", "dice_per_image", "dice_0", "dice_1"}
+    assert M.primary_per_image_scores("dice", pi) == pytest.approx(
+        S.per_image_dice(S.segmentation_stats(pred, gt))
+    )
+    parts = [M.per_image_stats("dice", pred[:5], gt[:5]), M.per_image_stats("dice", pred[5:], gt[5:])]
+    assert M.aggregate("dice", M.merge_per_image(parts)) == M.aggregate(
+        "dice", M.per_image_stats("dice", pred, gt)
+    )
+    preds, gts = random_detection_case(2, n_images=10)
+    assert set(M.aggregate("froc", M.per_image_stats("froc", preds, gts))) == {"froc"} | {
+        f"sens@{r}" for r in ("0.125", "0.25", "0.5", "1", "2", "4", "8")
+    }
+    froc_scores = M.primary_per_image_scores("froc", M.per_image_stats("froc", preds, gts))
+    assert np.isnan(froc_scores).sum() == sum(len(g) == 0 for g in gts)
+    kaggle = M.primary_per_image_scores("map", M.per_image_stats("map", preds, gts))
+    assert kaggle.shape == (10,)
+
+
+def test_interface_errors():
+    with pytest.raises(CxrbenchError, match="unknown metric kind"):
+        M.aggregate("auc", {})
+    pi = M.per_image_stats("map", [(box(0, 0, 1, 1), [0.5])], [box(0, 0, 1, 1)])
+    with pytest.raises(CxrbenchError, match="indices"):
+        M.aggregate("map", pi, [1])
+    with pytest.raises(CxrbenchError, match="image ids"):
+        M.per_image_stats("map", [(box(0, 0, 1, 1), [0.5])], [box(0, 0, 1, 1)], image_ids=["a", "b"])
+    with pytest.raises(CxrbenchError, match="scores"):
+        D.match_detections(box(0, 0, 1, 1), [0.5, 0.4], boxes())
