@@ -1,28 +1,32 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
 
 .PHONY: install test test-all lint format demo bench
 
-install:
+# Installs into .venv from the project's own files (torch/torchvision pinned to the local wheels).
+$(STAMP): pyproject.toml .ci/install.sh
 	bash .ci/install.sh $(VENV)
 
-test:
+install: $(STAMP)
+
+test: $(STAMP)
 	$(BIN)/pytest -q
 
-test-all:
+test-all: $(STAMP)
 	$(BIN)/pytest -q -m "slow or not slow"
 
-lint:
+lint: $(STAMP)
 	$(BIN)/ruff check cxrbench tests benchmarks
 	$(BIN)/ruff format --check cxrbench tests benchmarks
 
-format:
+format: $(STAMP)
 	$(BIN)/ruff check --fix cxrbench tests benchmarks
 	$(BIN)/ruff format cxrbench tests benchmarks
 
-demo:
+demo: $(STAMP)
 	$(BIN)/cxrbench demo --out demo_out
 
-bench:
+bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training_pipeline.py

@@ -8,3 +8,4 @@ PY=${PYTHON:-python3}
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+touch "$VENV/.installed"

@@ -253,3 +253,10 @@ def test_imagenet_found_in_hub_cache_and_env(tmp_path, monkeypatch, tv18):
     monkeypatch.setenv(IMAGENET_ENV, str(tmp_path / "missing.pth"))
     with pytest.raises(CheckpointError, match="not a file"):
         load_encoder("imagenet")
+
+
+def test_foreign_bytes_are_a_checkpoint_error(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_encoder(path)

@@ -141,22 +141,24 @@ def test_ap_keeps_100_highest_scores_per_image():
     assert D.average_precision([D.match_detections(preds, scores, gt, max_dets=None)])[0] > 0
 
 
-def test_each_gt_matched_once_best_iou_first():
+def test_each_gt_matched_once_best_iou_then_later_gt_on_ties():
     gts = boxes([0, 0, 10, 10], [0, 0, 10, 8])
-    preds = boxes(
-        [0, 0, 10, 9], [0, 0, 10, 9]
-    )  # both GT overlap; first pred takes the better (IoU .9 each: tie)
+    preds = boxes([0, 0, 10, 9], [0, 0, 10, 9])  # IoU .9 with GT 0, .89 with GT 1
     m = D.match_detections(preds, [0.9, 0.8], gts)
-    assert m.tp.all()  # second prediction takes the other GT at every threshold
+    assert m.tp.all()  # the first takes GT 0, the second GT 1, at every threshold
     single = D.match_detections(preds, [0.9, 0.8], gts[:1])
     assert single.tp[:, 0].all() and not single.tp[:, 1].any()
+    # equal IoU 90/110 with both GT: pycocotools gives the later GT, leaving GT 0 (IoU .54) to the second
+    gts = boxes([0, 0, 10, 10], [2, 0, 12, 10])
+    m = D.match_detections(boxes([1, 0, 11, 10], [3, 0, 13, 10]), [0.9, 0.8], gts)
+    assert m.tp[:, 0].all() and m.tp[:, 1].tolist() == [True] * 3 + [False] * 5
+    preds = [(boxes([1, 0, 11, 10], [3, 0, 13, 10]), np.array([0.9, 0.8], np.float32))]
+    assert D.detection_metrics([m])["map"] == pytest.approx(torchmetrics_map(preds, [gts])["map"], abs=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_ap_matches_torchmetrics(seed):
+def torchmetrics_map(preds, gts) -> dict[str, float]:
     from torchmetrics.detection import MeanAveragePrecision
 
-    preds, gts = random_detection_case(seed)
     # torchmetrics' default recall points are float32 (torch.linspace); pycocotools' are float64
     tm = MeanAveragePrecision(
         iou_thresholds=THR, box_format="xyxy", rec_thresholds=np.linspace(0, 1, 101).tolist()
@@ -172,11 +174,17 @@ def test_ap_matches_torchmetrics(seed):
         ],
         [{"boxes": torch.from_numpy(g), "labels": torch.zeros(len(g), dtype=torch.long)} for g in gts],
     )
-    ref = tm.compute()
+    return {k: float(v) for k, v in tm.compute().items() if v.numel() == 1}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_ap_matches_torchmetrics(seed):
+    preds, gts = random_detection_case(seed)
+    ref = torchmetrics_map(preds, gts)
     ours = M.aggregate("map", M.per_image_stats("map", preds, gts))
-    assert ours["map"] == pytest.approx(float(ref["map"]), abs=1e-6)
-    assert ours["map50"] == pytest.approx(float(ref["map_50"]), abs=1e-6)
-    assert ours["map75"] == pytest.approx(float(ref["map_75"]), abs=1e-6)
+    assert ours["map"] == pytest.approx(ref["map"], abs=1e-6)
+    assert ours["map50"] == pytest.approx(ref["map_50"], abs=1e-6)
+    assert ours["map75"] == pytest.approx(ref["map_75"], abs=1e-6)
     assert 0.05 < ours["map"] < 0.95  # the case is not degenerate
 
 

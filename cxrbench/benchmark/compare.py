@@ -22,15 +22,15 @@ TIE_DECIMALS = 12
 
 RANK_RULE = (
     "Rank: per task among measured encoders by mean (1 = best; equal means share the average rank); "
-    "mean rank over the tasks an encoder was ranked on. Published rows are not ranked."
+    "mean rank over the tasks an encoder was ranked on (shown as k/n tasks when not all). Published rows are not ranked."
 )
 
 
-def win_rule(alpha: float, n_boot: int) -> str:
+def win_rule(alpha: float, replicates: str) -> str:
     return (
         f"Win: on a task, the encoder's mean beats the mean of every baseline AND, against every baseline, "
-        f"a one-sided paired bootstrap over the same test images ({n_boot} replicates, the run-mean metric "
-        f"recomputed on each resampled image set) gives p = (1 + #{{diff <= 0}}) / (1 + replicates) < {alpha:g}; "
+        f"a one-sided paired bootstrap over the same test images ({replicates}; the run-mean metric "
+        f"recomputed on each resampled image set) gives p = (1 + #{{diff <= 0}}) / (1 + #replicates) < {alpha:g}; "
         "no correction across tasks. Tasks without a measured result for the encoder and every baseline "
         "are not counted."
     )
@@ -102,7 +102,7 @@ def count_wins(summary: Summary, baselines: Sequence[str], alpha: float = 0.05) 
             .reset_index()
             .astype({"wins": int, "n_compared": int})
         )
-    return Wins(per_task, per_encoder, baselines, alpha, win_rule(alpha, summary.n_boot))
+    return Wins(per_task, per_encoder, baselines, alpha, win_rule(alpha, summary.bootstrap.describe()))
 
 
 def _task_outcome(

@@ -223,8 +223,10 @@ def read_checkpoint(path: Path) -> object:
             f"{path}: refused to unpickle (it contains Python objects other than tensors, or is not a "
             "PyTorch file); re-save it as a plain state dict: torch.save(model.state_dict(), path)"
         ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})") from exc
+    except Exception as exc:  # the unpickler raises IndexError/KeyError/... on foreign bytes
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint, or truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
 
 
 def extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:

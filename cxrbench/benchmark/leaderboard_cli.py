@@ -33,8 +33,17 @@ def leaderboard_command(
         bool, typer.Option("--published/--no-published", help="Show the published LoVT rows.")
     ] = True,
     n_boot: Annotated[
-        int, typer.Option("--n-boot", min=0, help="Bootstrap replicates over test images (0: none).")
+        int,
+        typer.Option("--n-boot", min=0, help="Bootstrap replicates over test images, Dice tasks (0: none)."),
     ] = 1000,
+    n_boot_detection: Annotated[
+        int,
+        typer.Option("--n-boot-detection", min=0, help="Bootstrap replicates for mAP/FROC tasks (0: none)."),
+    ] = 200,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="Reuse bootstrap replicates of unchanged runs (OUT/.cache)."),
+    ] = True,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     alpha: Annotated[
         float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level of a win.")
@@ -63,6 +72,8 @@ def leaderboard_command(
                 baselines=tuple(baseline or ()),
                 include_published=published,
                 n_boot=n_boot,
+                n_boot_detection=n_boot_detection,
+                cache=cache,
                 seed=seed,
                 alpha=alpha,
                 allow_mixed=allow_mixed,

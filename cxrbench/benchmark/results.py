@@ -7,6 +7,7 @@ Rules (they are also written into the table footers by `cxrbench.benchmark.repor
   reference code used 1.96 * sd / sqrt(5)). One run gives no interval (NaN, flagged).
 - Bootstrap interval over test images: replicate b draws n test images with replacement,
   ``np.random.default_rng([seed, zlib.crc32(task_id.encode())]).integers(0, n, size=(n_boot, n))``
+  (n_boot = 1000 for Dice tasks, 200 for mAP/FROC tasks by default: see `BootstrapSettings`)
   in the order of the sorted image ids, recomputes the primary metric of every run with
   `metrics.aggregate(kind, per_image, indices)` and averages over the runs; the interval is the
   2.5 and 97.5 percentiles of the replicates. Every group of a task with the same test images gets
@@ -25,6 +26,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +35,10 @@ from scipy import stats
 
 from cxrbench.benchmark.tasks import TASKS
 from cxrbench.errors import CxrbenchError
+from cxrbench.io_utils import atomic_save_npy, sha256_file, sha256_text, stable_hash
 
 SOURCE_KEY = "_source"
-REQUIRED_KEYS = ("run_id", "encoder", "task_id", "metric", "phase", "status", "test", "protocol_hash")
+REQUIRED_KEYS = ("run_id", "encoder", "task_id", "metric", "phase", "status", "protocol_hash")
 MIN_BOOT_FINITE = 0.9
 MATCH_TOL = 1e-6
 
@@ -70,12 +73,16 @@ def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
     dirs = [Path(runs_dirs)] if isinstance(runs_dirs, str | Path) else [Path(d) for d in runs_dirs]
     records: list[dict] = []
     skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()  # the same file reached twice (a directory given twice, or nested) is read once
     for root in dirs:
         if not root.is_dir():
             raise CxrbenchError(
                 f"runs directory {root} does not exist (pass the --runs-dir of cxrbench evaluate)"
             )
         for path in sorted(root.rglob("*.json")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             reason = None
             try:
                 obj = json.loads(path.read_text(encoding="utf-8"))
@@ -169,6 +176,25 @@ def bootstrap_indices(task_id: str, n_images: int, n_boot: int, seed: int = 0) -
     return rng.integers(0, n_images, size=(n_boot, n_images))
 
 
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """Replicates per metric kind: Dice replicates are cheap weighted re-sums; mAP and FROC replicates
+    each cost one `metrics.aggregate` call per run, hence their own (smaller) default."""
+
+    n_boot: int = 1000
+    n_boot_detection: int = 200
+    seed: int = 0
+    cache_dir: Path | None = None
+
+    def replicates(self, kind: str) -> int:
+        return self.n_boot if kind == "dice" else self.n_boot_detection
+
+    def describe(self) -> str:
+        if self.n_boot == self.n_boot_detection:
+            return f"{self.n_boot} replicates"
+        return f"{self.n_boot} replicates for Dice tasks, {self.n_boot_detection} for mAP/FROC tasks"
+
+
 @dataclass
 class Summary:
     """The tidy statistics table plus what the comparisons need (bootstrap replicates per group)."""
@@ -177,8 +203,7 @@ class Summary:
     replicates: dict[tuple[str, str], np.ndarray]
     image_sets: dict[tuple[str, str], tuple[str, ...]]
     notes: list[str]
-    n_boot: int
-    seed: int
+    bootstrap: BootstrapSettings
 
 
 TABLE_COLUMNS = (
@@ -195,6 +220,7 @@ TABLE_COLUMNS = (
     "ci95_high",
     "boot_low",
     "boot_high",
+    "n_boot",
     "n_images",
     "protocol_hash",
     "profile",
@@ -206,18 +232,26 @@ TABLE_COLUMNS = (
 def summarize_records(
     records: Sequence[dict],
     n_boot: int = 1000,
+    n_boot_detection: int = 200,
     seed: int = 0,
     allow_mixed: bool = False,
+    cache_dir: Path | str | None = None,
 ) -> Summary:
-    """Per (encoder, task) statistics of the final runs; see the module docstring for the rules."""
+    """Per (encoder, task) statistics of the final runs; see the module docstring for the rules.
+
+    ``cache_dir`` keeps each run's bootstrap replicates on disk, keyed by the record file's sha256,
+    the settings and the metrics code, so rebuilding a leaderboard only resamples new or changed runs.
+    """
+    settings = BootstrapSettings(n_boot, n_boot_detection, seed, Path(cache_dir) if cache_dir else None)
     notes = check_records(records, allow_mixed=allow_mixed)
     catalogue = {t.task_id: t for t in protocol_tasks()}
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for rec in records:
         if rec.get("phase") == "final":
             groups[(str(rec["encoder"]), str(rec["task_id"]))].append(rec)
-    rows, replicates, image_sets, cache = [], {}, {}, {}
+    rows, replicates, image_sets, resamples = [], {}, {}, {}
     order = {t: i for i, t in enumerate(catalogue)}
+    # task by task, so that one task's resampled indices are built once and then dropped
     for (encoder, task_id), recs in sorted(
         groups.items(), key=lambda kv: (order.get(kv[0][1], len(order)), kv[0][1], kv[0][0])
     ):
@@ -229,7 +263,7 @@ def summarize_records(
             raise CxrbenchError(
                 f"{encoder}/{task_id}: records name primary metric {wrong}, the task's is {info.metric!r}"
             )
-        row, reps, ids = _summarize_group(encoder, info, recs, n_boot, seed, cache)
+        row, reps, ids = _summarize_group(encoder, info, recs, settings, resamples)
         rows.append(row)
         if reps is not None:
             replicates[(encoder, task_id)] = reps
@@ -240,7 +274,7 @@ def summarize_records(
         table = (
             table.sort_values(["_order", "task_id", "encoder"]).drop(columns="_order").reset_index(drop=True)
         )
-    return Summary(table, replicates, image_sets, notes, n_boot, seed)
+    return Summary(table, replicates, image_sets, notes, settings)
 
 
 def _primary_value(rec: dict) -> float:
@@ -252,7 +286,7 @@ def _primary_value(rec: dict) -> float:
 
 
 def _summarize_group(
-    encoder: str, info: TaskInfo, recs: list[dict], n_boot: int, seed: int, cache: dict
+    encoder: str, info: TaskInfo, recs: list[dict], settings: BootstrapSettings, resamples: dict
 ) -> tuple[dict, np.ndarray | None, tuple[str, ...]]:
     ok = sorted((r for r in recs if r.get("status") == "ok"), key=lambda r: (r.get("seed", 0), r["run_id"]))
     n_failed = len(recs) - len(ok)
@@ -269,14 +303,12 @@ def _summarize_group(
         flags.append(f"{int((~finite).sum())} NaN value(s) excluded")
     if n_failed:
         flags.append(f"{n_failed} failed run(s) excluded")
-    seeds = Counter(r.get("seed") for r in used)
-    if any(c > 1 for c in seeds.values()):
+    if any(c > 1 for c in Counter(r.get("seed") for r in used).values()):
         flags.append("repeated seed")
     hashes = sorted({str(r["protocol_hash"]) for r in recs})
     if len(hashes) > 1:
         flags.append("mixed protocol hashes")
-    profiles = sorted({str(r.get("profile", "")) for r in recs})
-    reps, ids, boot_flags = _group_bootstrap(info, used, n_boot, seed, cache)
+    reps, ids, boot_flags = _group_bootstrap(info, used, settings, resamples)
     flags.extend(boot_flags)
     boot_low = boot_high = math.nan
     if reps is not None:
@@ -299,9 +331,10 @@ def _summarize_group(
         "ci95_high": high,
         "boot_low": boot_low,
         "boot_high": boot_high,
-        "n_images": len(ids) if ids else 0,
+        "n_boot": 0 if reps is None else len(reps),
+        "n_images": len(ids),
         "protocol_hash": ",".join(hashes),
-        "profile": ",".join(profiles),
+        "profile": ",".join(sorted({str(r.get("profile", "")) for r in recs})),
         "flags": "; ".join(flags),
         "source": "measured",
     }
@@ -309,9 +342,10 @@ def _summarize_group(
 
 
 def _group_bootstrap(
-    info: TaskInfo, used: list[dict], n_boot: int, seed: int, cache: dict
+    info: TaskInfo, used: list[dict], settings: BootstrapSettings, resamples: dict
 ) -> tuple[np.ndarray | None, tuple[str, ...], list[str]]:
     """Replicates of the run-mean metric over resampled test images (None when not computable)."""
+    n_boot = settings.replicates(info.metric)
     if not used or n_boot <= 0:
         return None, (), []
     per_images = [r.get("test_per_image") or {} for r in used]
@@ -321,26 +355,22 @@ def _group_bootstrap(
     ids = tuple(sorted(id_lists[0]))
     if len(set(ids)) != len(ids) or any(sorted(lst) != list(ids) for lst in id_lists[1:]):
         return None, (), ["runs do not share the same test images: no bootstrap interval"]
-    from cxrbench.benchmark import metrics
-
     key = (info.task_id, ids)
-    if key not in cache:
-        cache.clear()  # groups arrive task by task: keep only the current task's resamples
-        cache[key] = _Resamples(bootstrap_indices(info.task_id, len(ids), n_boot, seed))
-    resamples = cache[key]
+    if key not in resamples:
+        resamples.clear()
+        resamples[key] = _Resamples(bootstrap_indices(info.task_id, len(ids), n_boot, settings.seed))
     position = {image_id: k for k, image_id in enumerate(ids)}
     flags, per_run = [], []
     for rec, lst, per_image in zip(used, id_lists, per_images, strict=True):
+        to_run = np.empty(len(ids), dtype=np.int64)  # canonical position -> this run's position
+        to_run[[position[i] for i in lst]] = np.arange(len(lst))
         try:
-            prepared = metrics.prepare(info.metric, per_image)
-            full = metrics.aggregate(info.metric, prepared)[info.metric]
+            reps, full = _run_replicates(info.metric, rec, per_image, to_run, resamples[key], settings)
         except (CxrbenchError, KeyError, TypeError, ValueError) as exc:
             return None, (), [f"unreadable per-image stats ({exc}): no bootstrap interval"]
         if not flags and not math.isclose(full, _primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
             flags.append("test value differs from its per-image stats (run cxrbench rescore)")
-        to_run = np.empty(len(ids), dtype=np.int64)  # canonical position -> this run's position
-        to_run[[position[i] for i in lst]] = np.arange(len(lst))
-        per_run.append(_replicate_values(info.metric, prepared, to_run, resamples))
+        per_run.append(reps)
     return np.mean(per_run, axis=0), ids, flags
 
 
@@ -361,14 +391,63 @@ class _Resamples:
         return self._counts
 
 
+def _run_replicates(
+    kind: str,
+    rec: dict,
+    per_image: dict,
+    to_run: np.ndarray,
+    resamples: _Resamples,
+    settings: BootstrapSettings,
+) -> tuple[np.ndarray, float]:
+    """(metric on every replicate, metric on the full test set) of one run, from the disk cache if there."""
+    from cxrbench.benchmark import metrics
+
+    path = _cache_path(rec, settings)
+    if path is not None and path.is_file():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape == (resamples.indices.shape[0] + 1,):
+            return cached[1:], float(cached[0])
+    prepared = metrics.prepare(kind, per_image)
+    full = metrics.aggregate(kind, prepared)[kind]
+    reps = _replicate_values(kind, prepared, to_run, resamples)
+    if path is not None:
+        atomic_save_npy(path, np.concatenate([[full], reps]))
+    return reps, full
+
+
+@lru_cache(maxsize=1)
+def _metrics_code_hash() -> str:
+    """Changes whenever the metrics code changes, so cached replicates of an old metric are not reused."""
+    from cxrbench.benchmark import metrics
+
+    folder = Path(metrics.__file__).parent
+    return sha256_text("".join(sha256_file(p) for p in sorted(folder.glob("*.py"))))
+
+
+def _cache_path(rec: dict, settings: BootstrapSettings) -> Path | None:
+    if settings.cache_dir is None or SOURCE_KEY not in rec:
+        return None
+    key = stable_hash(
+        {
+            "format": 1,
+            "record": sha256_file(rec[SOURCE_KEY]),
+            "n_boot": settings.replicates(str(rec["metric"])),
+            "seed": settings.seed,
+            "metrics": _metrics_code_hash(),
+        }
+    )
+    return settings.cache_dir / f"{key[:32]}.npy"
+
+
 def _replicate_values(kind: str, prepared: object, to_run: np.ndarray, resamples: _Resamples) -> np.ndarray:
     """The metric on every replicate; Dice as a weighted re-sum (checked against `aggregate`)."""
     from cxrbench.benchmark import metrics
 
     indices = resamples.indices
     if kind == "dice":
-        sums = [resamples.counts @ prepared[k][to_run].astype(np.float64) for k in metrics.dice.STAT_KEYS]
-        fast = metrics.dice.dice_from_sums(*sums).mean(axis=1)
+        stacked = np.concatenate([prepared[k][to_run] for k in metrics.dice.STAT_KEYS], axis=1)
+        sums = resamples.counts @ stacked.astype(np.float64)  # one pass over the counts matrix
+        fast = metrics.dice.dice_from_sums(*np.split(sums, len(metrics.dice.STAT_KEYS), axis=1)).mean(axis=1)
         check = metrics.aggregate(kind, prepared, to_run[indices[0]])[kind]
         if math.isclose(fast[0], check, rel_tol=1e-9, abs_tol=1e-12):
             return fast

@@ -111,7 +111,7 @@ def evaluate_checkpoint(
                 return existing
             reporter.run_started(task, phase, lr, seed)
             loaded.encoder.load_state_dict(base_state)
-            record = _run_record(
+            record = new_run_record(
                 options, task, dataset.name, key, identity, checkpoint, phase, lr, seed, p_hash, device
             )
             record["encoder_load"] = {
@@ -119,7 +119,7 @@ def evaluate_checkpoint(
                 "prefix": loaded.report.prefix,
                 "fraction_loaded": loaded.report.fraction_loaded,
             }
-            predictions = _execute(
+            predictions = execute_run(
                 record, task, loaded, len(dataset.classes), data, lr, seed, profile, device, options, reporter
             )
             write_record(path, record, predictions)
@@ -130,7 +130,7 @@ def evaluate_checkpoint(
         if n_grid:
             search = [run("lr_search", lr, 0) for lr in task.lr_grid]
             outcome.records += search
-            outcome.lr = _best_lr(task, search)
+            outcome.lr = best_lr(task, search)
         else:
             outcome.lr = task.lr_grid[0]
         outcome.records += [run("final", outcome.lr, seed) for seed in range(seeds)]
@@ -139,14 +139,15 @@ def evaluate_checkpoint(
     return outcomes
 
 
-def _best_lr(task: Task, records: list[dict]) -> float:
-    """The lr whose validation metric is highest among successful runs (the default lr if none)."""
+def best_lr(task: Task, records: list[dict]) -> float:
+    """The lr with the highest validation metric among successful runs; ties go to the earlier lr of
+    the grid; the default lr when no run succeeded."""
     scored = [(r["val"].get(task.metric, float("nan")), r["lr"]) for r in records if r.get("status") == "ok"]
     scored = [(v, lr) for v, lr in scored if np.isfinite(v)]
-    return max(scored)[1] if scored else task.default_lr
+    return max(scored, key=lambda pair: pair[0])[1] if scored else task.default_lr
 
 
-def _run_record(
+def new_run_record(
     options, task, dataset_name, key, identity, checkpoint, phase, lr, seed, p_hash, device
 ) -> dict:
     ckpt_path = None if str(checkpoint) in ("random", "imagenet") else str(Path(checkpoint).resolve())
@@ -174,10 +175,12 @@ def _run_record(
     }
 
 
-def _execute(
+def execute_run(
     record, task, loaded, n_classes, data: dict[str, TaskSplit], lr, seed, profile, device, options, reporter
 ):
-    """Train one run, filling `record`; failures are recorded, not raised (KeyboardInterrupt is)."""
+    """Train one run, filling `record`; failures are recorded, not raised (KeyboardInterrupt is).
+
+    Returns the predictions arrays to store beside the record (None for a failed run)."""
     start = time.perf_counter()
     try:
         result = train_run(

@@ -222,8 +222,10 @@ def train_run(
     head.load_state_dict(best["state"]["head"])
     if "encoder" in best["state"]:
         encoder.load_state_dict(best["state"]["encoder"])
-    if not best["val"]:  # no epoch produced a finite metric: report the last one honestly
-        best["val"] = val_metrics
+    if not best["val"]:  # no epoch ran or none had a finite metric: report the selected state's
+        best["val"], _, _, _ = evaluate_split(
+            task, head, encoder, batches["val"], data["val"], out_size, device, autocast
+        )
     t_train = time.perf_counter()
     test_metrics, _, per_image, predictions = evaluate_split(
         task, head, encoder, batches["test"], data["test"], out_size, device, autocast, keep_predictions=True

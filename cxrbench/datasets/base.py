@@ -92,6 +92,7 @@ class VerifyReport:
     extra: list[str]
     problems: list[Problem]
     expected_layout: str
+    info: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -112,6 +113,10 @@ class DatasetAdapter(ABC):
     subset_percents: ClassVar[tuple[float, ...]] = ()
     expected_counts: ClassVar[dict[str, int]] = {}
     layout: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        # Counts of images excluded by design while listing (e.g. no mask), shown as info, not errors.
+        self.info: dict[str, int] = {}
 
     @abstractmethod
     def required_files(self, raw_root: Path) -> list[Path]:
@@ -153,4 +158,7 @@ class DatasetAdapter(ABC):
             extra = sorted(str(p) for p in self.image_files(raw_root) if p.resolve() not in listed)
         else:
             extra = []
-        return VerifyReport(self.name, raw_root, len(samples), missing, extra, problems.items, self.layout)
+        info = dict(getattr(self, "info", {}))
+        return VerifyReport(
+            self.name, raw_root, len(samples), missing, extra, problems.items, self.layout, info
+        )

@@ -52,9 +52,6 @@ class CovidRuralAdapter(DatasetAdapter):
         "                                          images without a mask are not annotated and are dropped"
     )
 
-    def __init__(self) -> None:
-        self.info: dict[str, int] = {}
-
     def required_files(self, raw_root: Path) -> list[Path]:
         return [raw_root / IMAGES, raw_root / MASKS]
 

@@ -133,7 +133,7 @@ def read_test_list(path: Path, problems: Problems) -> list[tuple[int, str]]:
         if not _valid_index(name):
             problems.add(
                 path,
-                f"malformed line {name!r}; line skipped",
+                f"malformed line {name!r}; row skipped",
                 row=number,
                 expected="an Image Index like 00000003_001.png",
             )
@@ -226,7 +226,7 @@ class NIHAdapter(DatasetAdapter):
             if entry is None:
                 problems.add(
                     test_path,
-                    f"{name} is not listed in {DATA_ENTRY}; line skipped",
+                    f"{name} is not listed in {DATA_ENTRY}; row skipped",
                     row=number,
                     expected=f"test-list images listed in {DATA_ENTRY}",
                 )

@@ -46,6 +46,7 @@ class PrepareSummary:
     skipped_rows: int = 0
     skipped_images: int = 0
     reused: bool = False
+    info: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -214,7 +215,10 @@ def prepare(
                 on_progress(done, total)
 
     summary = _assemble(adapter, present, splits, jobs, partial, config)
+    for problem in summary.problems:  # met while decoding (possibly in worker processes)
+        warnings.warn(str(problem), stacklevel=2)
     summary.skipped_rows += skipped_rows
+    summary.info = dict(adapter.info)
     summary.problems = problems.items + summary.problems
     _swap_into_place(partial, out_root)
     summary.out_root = out_root
@@ -295,6 +299,7 @@ def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> Pr
         "has_boxes": adapter.has_boxes,
         "skipped": {"rows": summary.skipped_rows, "images": skipped_images},
         "expected_counts": adapter.expected_counts,
+        "excluded_by_design": dict(adapter.info),
         "provenance": provenance(),
     }
     shutil.rmtree(partial / "chunks", ignore_errors=True)

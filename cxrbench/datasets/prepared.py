@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,23 @@ class Sample:
     sentences: list[str] | None = None
 
 
+def _split_meta(path: Path) -> dict:
+    """A split's meta.json, parsed once per file version (subsets share it; MIMIC's is large)."""
+    return _cached_meta(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _cached_meta(path: str, mtime_ns: int) -> dict:
+    return read_json(path)
+
+
 class PreparedSplit(Sequence):
     """A split (optionally restricted to a subset of indices) exposing arrays and samples."""
 
     def __init__(self, root: Path, name: str, size: int, indices: np.ndarray | None = None):
         self.root, self.name, self.size = root, name, size
         self._dir = root / name
-        self._meta = read_json(self._dir / "meta.json")
+        self._meta = _split_meta(self._dir / "meta.json")
         n = len(self._meta["image_ids"])
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
 

@@ -18,6 +18,33 @@ from dataclasses import dataclass
 # "FINDINGS AND IMPRESSION:", "RECOMMENDATION(S):". Times such as "10:30" never match (no letter).
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Z0-9 ,()/&'\-]{0,58}[A-Z)])[ \t]*:", re.MULTILINE)
 
+# Upper-case labels that structure the inside of a FINDINGS section ("LUNGS: Clear. HEART: ...")
+# rather than start a new section: they stay in the body text.
+SUBSECTIONS = frozenset(
+    {
+        "LUNG",
+        "LUNGS",
+        "HEART",
+        "PLEURA",
+        "PLEURAL SPACES",
+        "MEDIASTINUM",
+        "CARDIOMEDIASTINAL",
+        "HILA",
+        "AIRWAYS",
+        "BONES",
+        "OSSEOUS STRUCTURES",
+        "SOFT TISSUES",
+        "ABDOMEN",
+        "UPPER ABDOMEN",
+        "DEVICES",
+        "SUPPORT DEVICES",
+        "LINES AND TUBES",
+        "LINES/TUBES",
+        "TUBES AND LINES",
+        "TUBES/LINES",
+    }
+)
+
 # Words before a '.' that do not end a sentence even when a capital letter follows.
 ABBREVIATIONS = frozenset(
     {
@@ -65,11 +92,11 @@ def normalize_whitespace(text: str) -> str:
 def extract_sections(report: str) -> dict[str, str]:
     """Split a report into {HEADER: body}; text before the first header is stored under "".
 
-    Bodies keep their line breaks (paragraphs matter to the sentence splitter). A header that
+    Anatomical labels inside a section (`SUBSECTIONS`, e.g. "LUNGS:") stay part of its body. Bodies keep their line breaks (paragraphs matter to the sentence splitter). A header that
     occurs twice (e.g. an addendum) gets both bodies joined by a blank line.
     """
     sections: dict[str, str] = {}
-    matches = list(_HEADER.finditer(report))
+    matches = [m for m in _HEADER.finditer(report) if " ".join(m.group(1).split()) not in SUBSECTIONS]
     starts = [m.start() for m in matches] + [len(report)]
     preamble = report[: starts[0]].strip()
     if preamble:

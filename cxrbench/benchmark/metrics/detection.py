@@ -135,22 +135,23 @@ def _ap_from_flags(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> np.ndarray:
     Predictions of all images are sorted by score (stable); recall = cumTP / n_gt, precision =
     cumTP / (cumTP + cumFP + eps); precision is replaced by its running maximum from the right (the
     envelope) and read at the first rank whose recall reaches each of the 101 recall points (0 if never
-    reached); AP is the mean of those 101 values. NaN when there is no GT box.
+    reached); AP is the mean of those 101 values. NaN when there is no GT box, 0 with GT but no TP.
+    Only TP ranks are evaluated: each recall point is first reached at a TP rank (recall 0 at rank 0,
+    whose envelope equals the first TP's), and precision only rises at TPs, so the envelope's maxima
+    lie there too; the values are identical to pycocotools', float for float.
     """
-    t = tp.shape[0]
     if n_gt == 0:
-        return np.full(t, np.nan)
-    if scores.size == 0:
-        return np.zeros(t)
+        return np.full(tp.shape[0], np.nan)
     tp = tp[:, np.argsort(-scores, kind="mergesort")]
-    tps = np.cumsum(tp, axis=1, dtype=np.float64)
-    fps = np.cumsum(~tp, axis=1, dtype=np.float64)
-    recall = tps / n_gt
-    precision = np.maximum.accumulate((tps / (tps + fps + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
-    ap = np.empty(t)
-    for i in range(t):
-        ranks = np.searchsorted(recall[i], RECALL_POINTS, side="left")
-        ap[i] = np.where(ranks < scores.size, precision[i, np.minimum(ranks, scores.size - 1)], 0.0).mean()
+    ap = np.zeros(tp.shape[0])
+    for i, row in enumerate(tp):
+        ranks = np.flatnonzero(row)
+        if ranks.size == 0:
+            continue
+        n_tp = np.arange(1, ranks.size + 1, dtype=np.float64)
+        envelope = np.maximum.accumulate((n_tp / (ranks + 1 + np.spacing(1)))[::-1])[::-1]
+        first = np.searchsorted(n_tp / n_gt, RECALL_POINTS, side="left")
+        ap[i] = np.where(first < ranks.size, envelope[np.minimum(first, ranks.size - 1)], 0.0).mean()
     return ap
 
 

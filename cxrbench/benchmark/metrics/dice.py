@@ -30,14 +30,14 @@ def _as_mask(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor | np.ndarr
     if x.ndim != 4:
         raise CxrbenchError(f"{name} must be B x C x H x W (or B x H x W), got shape {tuple(x.shape)}")
     if isinstance(x, torch.Tensor):
-        is_float = torch.is_floating_point(x)
+        is_bool, is_int = x.dtype == torch.bool, not (torch.is_floating_point(x) or torch.is_complex(x))
     else:
-        is_float = not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_)
-    if is_float:
+        is_bool, is_int = x.dtype == np.bool_, np.issubdtype(x.dtype, np.integer)
+    if not (is_bool or is_int):
         raise CxrbenchError(
             f"{name} must be a boolean mask, got {x.dtype}; threshold logits with binarize_logits"
         )
-    if x.dtype not in (torch.bool, np.bool_) and ((x != 0) & (x != 1)).any():
+    if not is_bool and bool(((x != 0) & (x != 1)).any()):
         raise CxrbenchError(f"{name} must hold only 0 and 1")
     return x != 0
 
@@ -68,7 +68,9 @@ def _stat_arrays(stats: Mapping[str, Sequence | np.ndarray]) -> list[np.ndarray]
     arrays = []
     for key in STAT_KEYS:
         a = np.asarray(stats[key], dtype=np.int64)
-        arrays.append(a if a.ndim == 2 else a.reshape(len(a), -1) if len(a) else np.zeros((0, 0), np.int64))
+        if a.ndim != 2:  # a flat list is one class; an empty list is no image
+            a = a.reshape(len(a), -1) if a.size else np.zeros((0, 0), np.int64)
+        arrays.append(a)
     if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
         raise CxrbenchError(f"Dice statistics disagree in shape: {[a.shape for a in arrays]}")
     return arrays
@@ -101,10 +103,10 @@ def aggregate_dice(
     inter, ps, gs = _stat_arrays(stats)
     idx = resolve_indices(indices, len(inter))
     inter, ps, gs = inter[idx], ps[idx], gs[idx]
+    if inter.size == 0:
+        return {"dice": float("nan"), "dice_per_image": float("nan")}
     per_class = dice_from_sums(inter.sum(0), ps.sum(0), gs.sum(0))
-    nan = float("nan")
-    out = {"dice": float(per_class.mean()) if per_class.size and len(idx) else nan}
-    image_dice = dice_from_sums(inter, ps, gs).mean(axis=1) if inter.size else np.zeros(0)
-    out["dice_per_image"] = float(image_dice.mean()) if image_dice.size else nan
-    out.update({f"dice_{k}": float(v) if len(idx) else nan for k, v in enumerate(per_class)})
+    # mean over the B x C table = mean over images of the per-image mean over classes
+    out = {"dice": float(per_class.mean()), "dice_per_image": float(dice_from_sums(inter, ps, gs).mean())}
+    out.update({f"dice_{k}": float(v) for k, v in enumerate(per_class)})
     return out

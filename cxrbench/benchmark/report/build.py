@@ -20,6 +20,7 @@ from cxrbench.benchmark.results import RecordScan, Summary, scan_records, summar
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_text
 
+CACHE_DIR = Path(".cache") / "bootstrap"  # per-run bootstrap replicates, inside the output directory
 CSV_COLUMNS = (
     "encoder",
     "task_id",
@@ -33,6 +34,7 @@ CSV_COLUMNS = (
     "boot_high",
     "rank",
     "source",
+    "n_boot",
     "dataset",
     "n_nan",
     "n_failed",
@@ -93,22 +95,38 @@ def build_leaderboard(
     baselines: Sequence[str] = (),
     include_published: bool | Sequence[str] = True,
     n_boot: int = 1000,
+    n_boot_detection: int = 200,
     seed: int = 0,
     alpha: float = 0.05,
     allow_mixed: bool = False,
     plots: bool = True,
     overlays: bool = True,
+    cache: bool = True,
     title: str = "cxrbench leaderboard",
 ) -> LeaderboardResult:
-    """Aggregate the run records under `runs_dirs` and write every leaderboard output into `out_dir`."""
+    """Aggregate the run records under `runs_dirs` and write every leaderboard output into `out_dir`.
+
+    ``n_boot`` / ``n_boot_detection``: bootstrap replicates for Dice / mAP and FROC tasks (0 disables the
+    bootstrap intervals and the paired tests). ``cache``: keep each run's replicates under
+    ``out_dir/.cache/bootstrap`` so that rebuilding only resamples new or changed runs.
+    """
     out_dir = Path(out_dir)
     scan = scan_records(runs_dirs)
-    summary = summarize_records(scan.records, n_boot=n_boot, seed=seed, allow_mixed=allow_mixed)
+    summary = summarize_records(
+        scan.records,
+        n_boot=n_boot,
+        n_boot_detection=n_boot_detection,
+        seed=seed,
+        allow_mixed=allow_mixed,
+        cache_dir=out_dir / CACHE_DIR if cache else None,
+    )
     if summary.table.empty:
         raise CxrbenchError("no final run records found: run cxrbench evaluate first, or check --runs-dir")
     ranked = add_ranks(summary.table)
     wins = count_wins(summary, baselines, alpha) if baselines else None
     published = select_published(load_published(), include_published) if include_published else None
+    if published is not None:  # only beside tasks that were measured
+        published = published[published["task_id"].isin(set(ranked["task_id"]))]
     layout = build_layout(ranked, summary, wins, published, skipped=len(scan.skipped))
     table = tidy_table(ranked, wins, published)
     paths = {"csv": out_dir / "leaderboard.csv", "markdown": out_dir / "leaderboard.md"}

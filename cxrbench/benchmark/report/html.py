@@ -77,9 +77,11 @@ def render_html(
                 out.append('<td data-sort="NaN">–</td>')
                 continue
             cls = ' class="best"' if cell.bold else ""
-            out.append(f'<td{cls} data-sort="{_num(cell.mean)}">{esc(cell.text)}</td>')
+            out.append(
+                f'<td{cls} data-sort="{_num(cell.mean)}" title="{esc(cell.detail)}">{esc(cell.text)}</td>'
+            )
         wins = row.wins.split("/")[0] if row.wins[:1].isdigit() else "NaN"
-        rank = f"{row.mean_rank:.2f}" if np.isfinite(row.mean_rank) else "–"
+        rank = row.rank_text(len(layout.columns))
         out.append(
             f'<td data-sort="{_num(row.mean_rank)}">{rank}</td><td data-sort="{wins}">{esc(row.wins)}</td></tr>'
         )

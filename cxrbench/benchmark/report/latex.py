@@ -17,6 +17,9 @@ _SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "<": r"$<$",
+    ">": r"$>$",
+    "|": r"$|$",
 }
 
 
@@ -69,7 +72,7 @@ def render_latex(layout: Layout) -> str:
             previous = row.source
         label = escape(row.label) if row.source == "measured" else rf"\textit{{{escape(row.label)}}}"
         cells = [_cell_tex(row.cells.get(c.task_id)) for c in layout.columns]
-        rank = f"{row.mean_rank:.2f}" if np.isfinite(row.mean_rank) else "--"
+        rank = escape(row.rank_text(len(layout.columns))).replace("–", "--")
         lines.append(" & ".join([label, *cells, rank, escape(row.wins)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\par\smallskip\footnotesize"]
     notes = [escape(line).replace(WIN_MARK, r"$^{\blacktriangle}$") for line in layout.footer]

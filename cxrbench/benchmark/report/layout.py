@@ -50,6 +50,23 @@ class Cell:
     bold: bool = False
     win: bool = False
     published: bool = False
+    boot: tuple[float, float] = (math.nan, math.nan)
+    flags: str = ""
+
+    @property
+    def detail(self) -> str:
+        """Everything behind the cell in one line (HTML tooltip): runs, both intervals, flags."""
+        pct = lambda v: f"{100 * v:.2f}" if np.isfinite(v) else "n/a"  # noqa: E731
+        parts = [f"n = {self.n_runs} runs", f"mean {pct(self.mean)}"]
+        if np.isfinite(self.half):
+            parts.append(f"95% t-interval [{pct(self.mean - self.half)}, {pct(self.mean + self.half)}]")
+        if np.isfinite(self.boot[0]):
+            parts.append(
+                f"95% bootstrap interval over test images [{pct(self.boot[0])}, {pct(self.boot[1])}]"
+            )
+        if self.flags:
+            parts.append(self.flags)
+        return "; ".join(parts)
 
     @property
     def text(self) -> str:
@@ -75,6 +92,13 @@ class Row:
     @property
     def label(self) -> str:
         return self.encoder
+
+    def rank_text(self, n_columns: int) -> str:
+        """Mean rank, with the number of tasks when the encoder was not ranked on all of them."""
+        if not np.isfinite(self.mean_rank):
+            return MISSING
+        text = f"{self.mean_rank:.2f}"
+        return text if self.n_ranked >= n_columns else f"{text} ({self.n_ranked}/{n_columns} tasks)"
 
 
 @dataclass
@@ -115,7 +139,7 @@ def build_layout(
     skipped: int = 0,
 ) -> Layout:
     """Turn the ranked tidy table (+ wins, + published rows) into the rendered model."""
-    columns = _columns(ranked, published)
+    columns = _columns(ranked)
     rows = _measured_rows(ranked, wins)
     if published is not None and not published.empty:
         rows += _published_rows(published, {c.task_id for c in columns})
@@ -123,10 +147,9 @@ def build_layout(
     return Layout(columns, rows, footer)
 
 
-def _columns(ranked: pd.DataFrame, published: pd.DataFrame | None) -> list[Column]:
+def _columns(ranked: pd.DataFrame) -> list[Column]:
+    """Tasks with measured results, in protocol order (published rows are shown for these only)."""
     present = set(ranked["task_id"])
-    if published is not None:
-        present |= set(published["task_id"])
     cols = [
         Column(t.task_id, t.dataset, task_label(t.task_id, t.dataset), t.metric) for t in protocol_tasks()
     ]
@@ -139,7 +162,15 @@ def _columns(ranked: pd.DataFrame, published: pd.DataFrame | None) -> list[Colum
 
 def _cell(row: pd.Series, published: bool = False) -> Cell:
     low, high = float(row["ci95_low"]), float(row["ci95_high"])
-    return Cell(float(row["mean"]), (high - low) / 2, int(row["n_runs"]), published=published)
+    boot = (float(row["boot_low"]), float(row["boot_high"]))
+    return Cell(
+        float(row["mean"]),
+        (high - low) / 2,
+        int(row["n_runs"]),
+        published=published,
+        boot=boot,
+        flags=str(row["flags"]),
+    )
 
 
 def _measured_rows(ranked: pd.DataFrame, wins: Wins | None) -> list[Row]:
@@ -188,8 +219,8 @@ def _footer(
         "Cells: mean ± half-width of the 95% t-interval over runs, mean ± t(0.975, n-1)·sd/√n with the sample sd "
         f"(n-1), in percent (mAP, FROC and Dice × 100); bold: best measured mean per task; {SINGLE_RUN}: a "
         "single run, no interval.",
-        f"Bootstrap 95% intervals over test images ({summary.n_boot} replicates, seed {summary.seed}, percentile "
-        "interval of the run-mean metric recomputed on resampled test images) are in the CSV and HTML outputs.",
+        f"Bootstrap 95% intervals over test images ({summary.bootstrap.describe()}, seed {summary.bootstrap.seed}; percentile "
+        "interval of the run-mean metric recomputed on resampled test images) are in the CSV and in the HTML cell tooltips.",
         _runs_line(measured),
         RANK_RULE,
     ]
@@ -213,18 +244,20 @@ def _footer(
     return lines
 
 
-def _runs_line(measured: pd.DataFrame) -> str:
+def _runs_line(measured: pd.DataFrame, max_listed: int = 6) -> str:
+    """How many runs each cell averages; cells off the most common count are named when few."""
     counts = Counter(int(n) for n in measured["n_runs"])
     if not counts:
         return "No measured runs."
-    mode = counts.most_common(1)[0][0]
-    line = f"Runs per cell: {mode}"
     if len(counts) == 1:
-        return line + " everywhere."
-    others = measured[measured["n_runs"] != mode]
-    return (
-        line
-        + " except "
-        + ", ".join(f"{r.encoder} / {r.task_id}: {r.n_runs}" for r in others.itertuples())
-        + "."
-    )
+        return f"Runs per cell: {next(iter(counts))} everywhere."
+    parts = []
+    for n, cells in sorted(counts.items(), reverse=True):
+        which = measured[measured["n_runs"] == n]
+        named = (
+            ": " + ", ".join(f"{r.encoder} / {r.task_id}" for r in which.itertuples())
+            if cells <= max_listed
+            else ""
+        )
+        parts.append(f"{n} in {cells} cell{'s' if cells > 1 else ''}{named}")
+    return "Runs per cell: " + "; ".join(parts) + "."

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from cxrbench.benchmark.report.layout import DATASET_NAMES, METRIC_NAMES, Layout
 
 SHORT_DATASET = {
@@ -15,7 +13,8 @@ SHORT_DATASET = {
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+    """Keep cell text literal; intra-word underscores (task ids) are not emphasis in GFM, so they stay."""
+    return text.replace("|", "\\|").replace("*", "\\*")
 
 
 def header_label(dataset: str, label: str, metric: str) -> str:
@@ -39,7 +38,7 @@ def render_markdown(layout: Layout, title: str = "cxrbench leaderboard") -> str:
             cell = row.cells.get(col.task_id)
             text = cell.text if cell is not None else "–"
             cells.append(f"**{text}**" if cell is not None and cell.bold else text)
-        cells.append(f"{row.mean_rank:.2f}" if np.isfinite(row.mean_rank) else "–")
+        cells.append(row.rank_text(len(layout.columns)))
         cells.append(row.wins)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

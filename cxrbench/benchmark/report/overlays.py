@@ -24,6 +24,7 @@ GT_COLOR = np.array([0, 200, 0], dtype=np.float64)
 PRED_COLOR = np.array([230, 30, 30], dtype=np.float64)
 ALPHA = 0.4
 GAP = 4
+MIN_TILE = 160
 
 
 def best_runs(records: Sequence[dict]) -> dict[tuple[str, str], dict]:
@@ -155,17 +156,26 @@ def plot_overlays(records: Sequence[dict], out_dir: Path, encoder_order: Sequenc
     return written
 
 
+def _upscale(tile: np.ndarray, min_size: int = MIN_TILE) -> np.ndarray:
+    """Nearest-neighbour enlargement of small tiles (demo-profile images) so they stay visible."""
+    k = max(1, math.ceil(min_size / max(tile.shape[:2])))
+    return tile if k == 1 else np.repeat(np.repeat(tile, k, axis=0), k, axis=1)
+
+
 def _save_mosaic(task: str, rows: list[tuple[str, list[np.ndarray]]], path: Path, dpi: int = 100) -> None:
     """The mosaic at one image pixel per figure pixel, encoder names as row labels."""
-    mosaic = _mosaic([tiles for _, tiles in rows])
-    label_in, title_in = 2.0, 0.4
-    width, height = mosaic.shape[1] / dpi + label_in, mosaic.shape[0] / dpi + title_in
+    mosaic = _mosaic([[_upscale(t) for t in tiles] for _, tiles in rows])
+    title = f"{task}: ground truth green, prediction red (best run per encoder)"
+    label_in = 0.2 + 0.07 * max(len(e) for e, _ in rows)
+    title_in = 0.35
+    width = max(mosaic.shape[1] / dpi + label_in, 0.06 * len(title) + label_in)
+    height = mosaic.shape[0] / dpi + title_in
     fig = Figure(figsize=(width, height), dpi=dpi)
-    ax = fig.add_axes((label_in / width, 0.0, 1 - label_in / width, 1 - title_in / height))
+    ax = fig.add_axes((label_in / width, 0.0, mosaic.shape[1] / dpi / width, 1 - title_in / height))
     ax.imshow(mosaic, interpolation="nearest")
     row_h = mosaic.shape[0] / len(rows)
     ax.set_xticks([])
     ax.set_yticks([row_h * (i + 0.5) for i in range(len(rows))], [e for e, _ in rows], fontsize=8)
-    ax.set_title(f"{task}: ground truth green, prediction red (best run per encoder)", fontsize=8)
+    ax.set_title(title, fontsize=8, loc="left")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

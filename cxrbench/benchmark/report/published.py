@@ -65,6 +65,7 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
                 "ci95_high": mean + half,
                 "boot_low": math.nan,
                 "boot_high": math.nan,
+                "n_boot": 0,
                 "n_images": 0,
                 "protocol_hash": "",
                 "profile": "",

@@ -8,30 +8,40 @@ annotated, as in the real download, where those images are dropped).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 from cxrbench.datasets.phantom.anatomy import Canvas, chest, paint_opacity, random_box_in, to_uint8
 
 DEFAULT_N = 60
 STUDIES = ("XR_CHEST_AP_PORTABLE", "XR_CHEST_AP_ONLY", "XR_CHEST_PA_AND_LATERAL")
-MASK_THRESHOLD = 0.1  # canvas brightening that counts as opacity (strengths are 0.2-0.35)
+MASK_THRESHOLD = 0.1  # canvas brightening that counts as opacity (strengths are 0.25-0.4)
 
 
 def paint_opacities(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Paint 1-2 irregular opacities (clusters of overlapping patches); return the canvas mask."""
+    """Paint 1-2 irregular hazy opacities in the lungs; return the canvas mask of the painted region.
+
+    Each opacity is the union (pixelwise maximum, so overlaps do not stack) of a few soft patches.
+    """
     before = canvas.image.copy()
+    increment = np.zeros_like(before)
     for _ in range(int(rng.integers(1, 3))):
         lung = canvas.lungs[rng.integers(2)]
-        x1, y1, x2, y2 = random_box_in(rng, lung, 24, 48)
-        strength = float(rng.uniform(0.2, 0.35))
+        x1, y1, x2, y2 = random_box_in(rng, lung, 30, 60)
+        strength = float(rng.uniform(0.25, 0.4))
         for _ in range(int(rng.integers(2, 5))):
             cx, cy = rng.uniform(x1, x2), rng.uniform(y1, y2)
-            bw, bh = rng.uniform(10, 26, size=2)
-            paint_opacity(canvas, rng, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), strength)
-    return (canvas.image - before) > MASK_THRESHOLD
+            bw, bh = rng.uniform(14, 34, size=2)
+            patch = replace(canvas, image=before.copy())
+            paint_opacity(patch, rng, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), strength)
+            increment = np.maximum(increment, patch.image - before)
+    increment *= gaussian_filter(canvas.lungs.any(0).astype(np.float32), 1.5)
+    canvas.image = np.clip(before + increment, 0, 1).astype(np.float32)
+    return increment > MASK_THRESHOLD
 
 
 def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:

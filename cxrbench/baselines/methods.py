@@ -1,0 +1,241 @@
+"""The registry of pre-training methods: each method is a frozen config saying which losses it combines.
+
+A method is data, not code: `MethodConfig` names the global loss, the local loss part, the
+distribution prior and their weights, and `method_loss` turns a model's outputs into the weighted sum.
+Adding a baseline is registering a new config (optionally with an `extra_loss` callable), see
+docs/adding_a_baseline.md. The registry is filled at import from `BUILTIN_METHODS`; `register_method`
+adds to a copy owned by this module, so a test can register a toy method without touching others.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from cxrbench.baselines.losses import (
+    LOCAL_PARTS,
+    UNIFORMITY_PRIORS,
+    distribution_prior,
+    global_infonce,
+    lovt_local_terms,
+)
+from cxrbench.errors import CxrbenchError
+
+if TYPE_CHECKING:
+    from cxrbench.baselines.models import PretrainOutputs
+
+POOLINGS = ("attention", "avg")
+INIT_METHODS = ("random", "imagenet")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One pre-training method.
+
+    kind "init" exports an encoder without training (random / ImageNet init); kind "pretrain" trains
+    image + report encoders with: global_weight * global InfoNCE (tau, weight_i2r) + local_weight *
+    LoVT local loss restricted to `local_part` (None = no local loss; term weight 0.375 as in LoVT) +
+    prior_weight * (prior(image regions) + prior(sentences)) for the distribution prior `prior`
+    (None = none; kwargs in `prior_kwargs`) + extra_weight * extra_loss(outputs) when given.
+    """
+
+    name: str
+    kind: str = "pretrain"
+    description: str = ""
+    pooling: str = "attention"  # global pooling of regions / sentences: "attention" (8 heads) or "avg"
+    projection: str = "mlp"  # "mlp" (2 layers + BatchNorm) or "linear" (CLIP)
+    global_weight: float = 1.0
+    global_tau: float = 0.1
+    weight_i2r: float = 0.75
+    learnable_tau: bool = False  # CLIP: learnable temperature, initialised at global_tau
+    local_part: str | None = None  # "full" | "alignment" | "uniformity" | None
+    local_weight: float = 0.375
+    local_tau: float = 0.3
+    prior: str | None = None  # a key of UNIFORMITY_PRIORS
+    prior_weight: float = 1.0
+    prior_kwargs: tuple[tuple[str, float], ...] = ()
+    prior_dim_scaled: bool = False  # multiply the prior by d_z (sliced Wasserstein scales like 1/D)
+    extra_loss: Callable[[PretrainOutputs], Tensor] | None = field(default=None, compare=False)
+    extra_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("init", "pretrain"):
+            raise CxrbenchError(f"method {self.name!r}: kind must be 'init' or 'pretrain', not {self.kind!r}")
+        if self.kind == "init" and self.name not in INIT_METHODS:
+            raise CxrbenchError(f"method {self.name!r}: init methods are {', '.join(INIT_METHODS)}")
+        if self.pooling not in POOLINGS:
+            raise CxrbenchError(f"method {self.name!r}: pooling must be one of {', '.join(POOLINGS)}")
+        if self.projection not in ("mlp", "linear"):
+            raise CxrbenchError(f"method {self.name!r}: projection must be 'mlp' or 'linear'")
+        if self.local_part is not None and self.local_part not in LOCAL_PARTS:
+            raise CxrbenchError(f"method {self.name!r}: local_part must be one of {', '.join(LOCAL_PARTS)}")
+        if self.prior is not None and self.prior not in UNIFORMITY_PRIORS:
+            known = ", ".join(sorted(UNIFORMITY_PRIORS))
+            raise CxrbenchError(f"method {self.name!r}: unknown prior {self.prior!r}; available: {known}")
+
+    @property
+    def trains(self) -> bool:
+        return self.kind == "pretrain"
+
+    @property
+    def needs_cross_attention(self) -> bool:
+        return self.local_part is not None
+
+    def as_record(self) -> dict:
+        """JSON/checkpoint-safe description (the extra loss is recorded by name only)."""
+        record = asdict(self)
+        record["extra_loss"] = (
+            None if self.extra_loss is None else getattr(self.extra_loss, "__name__", "custom")
+        )
+        record["prior_kwargs"] = dict(self.prior_kwargs)
+        return record
+
+
+BUILTIN_METHODS: tuple[MethodConfig, ...] = (
+    MethodConfig("random", kind="init", description="random initialisation (torchvision init), no training"),
+    MethodConfig("imagenet", kind="init", description="ImageNet initialisation (local torchvision weights)"),
+    MethodConfig(
+        "convirt",
+        pooling="avg",
+        description="ConVIRT: global image-report InfoNCE (0.75 i2r + 0.25 r2i, tau 0.1), average pooling",
+    ),
+    MethodConfig(
+        "clip",
+        pooling="avg",
+        projection="linear",
+        weight_i2r=0.5,
+        global_tau=0.07,
+        learnable_tau=True,
+        description="CLIP*: symmetric global InfoNCE, linear projections, learnable temperature (init 0.07)",
+    ),
+    MethodConfig(
+        "lovt",
+        local_part="full",
+        description="LoVT: global InfoNCE + local intra-sample contrastive loss (4 terms x 0.375, tau 0.3)",
+    ),
+    MethodConfig(
+        "uniformity_prior",
+        prior="gaussian_potential",
+        prior_kwargs=(("t", 2.0),),
+        description="global InfoNCE + within-sample Gaussian-potential uniformity prior, no local alignment",
+    ),
+    MethodConfig(
+        "uniformity_prior_sw",
+        prior="sliced_wasserstein",
+        prior_dim_scaled=True,
+        description="global InfoNCE + sliced-Wasserstein prior towards the uniform law on the sphere",
+    ),
+    MethodConfig(
+        "uniformity_prior_mm",
+        prior="moment_matching",
+        description="global InfoNCE + moment-matching prior (mean 0, covariance I/D) within each sample",
+    ),
+    MethodConfig(
+        "lovt_no_alignment",
+        local_part="uniformity",
+        description="ablation: LoVT with only the local uniformity part (intra-sample negatives)",
+    ),
+    MethodConfig(
+        "lovt_no_uniformity",
+        local_part="alignment",
+        description="ablation: LoVT with only the local alignment part (no intra-sample negatives)",
+    ),
+    MethodConfig(
+        "lovt_alignment_prior",
+        local_part="alignment",
+        prior="gaussian_potential",
+        prior_kwargs=(("t", 2.0),),
+        description="ablation: local alignment kept, intra-sample negatives replaced by the uniformity prior",
+    ),
+)
+
+
+def _builtin_registry() -> dict[str, MethodConfig]:
+    return {m.name: m for m in BUILTIN_METHODS}
+
+
+_REGISTRY: dict[str, MethodConfig] = _builtin_registry()
+
+
+def register_method(name: str, config: MethodConfig, *, replace: bool = False) -> MethodConfig:
+    """Make `config` available as `name` to `get_method`, `pretrain` and `cxrbench pretrain`."""
+    if name != config.name:
+        raise CxrbenchError(f"register_method: name {name!r} differs from config.name {config.name!r}")
+    if name in _REGISTRY and not replace and _REGISTRY[name] is not config:
+        raise CxrbenchError(f"method {name!r} is already registered; pass replace=True to override it")
+    _REGISTRY[name] = config
+    return config
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered method (built-ins come back with their original config)."""
+    _REGISTRY.pop(name, None)
+    builtin = _builtin_registry().get(name)
+    if builtin is not None:
+        _REGISTRY[name] = builtin
+
+
+def method_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> MethodConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CxrbenchError(f"unknown method {name!r}; available: {', '.join(_REGISTRY)}") from None
+
+
+def _prior(config: MethodConfig, z: Tensor, mask: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    kwargs: dict[str, object] = dict(config.prior_kwargs)
+    if "generator" in inspect.signature(UNIFORMITY_PRIORS[config.prior]).parameters:
+        kwargs["generator"] = generator
+    value = distribution_prior(config.prior, z, mask=mask, **kwargs)
+    return value * z.shape[-1] if config.prior_dim_scaled else value
+
+
+def method_loss(
+    config: MethodConfig, out: PretrainOutputs, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
+    """The method's total loss ("loss") and its weighted components (for logging).
+
+    `generator` makes stochastic priors (sliced Wasserstein) deterministic, e.g. for validation.
+    """
+    parts: dict[str, Tensor] = {}
+    if config.global_weight:
+        tau = out.global_tau if out.global_tau is not None else config.global_tau
+        parts["global"] = config.global_weight * global_infonce(
+            out.image_global, out.report_global, tau=tau, weight_i2r=config.weight_i2r
+        )
+    if config.local_part is not None:
+        if out.image_attended is None or out.sentence_attended is None:
+            raise CxrbenchError(f"method {config.name!r} needs cross-modal attention outputs")
+        terms = lovt_local_terms(
+            out.image_local,
+            out.image_attended,
+            out.sentence_local,
+            out.sentence_attended,
+            out.sentence_mask,
+            out.image_pool_weights,
+            out.sentence_pool_weights,
+            grid=out.grid,
+            tau=config.local_tau,
+            part=config.local_part,
+        )
+        parts["local"] = config.local_weight * torch.stack(list(terms.values())).sum()
+    if config.prior is not None:
+        parts["prior"] = config.prior_weight * (
+            _prior(config, out.image_local, None, generator)
+            + _prior(config, out.sentence_local, out.sentence_mask, generator)
+        )
+    if config.extra_loss is not None:
+        parts["extra"] = config.extra_weight * config.extra_loss(out)
+    if not parts:
+        raise CxrbenchError(f"method {config.name!r} has no loss term")
+    parts = {k: v.float() for k, v in parts.items()}
+    return {"loss": torch.stack(list(parts.values())).sum(), **parts}

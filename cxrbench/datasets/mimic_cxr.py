@@ -1,0 +1,256 @@
+"""MIMIC-CXR (JPG images + free-text reports) adapter: image-report pairs for pre-training only.
+
+Citation: Johnson A.E.W. et al., "MIMIC-CXR, a de-identified publicly available database of chest
+radiographs with free-text reports", Scientific Data 6:317, 2019; and Johnson A.E.W. et al.,
+"MIMIC-CXR-JPG, a large publicly available database of labeled chest radiographs",
+arXiv:1901.07042, 2019.
+Download: https://physionet.org/content/mimic-cxr-jpg/2.0.0/ (images and the split, metadata and
+CheXpert CSVs) and https://physionet.org/content/mimic-cxr/2.0.0/ (mimic-cxr-reports.zip: unzip it
+into the same folder, it adds `files/p1x/p<subject>/s<study>.txt` next to the study folders).
+Licence: PhysioNet Credentialed Health Data License 1.5.0 (credentialed access, CITI training and
+a signed data use agreement; no redistribution).
+
+Protocol (PROTOCOL.md): frontal views only (ViewPosition PA or AP), the official split
+(train/validate/test -> train/val/test), the report is the FINDINGS + IMPRESSION text split into
+sentences (`reports.py`, no model download), studies whose findings + impression have fewer than 3
+word tokens are dropped, and "30%" runs use a fixed, seeded 30% of the train images. Lateral views
+and short reports are *excluded by protocol* (counted in `info`, not errors); a malformed row or
+a missing report is a problem (skipped with a warning and counted, an error with --strict).
+The CheXpert label CSV is not needed: pre-training uses the report text.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
+from cxrbench.datasets.imaging import read_raster
+from cxrbench.datasets.reports import ReportText, parse_report
+from cxrbench.errors import DataError
+
+SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
+METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
+CHEXPERT_CSV = "mimic-cxr-2.0.0-chexpert.csv.gz"
+FILES = "files"
+FRONTAL_VIEWS = ("PA", "AP")
+SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
+MIN_TOKENS = 3
+NON_FRONTAL = "dropped_as_lateral_or_other_view"  # `info` keys: excluded by protocol, not errors
+SHORT_REPORT = "dropped_with_report_under_3_tokens"
+
+
+def study_dir(raw_root: Path, subject_id: str, study_id: str) -> Path:
+    """files/p<first two digits>/p<subject>/s<study> (the image folder of one study)."""
+    return raw_root / FILES / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}"
+
+
+def report_path(raw_root: Path, subject_id: str, study_id: str) -> Path:
+    """files/p1x/p<subject>/s<study>.txt: the MIMIC-CXR report, a sibling of the study folder."""
+    folder = study_dir(raw_root, subject_id, study_id)
+    return folder.with_name(folder.name + ".txt")
+
+
+def table_path(raw_root: Path, name: str) -> Path:
+    """The .csv.gz as distributed, or the unzipped .csv when only that one is present."""
+    path = raw_root / name
+    plain = path.with_suffix("")
+    return plain if not path.exists() and plain.exists() else path
+
+
+def read_table(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of a (gzip-compressed) CSV with 1-based row numbers (header = row 1).
+
+    A missing column or an unreadable/truncated file is a DataError naming the file.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    number = 1
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            absent = [c for c in required if c not in header]
+            if absent:
+                raise DataError(
+                    path,
+                    f"missing column(s) {', '.join(absent)}; found {', '.join(header) or 'no header'}",
+                    row=1,
+                    expected=f"columns {', '.join(required)}",
+                )
+            for number, row in enumerate(reader, start=2):
+                yield number, {k: (v or "").strip() for k, v in row.items() if k is not None}
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
+        raise DataError(
+            path,
+            f"cannot read the file after row {number}: {exc}",
+            expected="a complete gzip-compressed CSV as downloaded from PhysioNet",
+        ) from exc
+
+
+def read_report(path: Path) -> ReportText | str:
+    """The parsed report, or why it cannot be read (a short phrase for the problem message)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"is unreadable ({exc})"
+    return parse_report(text)
+
+
+class MimicCXRAdapter(DatasetAdapter):
+    name = "mimic_cxr"
+    classes = ()
+    has_masks = False
+    has_boxes = False
+    equalize = False
+    subset_percents = (30,)
+    extra_fields = ("report", "sentences", "study_id", "view")
+    layout = (
+        "RAW_DIR/\n"
+        f"  {SPLIT_CSV}      dicom_id,study_id,subject_id,split (train/validate/test)\n"
+        f"  {METADATA_CSV}   dicom_id,subject_id,study_id,...,ViewPosition,Rows,Columns,...\n"
+        f"  {CHEXPERT_CSV}   (optional, not used)\n"
+        f"  {FILES}/p1x/p<subject_id>/s<study_id>/<dicom_id>.jpg   MIMIC-CXR-JPG images\n"
+        f"  {FILES}/p1x/p<subject_id>/s<study_id>.txt              MIMIC-CXR reports (mimic-cxr-reports.zip)\n"
+        "  (p1x = 'p' + the first two digits of the subject id; uncompressed .csv files are accepted too)"
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Filled by list_samples, with `info` (images dropped by the protocol): the images the
+        # metadata knows but that are not samples, so that `verify` does not call them extra.
+        self._known_unlisted: set[Path] = set()
+
+    def required_files(self, raw_root: Path) -> list[Path]:
+        return [table_path(raw_root, SPLIT_CSV), table_path(raw_root, METADATA_CSV), raw_root / FILES]
+
+    def image_files(self, raw_root: Path) -> Iterable[Path]:
+        known = {p.resolve() for p in self._known_unlisted}
+        return (p for p in (raw_root / FILES).glob("p*/p*/s*/*.jpg") if p.resolve() not in known)
+
+    def list_samples(self, raw_root: Path, problems: Problems) -> list[RawSample]:
+        self.info = {NON_FRONTAL: 0, SHORT_REPORT: 0}
+        self._known_unlisted = set()
+        splits = self._read_split(table_path(raw_root, SPLIT_CSV), problems)
+        meta_path = table_path(raw_root, METADATA_CSV)
+        reports: dict[tuple[str, str], ReportText | str] = {}
+        samples: list[RawSample] = []
+        seen: set[str] = set()
+        required = ["dicom_id", "subject_id", "study_id", "ViewPosition"]
+        for number, row in read_table(meta_path, required):
+            dicom, subject, study, view = (row[c] for c in required)
+            if not dicom or not subject.isdigit() or not study.isdigit():
+                problems.add(
+                    meta_path,
+                    f"malformed ids (dicom_id={dicom!r}, subject_id={subject!r}, study_id={study!r}); row skipped",
+                    row=number,
+                    expected="a dicom_id and numeric subject_id and study_id",
+                )
+                continue
+            path = study_dir(raw_root, subject, study) / f"{dicom}.jpg"
+            if dicom in seen:
+                problems.add(meta_path, f"duplicate dicom_id {dicom}; row skipped", row=number)
+                continue
+            seen.add(dicom)
+            split_row = splits.pop(dicom, None)
+            if view not in FRONTAL_VIEWS:
+                self._drop(path, NON_FRONTAL)
+                continue
+            if split_row is None:
+                self._known_unlisted.add(path)
+                problems.add(
+                    meta_path,
+                    f"image {dicom} has no row in {SPLIT_CSV}; row skipped",
+                    row=number,
+                    expected="every metadata dicom_id in the split file",
+                )
+                continue
+            split, split_subject, split_study = split_row
+            if (split_subject, split_study) != (subject, study):
+                self._known_unlisted.add(path)
+                problems.add(
+                    meta_path,
+                    f"image {dicom} is subject {subject} study {study} here but subject {split_subject} "
+                    f"study {split_study} in {SPLIT_CSV}; row skipped",
+                    row=number,
+                    expected="the same subject and study ids in both files",
+                )
+                continue
+            key = (subject, study)
+            if key not in reports:
+                reports[key] = read_report(report_path(raw_root, subject, study))
+            report = reports[key]
+            if isinstance(report, str):
+                self._known_unlisted.add(path)
+                problems.add(
+                    meta_path,
+                    f"image {dicom}: report {report_path(raw_root, subject, study)} {report}; row skipped",
+                    row=number,
+                    expected="the study's report from mimic-cxr-reports.zip unzipped into RAW_DIR",
+                )
+                continue
+            if report.n_tokens < MIN_TOKENS:
+                self._drop(path, SHORT_REPORT)
+                continue
+            samples.append(
+                RawSample(
+                    image_id=dicom,
+                    patient_id=subject,
+                    path=path,
+                    split_hint=split,
+                    source=(str(meta_path), number),
+                    extra={
+                        "report": report.text,
+                        "sentences": report.sentences,
+                        "study_id": study,
+                        "view": view,
+                    },
+                )
+            )
+        split_path = table_path(raw_root, SPLIT_CSV)
+        for dicom, (_, subject, study) in splits.items():
+            problems.add(
+                split_path,
+                f"image {dicom} (subject {subject}, study {study}) has no row in {METADATA_CSV}; skipped",
+                expected="every split dicom_id in the metadata file (its view is unknown otherwise)",
+            )
+        return samples
+
+    def _drop(self, path: Path, reason: str) -> None:
+        self.info[reason] += 1
+        self._known_unlisted.add(path)
+
+    @staticmethod
+    def _read_split(path: Path, problems: Problems) -> dict[str, tuple[str, str, str]]:
+        """dicom_id -> (our split name, subject_id, study_id)."""
+        splits: dict[str, tuple[str, str, str]] = {}
+        for number, row in read_table(path, ["dicom_id", "study_id", "subject_id", "split"]):
+            dicom, split = row["dicom_id"], row["split"]
+            if not dicom or split not in SPLIT_NAMES:
+                problems.add(
+                    path,
+                    f"malformed row (dicom_id={dicom!r}, split={split!r}); row skipped",
+                    row=number,
+                    expected=f"a dicom_id and split in {', '.join(SPLIT_NAMES)}",
+                )
+                continue
+            if dicom in splits:
+                problems.add(path, f"duplicate dicom_id {dicom}; row skipped", row=number)
+                continue
+            splits[dicom] = (SPLIT_NAMES[split], row["subject_id"], row["study_id"])
+        return splits
+
+    def assign_splits(self, samples: list[RawSample], seed: int) -> dict[str, np.ndarray]:
+        """The official split (by patient in MIMIC-CXR), not a seeded one."""
+        hints = np.array([s.split_hint for s in samples], dtype=object)
+        return {name: np.flatnonzero(hints == name) for name in ("train", "val", "test")}
+
+    def load(self, sample: RawSample) -> LoadedSample:
+        return LoadedSample(read_raster(sample.path))

@@ -1,0 +1,320 @@
+"""Pre-training baselines end to end on phantom MIMIC-CXR: data, models, methods, training, export, evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from cxrbench.baselines import MethodConfig, get_method, method_names, register_method, unregister_method
+from cxrbench.baselines.cli import pretrain_command
+from cxrbench.baselines.data import PairCollator, PretrainPairs, build_offline_tokenizer
+from cxrbench.baselines.methods import method_loss
+from cxrbench.baselines.models import ImageModel, PretrainModel, ReportModel
+from cxrbench.baselines.training import CHECKPOINT, get_pretrain_profile, pretrain
+from cxrbench.benchmark.encoders import load_encoder
+from cxrbench.benchmark.runner import EvaluateOptions, evaluate_checkpoint
+from cxrbench.benchmark.tasks import get_profile, select_tasks
+from cxrbench.datasets import get_adapter, open_prepared
+from cxrbench.datasets.phantom import write_phantom
+from cxrbench.datasets.prepare import prepare
+from cxrbench.errors import CxrbenchError
+
+TINY = dataclasses.replace(
+    get_pretrain_profile("demo"),
+    name="tiny",
+    resolution=64,
+    batch_size=8,
+    max_epochs=2,
+    d_hidden=64,
+    d_z=32,
+    bert_hidden=32,
+    max_tokens=64,
+    vocab_size=300,
+    max_train_images=32,
+    max_val_images=16,
+)
+TRAINED = [m for m in method_names() if get_method(m).trains]
+EVAL_FAST = dataclasses.replace(
+    get_profile("demo"),
+    name="test",
+    resolution=96,
+    max_epochs=3,
+    default_seeds=1,
+    max_train_images=24,
+    max_eval_images=16,
+)
+
+
+@pytest.fixture(scope="module")
+def mimic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mimic")
+    raw = write_phantom("mimic_cxr", root / "raw", n_images=150, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(get_adapter("mimic_cxr"), raw, root / "prepared", size=128)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(mimic, tmp_path_factory):
+    split = open_prepared(mimic).split("train")
+    texts = [" ".join(s) for s in split.field("sentences")]
+    return build_offline_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=300)
+
+
+def _pairs(mimic, augment=True, split="train"):
+    ds = open_prepared(mimic)
+    return PretrainPairs(ds.split(split), 64, ds.stats["mean"], ds.stats["std"], augment, seed=0)
+
+
+def _model(config: MethodConfig, tokenizer) -> PretrainModel:
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        add_pooling_layer=False,
+    )
+    local = config.local_part is not None or config.prior is not None or config.extra_loss is not None
+    return PretrainModel(
+        ImageModel("resnet18", config.pooling),
+        ReportModel(bert, config.pooling),
+        64,
+        32,
+        config.projection,
+        local=local,
+        cross_attention=config.needs_cross_attention,
+        learnable_tau=config.global_tau if config.learnable_tau else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- data
+def test_offline_tokenizer_marks_each_tokens_sentence(mimic, tokenizer):
+    assert tokenizer.vocab_size <= 300 and tokenizer.cls_token_id is not None
+    items = [
+        {"image": torch.zeros(3, 8, 8), "sentences": ["Heart size is normal.", "No pneumothorax."]},
+        {"image": torch.zeros(3, 8, 8), "sentences": ["The lungs are clear."]},
+    ]
+    batch = PairCollator(tokenizer, max_length=64)(items)
+    ids, owner = batch["input_ids"], batch["sentence_index"]
+    assert ids[0, 0] == tokenizer.cls_token_id and owner[0, 0] == -1
+    for k, sentence in enumerate(items[0]["sentences"]):
+        text = tokenizer.decode(ids[0][owner[0] == k])
+        assert text.replace(" ", "") == sentence.lower().replace(" ", "")
+    assert batch["sentence_mask"].tolist() == [[True, True], [True, False]]
+    assert (owner[1][batch["attention_mask"][1] == 0] == -1).all()
+    short = PairCollator(tokenizer, max_length=6)(items)
+    assert short["input_ids"].shape[1] <= 6 and short["input_ids"][0, -1] == tokenizer.sep_token_id
+
+
+def test_augmentation_is_seeded_per_epoch_and_shuffles_sentences(mimic):
+    pairs = _pairs(mimic)
+    a, b = pairs[3], pairs[3]
+    assert torch.equal(a["image"], b["image"]) and a["sentences"] == b["sentences"]
+    assert a["image"].shape == (3, 64, 64)
+    pairs.epoch = 1
+    c = pairs[3]
+    assert not torch.equal(a["image"], c["image"])
+    assert sorted(c["sentences"]) == sorted(pairs.sentences[3])
+    orders = set()
+    for epoch in range(8):
+        pairs.epoch = epoch
+        orders.add(tuple(pairs[3]["sentences"]))
+    assert len(orders) > 1
+    val = _pairs(mimic, augment=False, split="val")
+    assert val[0]["sentences"] == val.sentences[0]
+
+
+def test_sentence_feature_is_max_over_its_tokens(tokenizer):
+    model = _model(get_method("lovt"), tokenizer).report.eval()
+    items = [{"image": torch.zeros(3, 8, 8), "sentences": ["Heart size is normal.", "No pneumothorax."]}] * 2
+    batch = PairCollator(tokenizer, 64)(items)
+    with torch.no_grad():
+        sentences, _, weights, _ = model(batch)
+        tokens = model.bert(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+    for k in range(2):
+        expected = tokens[0][batch["sentence_index"][0] == k].max(0).values
+        torch.testing.assert_close(sentences[0, k], expected)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+
+
+# ----------------------------------------------------------------------------------------------- methods
+def test_registry_has_the_protocol_methods_and_rejects_bad_configs():
+    for name in (
+        "random",
+        "imagenet",
+        "convirt",
+        "clip",
+        "lovt",
+        "uniformity_prior",
+        "uniformity_prior_sw",
+        "lovt_no_alignment",
+        "lovt_no_uniformity",
+    ):
+        assert name in method_names()
+    assert get_method("uniformity_prior").local_part is None and get_method("uniformity_prior").prior
+    assert get_method("lovt_no_alignment").local_part == "uniformity"
+    with pytest.raises(CxrbenchError, match="unknown method"):
+        get_method("nope")
+    with pytest.raises(CxrbenchError, match="unknown prior"):
+        MethodConfig("bad", prior="nope")
+    with pytest.raises(CxrbenchError, match="already registered"):
+        register_method("lovt", MethodConfig("lovt", pooling="avg"))
+    custom = register_method("tmp_method", MethodConfig("tmp_method", pooling="avg"))
+    assert get_method("tmp_method") is custom
+    unregister_method("tmp_method")
+    assert "tmp_method" not in method_names()
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_every_method_runs_forward_and_backward(mimic, tokenizer, name):
+    torch.manual_seed(0)
+    config = get_method(name)
+    model = _model(config, tokenizer).train()
+    pairs = _pairs(mimic)
+    batch = PairCollator(tokenizer, 64)([pairs[i] for i in range(4)])
+    losses = method_loss(config, model(batch))
+    assert torch.isfinite(losses["loss"])
+    expected = (
+        {"global"} | ({"local"} if config.local_part else set()) | ({"prior"} if config.prior else set())
+    )
+    assert expected <= set(losses)
+    losses["loss"].backward()
+    grads = [p.grad for p in model.image.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_pretraining_lowers_val_loss_and_exports_a_loadable_encoder(mimic, tmp_path):
+    profile = dataclasses.replace(TINY, max_epochs=3)
+    result = pretrain("lovt", mimic, tmp_path, profile, device="cpu")
+    history = result.history
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert min(h["val_loss"] for h in history[1:]) < history[0]["val_loss"]
+    assert result.best_epoch >= 1
+    for name in ("encoder.safetensors", "encoder.pt"):
+        loaded = load_encoder(tmp_path / name)
+        assert loaded.report.arch == "resnet18" and loaded.report.fraction_loaded == 1.0
+    state = torch.load(tmp_path / CHECKPOINT, map_location="cpu", weights_only=True)
+    exported = load_encoder(tmp_path / "encoder.pt").encoder.state_dict()
+    for key, value in state["best_encoder"].items():
+        torch.testing.assert_close(exported[key], value)
+    assert (tmp_path / "history.json").exists() and (tmp_path / "tokenizer" / "vocab.txt").exists()
+
+
+def test_resume_continues_the_epoch_count(mimic, tmp_path):
+    profile = dataclasses.replace(TINY, max_epochs=1)
+    first = pretrain("convirt", mimic, tmp_path, profile, device="cpu")
+    assert [h["epoch"] for h in first.history] == [0, 1]
+    with pytest.raises(CxrbenchError, match="--resume"):
+        pretrain("convirt", mimic, tmp_path, profile, device="cpu")
+    with pytest.raises(CxrbenchError, match="not 'lovt'"):
+        pretrain("lovt", mimic, tmp_path, profile, resume=True, device="cpu")
+    second = pretrain("convirt", mimic, tmp_path, profile, resume=True, epochs=2, device="cpu")
+    assert [h["epoch"] for h in second.history] == [0, 1, 2]
+    assert second.history[1] == first.history[1]  # the finished epoch was kept, not retrained
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 2
+
+
+def test_init_methods_export_without_training(mimic, tmp_path):
+    result = pretrain("random", mimic, tmp_path, TINY)
+    assert load_encoder(result.encoder_path).report.arch == "resnet18"
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_missing_pretrained_report_encoder_is_a_clear_error(mimic, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CxrbenchError, match="cannot load the report encoder"):
+        pretrain("convirt", mimic, tmp_path, TINY, bert=str(tmp_path / "no_such_bert"), device="cpu")
+
+
+def test_cli_pretrain_command(mimic, tmp_path):
+    app = typer.Typer()
+    app.command("pretrain")(pretrain_command)
+    app.command("noop")(lambda: None)
+    ok = CliRunner().invoke(app, ["pretrain", "random", "--data", str(mimic), "--out", str(tmp_path / "r")])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "r" / "encoder.safetensors").exists()
+    bad = CliRunner().invoke(app, ["pretrain", "nope", "--data", str(mimic), "--out", str(tmp_path / "n")])
+    assert bad.exit_code == 2 and "unknown method" in bad.output and "Traceback" not in bad.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_gloo_on_two_cpu_processes(mimic, tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+    from toy_method import ddp_worker
+
+    profile = dataclasses.replace(TINY, max_epochs=1, batch_size=4, max_train_images=16, max_val_images=8)
+    mp.spawn(
+        ddp_worker, args=(2, _free_port(), "lovt", str(mimic), str(tmp_path), profile), nprocs=2, join=True
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["epochs"] for r in ranks] == [2, 2]
+    record = json.loads((tmp_path / "history.json").read_text())
+    assert record["world_size"] == 2 and record["finished"]
+    assert load_encoder(tmp_path / "encoder.safetensors").report.fraction_loaded == 1.0
+
+
+# ------------------------------------------------------------------------------------- adding a baseline
+def test_toy_method_registered_from_a_test_module_runs_pretrain_then_evaluate(mimic, prepared_root, tmp_path):
+    from toy_method import register_toy
+
+    toy = register_toy()
+    try:
+        result = pretrain(
+            toy.name, mimic, tmp_path / "toy", dataclasses.replace(TINY, max_epochs=1), device="cpu"
+        )
+        assert "extra" in result.history[-1]["val"]
+        options = EvaluateOptions(prepared_root, tmp_path / "runs", toy.name, EVAL_FAST, seeds=1)
+        outcome = evaluate_checkpoint(result.encoder_path, select_tasks("covid_linear"), options)[0]
+        record = outcome.records[-1]
+        assert record["status"] == "ok", record.get("error")
+        assert (
+            record["encoder_load"]["arch"] == "resnet18" and record["encoder_load"]["fraction_loaded"] == 1.0
+        )
+        assert 0.0 <= record["test"]["dice"] <= 1.0
+    finally:
+        unregister_method(toy.name)
+
+
+@pytest.mark.slow
+def test_pretrained_encoder_beats_random_on_a_demo_task(mimic, prepared_root, tmp_path):
+    """LoVT in the demo profile (about 20-60 s) vs the seeded random init, frozen linear segmentation."""
+    result = pretrain("lovt", mimic, tmp_path / "lovt", "demo", device="cpu")
+    assert min(h["val_loss"] for h in result.history[1:]) < result.history[0]["val_loss"]
+    evaluate = dataclasses.replace(EVAL_FAST, resolution=128, max_epochs=8, patience=8)
+    tasks = select_tasks("covid_linear,rsna_seg_linear_10")
+    scores = {}
+    for name, spec in (("random", "random"), ("lovt", result.encoder_path)):
+        options = EvaluateOptions(prepared_root, tmp_path / "runs", name, evaluate, seeds=1, arch="resnet18")
+        for outcome in evaluate_checkpoint(spec, tasks, options):
+            record = outcome.records[-1]
+            assert record["status"] == "ok", record.get("error")
+            scores[(name, outcome.task.task_id)] = record["test"]["dice"]
+    gains = [scores[("lovt", t.task_id)] - scores[("random", t.task_id)] for t in tasks]
+    assert np.isfinite(gains).all()
+    assert max(gains) > 0.0, scores
