@@ -317,6 +317,7 @@ def demo_cmd(
 
 def _register_subcommands() -> None:
     """Commands whose implementation lives next to the library code they drive."""
+    from cxrbench.baselines.cli import pretrain_command
     from cxrbench.benchmark.analysis_cli import analyze_command
     from cxrbench.benchmark.leaderboard_cli import leaderboard_command, rescore_command
     from cxrbench.benchmark.sweep_cli import sweep_command
@@ -325,6 +326,7 @@ def _register_subcommands() -> None:
     command("rescore")(rescore_command)
     command("analyze")(analyze_command)
     command("sweep")(sweep_command)
+    command("pretrain")(pretrain_command)
 
 
 _register_subcommands()

@@ -96,13 +96,14 @@ def pretrain_baselines(
     paths: DemoPaths, methods=DEMO_METHODS, log: Callable[[str], None] = print
 ) -> dict[str, Path]:
     """Pre-train each method briefly on phantom MIMIC-CXR (demo profile); resume or reuse finished ones."""
-    from cxrbench.baselines.training import CHECKPOINT, pretrain
+    from cxrbench.baselines.training import CHECKPOINT, HISTORY, pretrain
+    from cxrbench.io_utils import read_json
 
     encoders = {}
     for method in methods:
         out = paths.pretrained / method
         done = out / "encoder.safetensors"
-        if (out / "history.json").exists() and done.exists():
+        if (out / HISTORY).exists() and read_json(out / HISTORY).get("finished") and done.exists():
             log(f"{method}: reusing {done}")
         else:
             log(f"pre-training {method} (demo profile)")

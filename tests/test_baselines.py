@@ -32,6 +32,7 @@ TINY = dataclasses.replace(
     name="tiny",
     resolution=64,
     batch_size=8,
+    lr=1e-3,
     max_epochs=2,
     d_hidden=64,
     d_z=32,

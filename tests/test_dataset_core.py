@@ -203,7 +203,11 @@ def test_csv_missing_column_names_file_row_and_expectation(rsna_raw, tmp_path):
     _rewrite_labels(raw, lambda rows: [r[:5] for r in rows])
     with pytest.raises(DataError) as err:
         prepare(get_adapter("rsna"), raw, tmp_path / "p")
-    assert "stage_2_train_labels.csv" in str(err.value) and "row 1" in str(err.value) and "Target" in str(err.value)
+    assert (
+        "stage_2_train_labels.csv" in str(err.value)
+        and "row 1" in str(err.value)
+        and "Target" in str(err.value)
+    )
 
 
 def test_malformed_row_is_counted_or_strict_error(rsna_raw, tmp_path):
@@ -258,7 +262,9 @@ def test_listed_but_absent_image_and_truncated_dicom(rsna_raw, tmp_path):
 
 def test_verify_reports_extra_and_missing_annotation(rsna_raw, tmp_path):
     raw = _copy(rsna_raw, tmp_path)
-    shutil.copy(next((raw / "stage_2_train_images").glob("*.dcm")), raw / "stage_2_train_images" / "stray.dcm")
+    shutil.copy(
+        next((raw / "stage_2_train_images").glob("*.dcm")), raw / "stage_2_train_images" / "stray.dcm"
+    )
     report = get_adapter("rsna").verify(raw)
     assert any(p.endswith("stray.dcm") for p in report.extra)
     (raw / "stage_2_train_labels.csv").unlink()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,14 @@ from cxrbench.cli import app
 
 DEMO = get_profile("demo")
 FAST = dataclasses.replace(
-    DEMO, name="test", resolution=64, max_epochs=2, warmup_steps=2, default_seeds=1, max_train_images=16, max_eval_images=12
+    DEMO,
+    name="test",
+    resolution=64,
+    max_epochs=2,
+    warmup_steps=2,
+    default_seeds=1,
+    max_train_images=16,
+    max_eval_images=12,
 )
 
 
@@ -39,17 +45,31 @@ def test_registry_matches_protocol_table():
     assert {t.metric for t in TASKS if t.dataset == "object_cxr" and t.head == "yolo"} == {"froc"}
     assert sum(t.mode == "finetune" for t in TASKS) == 6
     assert protocol_hash(PROFILES["full"]) != protocol_hash(PROFILES["demo"])
-    assert [t.task_id for t in select_tasks("covid_rural")] == ["covid_unet_finetune", "covid_unet_frozen", "covid_linear"]
+    assert [t.task_id for t in select_tasks("covid_rural")] == [
+        "covid_unet_finetune",
+        "covid_unet_frozen",
+        "covid_linear",
+    ]
 
 
 def _options(prepared_root, runs, name="random", profile=FAST, **kw):
-    return EvaluateOptions(prepared_root, runs, name, profile, seeds=kw.pop("seeds", 1), arch="resnet18", **kw)
+    return EvaluateOptions(
+        prepared_root, runs, name, profile, seeds=kw.pop("seeds", 1), arch="resnet18", **kw
+    )
 
 
 @pytest.mark.parametrize(
     "task_id",
-    ["rsna_seg_linear_10", "rsna_yolo_frozen_10", "rsna_yolo_finetune_1", "covid_unet_finetune", "siim_unet_frozen",
-     "object_yolo_finetune", "object_seg_linear", "nih_seg_linear"],
+    [
+        "rsna_seg_linear_10",
+        "rsna_yolo_frozen_10",
+        "rsna_yolo_finetune_1",
+        "covid_unet_finetune",
+        "siim_unet_frozen",
+        "object_yolo_finetune",
+        "object_seg_linear",
+        "nih_seg_linear",
+    ],
 )
 def test_every_task_type_runs_end_to_end(prepared_root, tmp_path, task_id):
     outcome = evaluate_checkpoint("random", select_tasks(task_id), _options(prepared_root, tmp_path))[0]
@@ -60,8 +80,25 @@ def test_every_task_type_runs_end_to_end(prepared_root, tmp_path, task_id):
     files = list((tmp_path / "random" / task_id).glob("*.json"))
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
-    for key in ("run_id", "encoder", "task_id", "metric", "status", "seed", "lr", "val", "test", "test_per_image",
-                "history", "wall_time_s", "checkpoint", "protocol_hash", "profile", "versions", "git_commit"):
+    for key in (
+        "run_id",
+        "encoder",
+        "task_id",
+        "metric",
+        "status",
+        "seed",
+        "lr",
+        "val",
+        "test",
+        "test_per_image",
+        "history",
+        "wall_time_s",
+        "checkpoint",
+        "protocol_hash",
+        "profile",
+        "versions",
+        "git_commit",
+    ):
         assert key in saved
     assert len(saved["test_per_image"]["image_ids"]) == saved["n_images"]["test"]
     assert (files[0].with_suffix(".npz")).exists()
@@ -75,8 +112,17 @@ def _train(prepared_root, task_id, profile, lr=None, use_cache=True, seed=0, enc
     data = {s: load_task_split(ds, task, s, profile) for s in ("train", "val", "test")}
     torch.manual_seed(0)
     encoder = encoder or ResNetEncoder("resnet18")
-    return train_run(task, encoder, len(ds.classes), data, lr or task.default_lr, seed, profile.resolution,
-                     torch.device("cpu"), use_feature_cache=use_cache)
+    return train_run(
+        task,
+        encoder,
+        len(ds.classes),
+        data,
+        lr or task.default_lr,
+        seed,
+        profile.resolution,
+        torch.device("cpu"),
+        use_feature_cache=use_cache,
+    )
 
 
 def test_feature_cache_gives_the_same_predictions(prepared_root):
@@ -85,7 +131,9 @@ def test_feature_cache_gives_the_same_predictions(prepared_root):
     assert cached.used_feature_cache and not direct.used_feature_cache
     for key in ("intersection", "pred_sum", "gt_sum"):
         assert cached.test_per_image[key] == direct.test_per_image[key]
-    np.testing.assert_allclose([h["val_loss"] for h in cached.history], [h["val_loss"] for h in direct.history], rtol=1e-4)
+    np.testing.assert_allclose(
+        [h["val_loss"] for h in cached.history], [h["val_loss"] for h in direct.history], rtol=1e-4
+    )
 
 
 def test_trained_head_beats_untrained_head(prepared_root):
@@ -111,10 +159,17 @@ def test_nan_loss_is_recorded_as_failed_and_others_continue(prepared_root, tmp_p
     import cxrbench.benchmark.training as training
 
     real = training.soft_dice_loss
-    monkeypatch.setattr(training, "soft_dice_loss", lambda logits, target: real(logits, target) * float("nan"))
-    outcomes = evaluate_checkpoint("random", select_tasks("covid_linear,rsna_yolo_frozen_10"), _options(prepared_root, tmp_path))
+    monkeypatch.setattr(
+        training, "soft_dice_loss", lambda logits, target: real(logits, target) * float("nan")
+    )
+    outcomes = evaluate_checkpoint(
+        "random", select_tasks("covid_linear,rsna_yolo_frozen_10"), _options(prepared_root, tmp_path)
+    )
     by_task = {o.task.task_id: o.records[-1] for o in outcomes}
-    assert by_task["covid_linear"]["status"] == "failed" and "loss became nan" in by_task["covid_linear"]["error"]
+    assert (
+        by_task["covid_linear"]["status"] == "failed"
+        and "loss became nan" in by_task["covid_linear"]["error"]
+    )
     assert by_task["rsna_yolo_frozen_10"]["status"] == "ok"
     monkeypatch.setattr(training, "soft_dice_loss", real)
     again = evaluate_checkpoint("random", select_tasks("covid_linear"), _options(prepared_root, tmp_path))
@@ -124,7 +179,9 @@ def test_nan_loss_is_recorded_as_failed_and_others_continue(prepared_root, tmp_p
 
 def test_lr_grid_search_then_seeds(prepared_root, tmp_path):
     prof = dataclasses.replace(FAST, max_lrs=None, max_epochs=2)
-    outcome = evaluate_checkpoint("random", select_tasks("covid_unet_frozen"), _options(prepared_root, tmp_path, profile=prof, seeds=2))[0]
+    outcome = evaluate_checkpoint(
+        "random", select_tasks("covid_unet_frozen"), _options(prepared_root, tmp_path, profile=prof, seeds=2)
+    )[0]
     phases = [(r["phase"], r["lr"], r["seed"]) for r in outcome.records]
     assert phases[:3] == [("lr_search", lr, 0) for lr in (1e-4, 3e-4, 1e-3)]
     best = max(outcome.records[:3], key=lambda r: r["val"]["dice"])["lr"]
@@ -141,10 +198,29 @@ def test_rerun_skips_finished_runs(prepared_root, tmp_path):
 
 def test_kill_and_resume_evaluation(prepared_root, tmp_path):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cxrbench.cli", "evaluate", "random", "--data", str(prepared_root), "--tasks",
-           "covid_linear,rsna_seg_linear_10", "--profile", "demo", "--seeds", "2", "--runs-dir", str(runs), "--arch", "resnet18"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrbench.cli",
+        "evaluate",
+        "random",
+        "--data",
+        str(prepared_root),
+        "--tasks",
+        "covid_linear,rsna_seg_linear_10",
+        "--profile",
+        "demo",
+        "--seeds",
+        "2",
+        "--runs-dir",
+        str(runs),
+        "--arch",
+        "resnet18",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not list(runs.glob("random/*/*.json")):
         time.sleep(0.05)
@@ -164,13 +240,18 @@ def test_kill_and_resume_evaluation(prepared_root, tmp_path):
 def test_cli_bad_checkpoint_is_one_clear_error(tmp_path, prepared_root):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    result = CliRunner().invoke(app, ["evaluate", str(bad), "--data", str(prepared_root), "--profile", "demo"])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(bad), "--data", str(prepared_root), "--profile", "demo"]
+    )
     assert result.exit_code == 2
     assert "error" in result.output and "Traceback" not in result.output
 
 
 def test_cli_missing_prepared_dataset_names_prepare_command(tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", "random", "--data", str(tmp_path), "--tasks", "siim_unet_frozen", "--arch", "resnet18"])
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "random", "--data", str(tmp_path), "--tasks", "siim_unet_frozen", "--arch", "resnet18"],
+    )
     assert result.exit_code == 2
     assert "cxrbench prepare siim" in result.output
 
