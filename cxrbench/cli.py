@@ -282,36 +282,23 @@ def demo_cmd(
 ) -> None:
     """The embedded default end to end on synthetic phantom data (re-running reuses finished work)."""
     from cxrbench.cli_progress import RichReporter
-    from cxrbench.demo import (
-        DemoPaths,
-        demo_encoders,
-        ensure_data,
-        evaluate_encoders,
-        pretrain_baselines,
-        write_leaderboard,
-    )
-
-    paths = DemoPaths(out)
-    console.rule("1/4 phantom data in real raw formats, prepared caches")
-    ensure_data(paths, log=lambda msg: console.print(f"  {msg}"))
-    console.rule("2/4 brief pre-training of image-report baselines on phantom MIMIC-CXR")
-    pretrained = pretrain_baselines(paths, log=lambda msg: console.print(f"  {msg}"))
-    encoders = demo_encoders(pretrained)
-    console.rule(f"3/4 evaluating {', '.join(e.name for e in encoders)} on all 18 tasks (demo profile)")
+    from cxrbench.demo import run_demo
 
     def reporter(name: str) -> RichReporter:
         console.print(f"[bold]{name}[/]")
         return RichReporter(console)
 
-    evaluate_encoders(paths, encoders, reporter)
-    console.rule("4/4 leaderboard")
-    result = write_leaderboard(paths, baselines=["random"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_demo(
+            out, log=lambda msg: console.print(f"  {msg}"), section=console.rule, reporter_factory=reporter
+        )
     console.print(result.markdown, highlight=False)
     console.print(
         "[bold]Phantom numbers are not medical results[/]: they show that every code path runs and learns."
     )
     console.print(
-        f"outputs: {paths.leaderboard} (Markdown, CSV, LaTeX, HTML, plots); run records: {paths.runs}"
+        f"leaderboard: {out / 'leaderboard'} (Markdown, CSV, LaTeX, HTML, plots); run records: {out / 'runs'}"
     )
 
 

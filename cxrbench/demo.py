@@ -1,24 +1,28 @@
 """`cxrbench demo`: the embedded default end to end on synthetic phantom data.
 
 phantom raw data (real formats) -> prepared caches -> brief pre-training of image-report
-baselines (when available) -> evaluation of every encoder on all 18 tasks (demo profile) ->
-leaderboard. Every step reuses what a previous run finished, so a second run is fast.
-Phantom numbers are not medical results: they only show that every code path works.
+baselines -> evaluation of every encoder on all 18 tasks (demo profile) -> leaderboard. Every
+step reuses what a previous run finished, so a second run is fast. Phantom numbers are not
+medical results: they only show that every code path works and learns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrbench.benchmark.tasks import TASKS, Profile, Task, get_profile
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
 
 DEMO_ARCH = "resnet18"
 DEMO_SIZE = 224
+DEMO_METHODS = ("convirt", "uniformity_prior")
+DEMO_BASELINES = ("random",)
 
 
 @dataclass
@@ -31,26 +35,12 @@ class DemoPaths:
     leaderboard: Path = field(init=False)
 
     def __post_init__(self) -> None:
+        self.root = Path(self.root)
         self.phantom = self.root / "phantom"
         self.prepared = self.root / "prepared"
         self.pretrained = self.root / "pretrained"
         self.runs = self.root / "runs"
         self.leaderboard = self.root / "leaderboard"
-
-
-def ensure_data(paths: DemoPaths, datasets=DATASET_NAMES, log: Callable[[str], None] = print) -> None:
-    """Write and prepare every phantom dataset that is not already prepared."""
-    for name in datasets:
-        if (paths.prepared / name / "prepared.json").exists():
-            continue
-        raw = paths.phantom / name
-        if not raw.exists():
-            log(f"writing phantom {name}")
-            write_phantom(name, raw, seed=0)
-        log(f"preparing {name}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prepare(get_adapter(name), raw, paths.prepared / name, size=DEMO_SIZE)
 
 
 @dataclass(frozen=True)
@@ -62,38 +52,31 @@ class DemoEncoder:
     arch: str | None = DEMO_ARCH
 
 
-def evaluate_encoders(
-    paths: DemoPaths, encoders: list[DemoEncoder], reporter_factory, profile_name: str = "demo"
+def ensure_data(
+    paths: DemoPaths,
+    datasets: Sequence[str] = DATASET_NAMES,
+    sizes: dict[str, int] | None = None,
+    log: Callable[[str], None] = print,
 ) -> None:
-    """All 18 tasks for every encoder (finished runs are skipped)."""
-    from cxrbench.benchmark.runner import EvaluateOptions, evaluate_checkpoint
-    from cxrbench.benchmark.tasks import TASKS, get_profile
-
-    for encoder in encoders:
-        options = EvaluateOptions(
-            paths.prepared, paths.runs, encoder.name, get_profile(profile_name), arch=encoder.arch
-        )
-        with reporter_factory(encoder.name) as reporter:
-            evaluate_checkpoint(encoder.spec, list(TASKS), options, reporter)
-
-
-def write_leaderboard(paths: DemoPaths, baselines: list[str]):
-    from cxrbench.benchmark.report.build import build_leaderboard
-
-    return build_leaderboard(
-        [paths.runs],
-        paths.leaderboard,
-        baselines=baselines,
-        include_published=True,
-        title="cxrbench demo leaderboard (synthetic phantom data: not medical results)",
-    )
-
-
-DEMO_METHODS = ("convirt", "uniformity_prior")
+    """Write and prepare every phantom dataset that is not already prepared."""
+    for name in datasets:
+        if (paths.prepared / name / "prepared.json").exists():
+            continue
+        raw = paths.phantom / name
+        if not raw.exists():
+            log(f"writing phantom {name}")
+            write_phantom(name, raw, n_images=(sizes or {}).get(name), seed=0)
+        log(f"preparing {name}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepare(get_adapter(name), raw, paths.prepared / name, size=DEMO_SIZE)
 
 
 def pretrain_baselines(
-    paths: DemoPaths, methods=DEMO_METHODS, log: Callable[[str], None] = print
+    paths: DemoPaths,
+    methods: Sequence[str] = DEMO_METHODS,
+    epochs: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Pre-train each method briefly on phantom MIMIC-CXR (demo profile); resume or reuse finished ones."""
     from cxrbench.baselines.training import CHECKPOINT, HISTORY, pretrain
@@ -107,7 +90,14 @@ def pretrain_baselines(
             log(f"{method}: reusing {done}")
         else:
             log(f"pre-training {method} (demo profile)")
-            pretrain(method, paths.prepared / "mimic_cxr", out, "demo", resume=(out / CHECKPOINT).exists())
+            pretrain(
+                method,
+                paths.prepared / "mimic_cxr",
+                out,
+                "demo",
+                resume=(out / CHECKPOINT).exists(),
+                epochs=epochs,
+            )
         encoders[method] = done
     return encoders
 
@@ -118,3 +108,58 @@ def demo_encoders(pretrained: dict[str, Path]) -> list[DemoEncoder]:
         DemoEncoder("random", "random"),
         *(DemoEncoder(name, str(path), None) for name, path in pretrained.items()),
     ]
+
+
+def evaluate_encoders(
+    paths: DemoPaths,
+    encoders: Sequence[DemoEncoder],
+    profile: Profile,
+    tasks: Sequence[Task] = TASKS,
+    reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None = None,
+) -> None:
+    """Every task for every encoder (finished runs are skipped)."""
+    from cxrbench.benchmark.runner import EvaluateOptions, Reporter, evaluate_checkpoint
+
+    for encoder in encoders:
+        options = EvaluateOptions(paths.prepared, paths.runs, encoder.name, profile, arch=encoder.arch)
+        factory = reporter_factory or (lambda _name: contextlib.nullcontext(Reporter()))
+        with factory(encoder.name) as reporter:
+            evaluate_checkpoint(encoder.spec, list(tasks), options, reporter)
+
+
+def run_demo(
+    out: Path,
+    *,
+    profile: Profile | str = "demo",
+    tasks: Sequence[Task] = TASKS,
+    methods: Sequence[str] = DEMO_METHODS,
+    phantom_sizes: dict[str, int] | None = None,
+    pretrain_epochs: int | None = None,
+    log: Callable[[str], None] = print,
+    section: Callable[[str], None] | None = None,
+    reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None = None,
+):
+    """The whole demo; returns the LeaderboardResult (Markdown, paths)."""
+    from cxrbench.benchmark.report.build import build_leaderboard
+
+    section = section or log
+    paths = DemoPaths(out)
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    datasets = sorted({t.dataset for t in tasks} | ({"mimic_cxr"} if methods else set()))
+    section("1/4 phantom data in real raw formats -> prepared caches")
+    ensure_data(paths, datasets, phantom_sizes, log)
+    section("2/4 brief pre-training of image-report baselines on phantom MIMIC-CXR")
+    pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log)
+    encoders = demo_encoders(pretrained)
+    section(
+        f"3/4 evaluating {', '.join(e.name for e in encoders)} on {len(tasks)} tasks ({profile.name} profile)"
+    )
+    evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
+    section("4/4 leaderboard")
+    return build_leaderboard(
+        [paths.runs],
+        paths.leaderboard,
+        baselines=list(DEMO_BASELINES),
+        include_published=True,
+        title="cxrbench demo leaderboard (synthetic phantom data: not medical results)",
+    )

@@ -175,6 +175,21 @@ def new_run_record(
     }
 
 
+def record_failure(record: dict, exc: BaseException, start: float) -> None:
+    """Mark `record` as a failed run with its error (call inside the `except` block)."""
+    record.update(
+        status="failed",
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=traceback.format_exc(limit=8),
+        val={},
+        test={},
+        test_per_image=None,
+        history=[],
+        best_epoch=None,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
 def execute_run(
     record, task, loaded, n_classes, data: dict[str, TaskSplit], lr, seed, profile, device, options, reporter
 ):
@@ -198,17 +213,7 @@ def execute_run(
             on_epoch=lambda e: reporter.epoch(task, e),
         )
     except Exception as exc:  # a failing run must not stop the others
-        record.update(
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=8),
-            val={},
-            test={},
-            test_per_image=None,
-            history=[],
-            best_epoch=None,
-            wall_time_s=time.perf_counter() - start,
-        )
+        record_failure(record, exc, start)
         return None
     record.update(
         status="ok",

@@ -22,7 +22,6 @@ import shutil
 import socket
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -42,6 +41,7 @@ from cxrbench.benchmark.runner import (
     checkpoint_identity,
     execute_run,
     new_run_record,
+    record_failure,
     resolve_device,
 )
 from cxrbench.benchmark.tasks import TASKS_BY_ID, Profile, Task, get_profile, protocol_hash, select_tasks
@@ -459,17 +459,7 @@ def run_single(job: Job) -> JobOutcome:
             Reporter(),
         )  # fmt: skip
     except Exception as exc:  # set-up failures are recorded like training failures
-        record.update(
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=8),
-            val={},
-            test={},
-            test_per_image=None,
-            history=[],
-            best_epoch=None,
-            wall_time_s=time.perf_counter() - start,
-        )
+        record_failure(record, exc, start)
         predictions = None
     write_record(job.path, record, predictions)
     return JobOutcome(

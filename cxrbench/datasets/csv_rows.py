@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -10,30 +12,34 @@ from cxrbench.errors import DataError
 
 
 def read_rows(
-    path: Path, required: Sequence[str], delimiter: str = ","
+    path: Path, required: Sequence[str], delimiter: str = ",", expected_file: str = "a readable CSV file"
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (row number, row dict) with 1-based row numbers counting the header as row 1.
 
-    A missing required column is a file-level error: nothing in the file can be trusted.
+    `.gz` files are decompressed on the fly. A missing required column is a file-level error
+    (nothing in the file can be trusted); so is a file that cannot be read to its end.
     """
+    opener = gzip.open if path.suffix == ".gz" else open
+    number = 1
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(path, f"cannot open: {exc}") from exc
-    with fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        absent = [c for c in required if c not in header]
-        if absent:
-            raise DataError(
-                path,
-                f"missing column(s) {', '.join(absent)}; found {', '.join(header) or 'no header'}",
-                row=1,
-                expected=f"columns {', '.join(required)}",
-            )
-        for number, row in enumerate(reader, start=2):
-            yield number, {k: (v or "").strip() for k, v in row.items() if k is not None}
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            absent = [c for c in required if c not in header]
+            if absent:
+                raise DataError(
+                    path,
+                    f"missing column(s) {', '.join(absent)}; found {', '.join(header) or 'no header'}",
+                    row=1,
+                    expected=f"columns {', '.join(required)}",
+                )
+            for number, row in enumerate(reader, start=2):
+                yield number, {k: (v or "").strip() for k, v in row.items() if k is not None}
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
+        raise DataError(
+            path, f"cannot read the file after row {number}: {exc}", expected=expected_file
+        ) from exc
 
 
 def parse_float(text: str) -> float | None:

@@ -21,18 +21,15 @@ The CheXpert label CSV is not needed: pre-training uses the report text.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
+from cxrbench.datasets.csv_rows import read_rows
 from cxrbench.datasets.imaging import read_raster
 from cxrbench.datasets.reports import ReportText, parse_report
-from cxrbench.errors import DataError
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -64,33 +61,10 @@ def table_path(raw_root: Path, name: str) -> Path:
 
 
 def read_table(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """Rows of a (gzip-compressed) CSV with 1-based row numbers (header = row 1).
-
-    A missing column or an unreadable/truncated file is a DataError naming the file.
-    """
-    opener = gzip.open if path.suffix == ".gz" else open
-    number = 1
-    try:
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            absent = [c for c in required if c not in header]
-            if absent:
-                raise DataError(
-                    path,
-                    f"missing column(s) {', '.join(absent)}; found {', '.join(header) or 'no header'}",
-                    row=1,
-                    expected=f"columns {', '.join(required)}",
-                )
-            for number, row in enumerate(reader, start=2):
-                yield number, {k: (v or "").strip() for k, v in row.items() if k is not None}
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
-        raise DataError(
-            path,
-            f"cannot read the file after row {number}: {exc}",
-            expected="a complete gzip-compressed CSV as downloaded from PhysioNet",
-        ) from exc
+    """Rows of a (gzip-compressed) MIMIC-CXR table; see `csv_rows.read_rows`."""
+    return read_rows(
+        path, required, expected_file="a complete gzip-compressed CSV as downloaded from PhysioNet"
+    )
 
 
 def read_report(path: Path) -> ReportText | str:
