@@ -182,7 +182,8 @@ def _measured_rows(ranked: pd.DataFrame, wins: Wins | None) -> list[Row]:
     best = {}
     for task, grp in ranked.groupby("task_id"):
         means = np.round(grp["mean"].astype(float).to_numpy(), TIE_DECIMALS)
-        if np.isfinite(means).any():
+        finite = means[np.isfinite(means)]
+        if len(finite) and (len(finite) == 1 or finite.min() < finite.max()):  # all tied: nothing is best
             best[task] = np.nanmax(means)
     rows = []
     for encoder, grp in ranked.groupby("encoder", sort=False):
@@ -217,7 +218,7 @@ def _footer(
     measured = ranked[ranked["source"] == "measured"]
     lines = [
         "Cells: mean ± half-width of the 95% t-interval over runs, mean ± t(0.975, n-1)·sd/√n with the sample sd "
-        f"(n-1), in percent (mAP, FROC and Dice × 100); bold: best measured mean per task; {SINGLE_RUN}: a "
+        f"(n-1), in percent (mAP, FROC and Dice × 100); bold: best measured mean per task (none when all are tied); {SINGLE_RUN}: a "
         "single run, no interval.",
         f"Bootstrap 95% intervals over test images ({summary.bootstrap.describe()}, seed {summary.bootstrap.seed}; percentile "
         "interval of the run-mean metric recomputed on resampled test images) are in the CSV and in the HTML cell tooltips.",
