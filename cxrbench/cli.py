@@ -281,6 +281,7 @@ def demo_cmd(
     ] = Path("demo_out"),
 ) -> None:
     """The embedded default end to end on synthetic phantom data (re-running reuses finished work)."""
+    from cxrbench.baselines.cli import RichPretrainReporter
     from cxrbench.cli_progress import RichReporter
     from cxrbench.demo import run_demo
 
@@ -291,7 +292,11 @@ def demo_cmd(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_demo(
-            out, log=lambda msg: console.print(f"  {msg}"), section=console.rule, reporter_factory=reporter
+            out,
+            log=lambda msg: console.print(f"  {msg}"),
+            section=console.rule,
+            reporter_factory=reporter,
+            pretrain_reporter_factory=lambda: RichPretrainReporter(console),
         )
     console.print(result.markdown, highlight=False)
     console.print(

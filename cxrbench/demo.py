@@ -138,6 +138,7 @@ def run_demo(
     log: Callable[[str], None] = print,
     section: Callable[[str], None] | None = None,
     reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None = None,
+    pretrain_reporter_factory: Callable[[], contextlib.AbstractContextManager] | None = None,
 ):
     """The whole demo; returns the LeaderboardResult (Markdown, paths)."""
     from cxrbench.benchmark.report.build import build_leaderboard
@@ -149,7 +150,7 @@ def run_demo(
     section("1/4 phantom data in real raw formats -> prepared caches")
     ensure_data(paths, datasets, phantom_sizes, log)
     section("2/4 brief pre-training of image-report baselines on phantom MIMIC-CXR")
-    pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log)
+    pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log, pretrain_reporter_factory)
     encoders = demo_encoders(pretrained)
     section(
         f"3/4 evaluating {', '.join(e.name for e in encoders)} on {len(tasks)} tasks ({profile.name} profile)"

@@ -377,3 +377,73 @@ def test_interface_errors():
         M.per_image_stats("map", [(box(0, 0, 1, 1), [0.5])], [box(0, 0, 1, 1)], image_ids=["a", "b"])
     with pytest.raises(CxrbenchError, match="scores"):
         D.match_detections(box(0, 0, 1, 1), [0.5, 0.4], boxes())
+
+
+# ---------------------------------------------------------------- batched bootstrap
+
+
+def tied_detection_stats(seed: int, n_images: int, levels: int | None) -> tuple[dict, dict]:
+    """Per-image map and froc statistics in JSON form with scores rounded to ``levels`` values (ties
+    across and within images; None keeps them continuous), images without GT and without predictions."""
+    rng = np.random.default_rng(seed)
+
+    def score(size):
+        s = rng.uniform(0, 1, size)
+        return np.round(s * levels) / levels if levels else s
+
+    n_gt = np.where(rng.random(n_images) < 0.5, rng.integers(1, 4, n_images), 0)
+    scores, masks, fps, hits = [], [], [], []
+    for g in n_gt:
+        s = np.sort(score(rng.poisson(2)))[::-1]
+        scores.append(s.tolist())
+        masks.append(
+            [int(rng.integers(0, 256)) if j < g and rng.random() < 0.7 else 0 for j in range(s.size)]
+        )
+        fps.append(score(rng.poisson(1.5)).tolist())
+        hits.append([float(score(1)[0]) if rng.random() < 0.6 else None for _ in range(g)])
+    kaggle = [float(rng.random()) if g or s else None for g, s in zip(n_gt, scores, strict=True)]
+    detection = {"scores": scores, "tp_mask": masks, "n_gt": n_gt.tolist(), "map": kaggle}
+    return detection, {"fp_scores": fps, "gt_hit_scores": hits, "froc": [None] * n_images}
+
+
+@pytest.mark.parametrize("levels", [2, 5, 20, None])
+@pytest.mark.parametrize("seed", range(6))
+def test_bootstrap_aggregate_equals_per_replicate_aggregate(seed, levels):
+    n = 4 + 5 * seed
+    detection, froc = tied_detection_stats(seed, n, levels)
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, n, (25, n))
+    indices[0] = 0  # one image drawn n times
+    for kind, stats in (("map", detection), ("froc", froc)):
+        prepared = M.prepare(kind, stats)
+        batched = M.bootstrap_aggregate(kind, prepared, indices)
+        assert batched.keys() == M.aggregate(kind, prepared).keys()
+        for key, values in batched.items():
+            expected = [M.aggregate(kind, prepared, row)[key] for row in indices]
+            if key == "kaggle_map":  # a weighted mean: equal up to summation order
+                np.testing.assert_allclose(values, expected, rtol=0, atol=1e-12)
+            else:
+                np.testing.assert_array_equal(values, expected)  # float for float, NaN where undefined
+
+
+def test_bootstrap_map_handles_interleaved_tied_copies():
+    # one image with a TP and an FP at the same score, drawn twice: pooled order is TP FP TP FP, which
+    # count weights alone (TP TP FP FP) would get wrong; also a replicate with no GT at all (NaN)
+    stats = {"scores": [[0.5, 0.5], [0.9]], "tp_mask": [[255, 0], [0]], "n_gt": [2, 0], "map": [0.5, 0.0]}
+    prepared = M.prepare("map", stats)
+    indices = np.array([[0, 0], [1, 1], [0, 1]])
+    batched = M.bootstrap_aggregate("map", prepared, indices)["map"]
+    expected = [M.aggregate("map", prepared, row)["map"] for row in indices]
+    np.testing.assert_array_equal(batched, expected)
+    assert np.isnan(batched[1])
+
+
+def test_bootstrap_aggregate_dice_and_counts():
+    pred, gt = dice_case(2)
+    prepared = M.prepare("dice", M.per_image_stats("dice", pred, gt))
+    indices = np.random.default_rng(0).integers(0, 12, (30, 12))
+    batched = M.bootstrap_aggregate("dice", prepared, indices)["dice"]
+    expected = [M.aggregate("dice", prepared, row)["dice"] for row in indices]
+    np.testing.assert_allclose(batched, expected, rtol=0, atol=1e-12)
+    with pytest.raises(CxrbenchError):
+        M.bootstrap_aggregate("dice", prepared, indices, counts=np.ones((30, 11)))

@@ -86,6 +86,11 @@ class MethodConfig:
     def needs_cross_attention(self) -> bool:
         return self.local_part is not None
 
+    @property
+    def needs_local_projections(self) -> bool:
+        """Local (region / sentence) projections exist only where a loss term uses them."""
+        return self.local_part is not None or self.prior is not None or self.extra_loss is not None
+
     def as_record(self) -> dict:
         """JSON/checkpoint-safe description (the extra loss is recorded by name only)."""
         record = asdict(self)

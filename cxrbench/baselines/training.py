@@ -6,6 +6,7 @@ torchvision key names, loadable by `cxrbench evaluate` without options), checkpo
 training state after the last finished epoch, tensors and plain containers only, so it loads with
 weights_only=True) and history.json. Launched by torchrun (RANK / WORLD_SIZE in the environment) it
 trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs) and only rank 0 writes files.
+`load_pretrained_model` rebuilds a run's model from its output folder (for `cxrbench analyze`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,135 @@ def _report_encoder(profile: PretrainProfile, bert: str | None, out: Path, texts
     return tokenizer, model
 
 
+def build_model(
+    config: MethodConfig, profile: PretrainProfile, bert_model: nn.Module, image: ImageModel | None = None
+) -> PretrainModel:
+    """The PretrainModel of `config`: used by training and by `load_pretrained_model`, so they agree.
+
+    `image` is an already initialised ImageModel (training's ImageNet init); by default a fresh one.
+    Modules are created in the same order either way (the RNG draws of training do not change).
+    """
+    image = image if image is not None else ImageModel(profile.arch, config.pooling)
+    report = ReportModel(
+        bert_model, config.pooling, profile.freeze_bert_layers, profile.freeze_bert_embeddings
+    )
+    return PretrainModel(
+        image,
+        report,
+        profile.d_hidden,
+        profile.d_z,
+        config.projection,
+        local=config.needs_local_projections,
+        cross_attention=config.needs_cross_attention,
+        learnable_tau=config.global_tau if config.learnable_tau else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------- loading
+PRETRAIN_CHECKPOINT_KEYS = ("method", "profile", "model")
+
+
+@dataclass
+class LoadedPretrainModel:
+    """A finished or interrupted pre-training run rebuilt for inference (`load_pretrained_model`)."""
+
+    model: PretrainModel  # state of the last finished epoch, eval mode, no gradients
+    tokenizer: object
+    profile: PretrainProfile
+    config: MethodConfig
+    checkpoint: Path  # the checkpoint.pt that was read
+    best_encoder: dict[str, Tensor]  # backbone of the best validation epoch = encoder.safetensors
+    epoch: int
+    best_epoch: int | None
+
+
+def is_pretrain_checkpoint(obj: object) -> bool:
+    """True for the training state that `pretrain` writes as OUT/checkpoint.pt."""
+    return isinstance(obj, Mapping) and all(k in obj for k in PRETRAIN_CHECKPOINT_KEYS)
+
+
+def pretrain_checkpoint_file(source: str | Path) -> Path:
+    """OUT/checkpoint.pt for a pre-training output folder, else `source` itself."""
+    path = Path(source)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
+def load_pretrained_model(
+    source: str | Path, device: str | torch.device = "cpu", state: Mapping | None = None
+) -> LoadedPretrainModel:
+    """Rebuild the PretrainModel of a pre-training run exactly as `pretrain` built it and load its weights.
+
+    `source` is the output folder or its checkpoint.pt (read with weights_only=True; pass `state` when
+    it was already read). The report encoder comes from the run's tokenizer/ folder (small random BERT)
+    or its --bert model, which must still be available. The global RNG is left untouched.
+    """
+    path = pretrain_checkpoint_file(source)
+    if not path.is_file():
+        raise CheckpointError(f"{source}: no pre-training checkpoint ({CHECKPOINT}) found there")
+    state = _read_checkpoint(path) if state is None else state
+    if not is_pretrain_checkpoint(state):
+        keys = ", ".join(map(repr, PRETRAIN_CHECKPOINT_KEYS))
+        raise CheckpointError(f"{path}: not a pre-training checkpoint (needs the keys {keys})")
+    config = _config_from_record(state["method"])
+    names = {f.name for f in fields(PretrainProfile)}
+    profile = PretrainProfile(**{k: v for k, v in state["profile"].items() if k in names})
+    bert = state.get("bert")
+    vocab = path.parent / TOKENIZER_DIR / "vocab.txt"
+    if bert is None and not vocab.is_file():
+        raise CheckpointError(
+            f"{path}: the run's tokenizer {vocab} is missing (keep the whole output folder)"
+        )
+    with torch.random.fork_rng(devices=[]):
+        tokenizer, bert_model = _report_encoder(profile, bert, path.parent, [], _Dist())
+        model = build_model(config, profile, bert_model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {config.name!r} model ({str(exc).splitlines()[0]})"
+        ) from None
+    model.to(device).eval().requires_grad_(False)
+    best = state.get("best_encoder") or model.image.backbone.state_dict()
+    return LoadedPretrainModel(
+        model,
+        tokenizer,
+        profile,
+        config,
+        path,
+        dict(best),
+        int(state.get("epoch", 0)),
+        state.get("best_epoch"),
+    )
+
+
+def _config_from_record(record: Mapping) -> MethodConfig:
+    """The MethodConfig a checkpoint was trained with: the registered one when it matches the record."""
+    try:
+        registered: MethodConfig | None = get_method(record["name"])
+    except (CxrbenchError, KeyError):
+        registered = None
+    if registered is not None and registered.as_record() == dict(record):
+        return registered
+    names = {f.name for f in fields(MethodConfig)} - {"extra_loss"}
+    kwargs = {k: v for k, v in record.items() if k in names}
+    kwargs["prior_kwargs"] = tuple(dict(kwargs.get("prior_kwargs") or {}).items())
+    extra = record.get("extra_loss")
+    if extra is not None:
+        known = registered.extra_loss if registered is not None else None
+        kwargs["extra_loss"] = known if known is not None else _unavailable_loss(str(extra))
+    return MethodConfig(**kwargs)
+
+
+def _unavailable_loss(name: str) -> Callable:
+    """Stands in for an extra loss that is not registered here: the model builds, the loss refuses."""
+
+    def loss(_outputs: object) -> Tensor:
+        raise CxrbenchError(f"the extra loss {name!r} of this checkpoint is not registered in this process")
+
+    loss.__name__ = name
+    return loss
+
+
 def _image_model(config: MethodConfig, profile: PretrainProfile) -> tuple[ImageModel, str]:
     image = ImageModel(profile.arch, config.pooling)
     if profile.image_init == "imagenet_if_available":
@@ -315,7 +445,7 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot resume from it ({str(exc).splitlines()[0]})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
 
 
 def _train(
@@ -353,18 +483,7 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, bert_model = _report_encoder(prof, bert, out, [" ".join(s) for s in train.sentences], ctx)
     image, image_init = _image_model(config, prof)
-    report = ReportModel(bert_model, config.pooling, prof.freeze_bert_layers, prof.freeze_bert_embeddings)
-    local = config.local_part is not None or config.prior is not None or config.extra_loss is not None
-    model = PretrainModel(
-        image,
-        report,
-        prof.d_hidden,
-        prof.d_z,
-        config.projection,
-        local=local,
-        cross_attention=config.needs_cross_attention,
-        learnable_tau=config.global_tau if config.learnable_tau else None,
-    ).to(device)
+    model = build_model(config, prof, bert_model, image).to(device)
     collate = PairCollator(tokenizer, prof.max_tokens)
     batch_size = min(prof.batch_size, len(train) // ctx.world_size)
     if ctx.active:

@@ -7,21 +7,21 @@ statistics across encoders to the downstream scores in their run records (Spearm
 with a permutation p-value). Formulas and their meaning for localized tasks: docs/analysis.md.
 
 Image-report alignment (global E||z_img - z_rep||^2 and region-to-attended-sentence alignment) needs
-the report side of a checkpoint. It is computed only for a checkpoint that is a dict with the keys
-"report_encoder" and "projections" (the image-report baselines), through the embedding function
-named by `PAIR_EMBEDDER`; every other checkpoint records both as null with the reason.
+the report side of a model. It is computed for the image-report baselines: a `cxrbench pretrain`
+output folder or its checkpoint.pt, rebuilt by `cxrbench.baselines.training.load_pretrained_model` and
+run on a seeded sample of the prepared MIMIC-CXR test pairs next to the analysed dataset. Every other
+checkpoint records both as null with the reason.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,11 +30,17 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor
 
-from cxrbench.benchmark.encoders import load_encoder, read_checkpoint
+from cxrbench.benchmark.encoders import (
+    LoadedEncoder,
+    LoadReport,
+    ResNetEncoder,
+    load_encoder,
+    read_checkpoint,
+)
 from cxrbench.datasets import open_prepared
 from cxrbench.datasets.splits import ids_hash
 from cxrbench.errors import CheckpointError, CxrbenchError
-from cxrbench.io_utils import atomic_path, atomic_write_json
+from cxrbench.io_utils import atomic_path, atomic_write_json, sha256_file
 from cxrbench.provenance import provenance
 from cxrbench.representation import (
     alignment,
@@ -46,9 +52,11 @@ from cxrbench.representation import (
     within_sample_uniformity,
 )
 
+if TYPE_CHECKING:
+    from cxrbench.baselines.training import LoadedPretrainModel
+
 __all__ = [
     "ANALYSIS_SCHEMA_VERSION",
-    "PAIR_EMBEDDER",
     "SCALAR_STATISTICS",
     "analyze_encoder",
     "correlate",
@@ -66,10 +74,7 @@ DEFAULT_RESOLUTION = 224  # the full protocol's resolution: conv5 is a 7 x 7 gri
 TEMPERATURE = 2.0  # t of the Gaussian potential (Wang & Isola)
 STAGE = "conv5"
 BATCH_SIZE = 16
-# module:function that embeds image-report pairs with an image-report checkpoint (issue 5 baselines).
-PAIR_EMBEDDER = "cxrbench.baselines.model:pair_embeddings"
 PAIR_DATASET = "mimic_cxr"
-IMAGE_REPORT_KEYS = ("report_encoder", "projections")
 # Scalar statistics of an analysis record that `correlate` relates to downstream scores.
 SCALAR_STATISTICS = (
     "global_uniformity",
@@ -171,58 +176,133 @@ def _to_input(images: np.ndarray, resolution: int, mean: float, std: float) -> T
     return x.unsqueeze(1).expand(-1, 3, -1, -1)
 
 
-def _is_image_report(obj: object) -> bool:
-    return isinstance(obj, Mapping) and all(k in obj for k in IMAGE_REPORT_KEYS)
+def _folder_source(checkpoint: str | Path) -> str | Path:
+    """A pre-training output folder without checkpoint.pt (random / imagenet exports): its encoder file."""
+    path = Path(checkpoint)
+    if str(checkpoint) in ("random", "imagenet") or not path.is_dir() or (path / "checkpoint.pt").is_file():
+        return checkpoint
+    exported = path / "encoder.safetensors"
+    if not exported.is_file():
+        raise CheckpointError(
+            f"{path} is a folder without a pre-training checkpoint.pt or an encoder.safetensors; "
+            "pass a checkpoint file"
+        )
+    return exported
+
+
+def _open_pretrained(checkpoint: str | Path, device: torch.device) -> LoadedPretrainModel | None:
+    """The rebuilt pre-training run when `checkpoint` is one (folder or checkpoint.pt), else None."""
+    if str(checkpoint) in ("random", "imagenet"):
+        return None
+    from cxrbench.baselines.training import is_pretrain_checkpoint, load_pretrained_model
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        return load_pretrained_model(path, device)
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None  # load_encoder reports a missing file; safetensors hold flat tensors only
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError:
+        return None  # load_encoder raises the same error with its context
+    return load_pretrained_model(path, device, state=obj) if is_pretrain_checkpoint(obj) else None
+
+
+def _best_backbone(pretrained: LoadedPretrainModel, source: str | Path) -> LoadedEncoder:
+    """The best-epoch backbone of a pre-training run: the tensors `pretrain` exported as encoder.safetensors."""
+    arch = pretrained.profile.arch
+    encoder = ResNetEncoder(arch)
+    encoder.load_state_dict(pretrained.best_encoder)
+    n = sum(1 for k in encoder.state_dict() if not k.endswith("num_batches_tracked"))
+    path = pretrained.checkpoint
+    report = LoadReport(
+        str(source), arch, sha256_file(path), "best_encoder", n, n, fraction_loaded=1.0, path=str(path)
+    )
+    return LoadedEncoder(encoder, report)
 
 
 def _pair_alignment(
-    checkpoint: str | Path, prepared_dataset_path: Path, n_images: int, seed: int, resolution: int
-) -> dict[str, Any]:
-    """Global and local alignment for an image-report checkpoint, or nulls with the reason why not.
+    checkpoint: str | Path,
+    pretrained: LoadedPretrainModel | None,
+    prepared_dataset_path: Path,
+    n_images: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Global and local alignment of a pre-training run on MIMIC-CXR test pairs, or nulls with the reason.
 
-    Contract with the baselines: `PAIR_EMBEDDER` is `f(checkpoint: dict, images: B x 3 x R x R,
-    sentences: list[list[str]]) -> {"image_global", "report_global": B x D, "regions",
-    "attended_sentences": B x N x D}`, evaluated on the MIMIC-CXR test pairs next to the dataset.
+    Returns (statistics, description of the pair sample or None). The images are resized to the run's
+    pre-training resolution (as in its validation); regions attend over the report's sentences with
+    the model's parameter-free cross-modal attention on the projected local features (LoVT).
     """
 
-    def missing(reason: str) -> dict[str, Any]:
-        return {"global_alignment": None, "local_alignment": None, "alignment_note": reason}
+    def missing(reason: str) -> tuple[dict[str, Any], None]:
+        return {"global_alignment": None, "local_alignment": None, "alignment_note": reason}, None
 
-    path = Path(checkpoint)
-    if str(checkpoint) in ("random", "imagenet") or not path.is_file():
-        return missing(f"{checkpoint!r} is not a checkpoint file (no report encoder)")
-    try:
-        obj = read_checkpoint(path)
-    except CheckpointError as exc:
-        return missing(f"checkpoint not readable as a dict: {exc}")
-    if not _is_image_report(obj):
+    if pretrained is None:
+        if str(checkpoint) in ("random", "imagenet") or not Path(checkpoint).is_file():
+            return missing(f"{checkpoint!r} is not a checkpoint file (no report encoder)")
         return missing(
-            "not an image-report checkpoint (needs the keys "
-            + " and ".join(map(repr, IMAGE_REPORT_KEYS))
-            + ")"
+            "not an image-report checkpoint (alignment needs a `cxrbench pretrain` output folder or its "
+            "checkpoint.pt, with the keys 'method', 'profile' and 'model')"
         )
-    module_name, fn_name = PAIR_EMBEDDER.split(":")
-    try:
-        embed = getattr(importlib.import_module(module_name), fn_name)
-    except (ImportError, AttributeError):
-        return missing(f"image-report checkpoint, but this cxrbench has no {PAIR_EMBEDDER} to embed reports")
     pairs_root = Path(prepared_dataset_path).parent / PAIR_DATASET
     if not (pairs_root / "prepared.json").exists():
         return missing(
-            f"image-report checkpoint, but no prepared {PAIR_DATASET} pairs at {pairs_root} "
-            f"(cxrbench prepare {PAIR_DATASET} RAW_DIR {pairs_root})"
+            f"image-report checkpoint, but no prepared {PAIR_DATASET} pairs at {pairs_root}; create them with "
+            f"`cxrbench prepare {PAIR_DATASET} RAW_DIR {pairs_root}`"
         )
+    from cxrbench.baselines.data import PairCollator, PretrainPairs
+    from cxrbench.baselines.models import cross_attention
+
     dataset = open_prepared(pairs_root)
     split = dataset.split("test")
+    if len(split) == 0:
+        return missing(f"image-report checkpoint, but the {PAIR_DATASET} test split at {pairs_root} is empty")
     split = split.subset(_sample_indices(len(split), n_images, seed))
-    images = _to_input(split.images(), resolution, dataset.stats["mean"], dataset.stats["std"])
+    try:
+        split.field("sentences")
+    except KeyError:
+        return missing(
+            f"{pairs_root} has no report sentences (prepare it with `cxrbench prepare {PAIR_DATASET}`)"
+        )
+    model, prof = pretrained.model, pretrained.profile
+    pairs = PretrainPairs(split, prof.resolution, dataset.stats["mean"], dataset.stats["std"], augment=False)
+    collate = PairCollator(pretrained.tokenizer, prof.max_tokens)
+    z_img, z_rep, regions, attended, valid = [], [], [], [], []
     with torch.no_grad():
-        out = embed(obj, images, split.field("sentences"))
-    return {
-        "global_alignment": _finite_or_none(global_alignment(out["image_global"], out["report_global"])),
-        "local_alignment": _finite_or_none(local_alignment(out["regions"], out["attended_sentences"])),
-        "alignment_note": f"{len(split)} {PAIR_DATASET} test pairs (seed {seed})",
+        for lo in range(0, len(pairs), BATCH_SIZE):
+            batch = collate([pairs[i] for i in range(lo, min(lo + BATCH_SIZE, len(pairs)))])
+            out = model({k: v.to(device) for k, v in batch.items()})
+            z_img.append(out.image_global.float().cpu())
+            z_rep.append(out.report_global.float().cpu())
+            if out.image_local is not None and out.sentence_local is not None:
+                mask = out.sentence_mask
+                regions.append(out.image_local.float().cpu())
+                attended.append(cross_attention(out.image_local, out.sentence_local, mask).float().cpu())
+                valid.append(mask.any(-1, keepdim=True).expand(-1, out.image_local.shape[1]).cpu())
+    global_value = _finite_or_none(global_alignment(torch.cat(z_img), torch.cat(z_rep)))
+    local_value = None
+    note = f"{len(split)} {PAIR_DATASET} test pairs (seed {seed}, {prof.resolution} px)"
+    if regions:
+        local_value = _finite_or_none(
+            local_alignment(torch.cat(regions), torch.cat(attended), torch.cat(valid))
+        )
+    else:
+        note += f"; local alignment: method {pretrained.config.name!r} has no local projections"
+    info = {
+        "dataset": PAIR_DATASET,
+        "dataset_path": str(dataset.root),
+        "n_pairs": len(split),
+        "seed": seed,
+        "image_ids_hash": ids_hash(split.image_ids),
+        "resolution": prof.resolution,
+        "method": pretrained.config.name,
+        "model_epoch": pretrained.epoch,
+        "best_epoch": pretrained.best_epoch,
     }
+    stats_ = {"global_alignment": global_value, "local_alignment": local_value, "alignment_note": note}
+    return stats_, info
 
 
 def analyze_encoder(
@@ -238,8 +318,11 @@ def analyze_encoder(
     """Statistics of a frozen encoder's conv5 features on a seeded sample of prepared test images.
 
     `checkpoint` is "random", "imagenet" or a file (as for `cxrbench evaluate`; "random" weights are
-    seeded exactly like the benchmark's, so they are the evaluated network). `resolution` defaults to
-    224 (conv5 is 7 x 7). Returns a JSON-able record with statistics and provenance.
+    seeded exactly like the benchmark's, so they are the evaluated network), or a `cxrbench pretrain`
+    output folder / its checkpoint.pt: then the image statistics use the run's best-epoch backbone
+    (the exported encoder.safetensors) and image-report alignment is computed with the whole model.
+    `resolution` defaults to 224 (conv5 is 7 x 7). Returns a JSON-able record with statistics and
+    provenance.
     """
     from cxrbench.benchmark.runner import resolve_device
 
@@ -253,8 +336,13 @@ def analyze_encoder(
     if len(test) == 0:
         raise CxrbenchError(f"{dataset.root}: the test split is empty")
     sample = test.subset(_sample_indices(len(test), n_images, seed))
-    torch.manual_seed(0)  # the same 'random' weights as cxrbench evaluate
-    loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
+    checkpoint = _folder_source(checkpoint)
+    pretrained = _open_pretrained(checkpoint, torch_device)
+    if pretrained is not None:
+        loaded = _best_backbone(pretrained, checkpoint)
+    else:
+        torch.manual_seed(0)  # the same 'random' weights as cxrbench evaluate
+        loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
     encoder = loaded.encoder.to(torch_device).eval()
     encoder.requires_grad_(False)
     images = sample.images()
@@ -267,7 +355,10 @@ def analyze_encoder(
             maps.append(encoder(x.to(torch_device))[STAGE].float().cpu())
     feature_map = torch.cat(maps)
     statistics = feature_statistics(feature_map)
-    statistics.update(_pair_alignment(checkpoint, dataset.root, n_images, seed, resolution))
+    pair_statistics, pairs = _pair_alignment(
+        checkpoint, pretrained, dataset.root, n_images, seed, torch_device
+    )
+    statistics.update(pair_statistics)
     report = loaded.report
     ids = sample.image_ids
     return {
@@ -300,6 +391,7 @@ def analyze_encoder(
             "temperature": TEMPERATURE,
         },
         "statistics": statistics,
+        "alignment_pairs": pairs,
         "device": str(torch_device),
         "wall_time_s": round(time.perf_counter() - start, 3),
         **provenance(),
@@ -307,9 +399,15 @@ def analyze_encoder(
 
 
 def default_name(checkpoint: str | Path) -> str:
-    """The encoder name an analysis is stored under when none is given: the spec or the file stem."""
+    """The encoder name an analysis is stored under when none is given: the spec, the file stem, or the
+    folder name for a pre-training output folder or its checkpoint.pt."""
     text = str(checkpoint)
-    return text if text in ("random", "imagenet") else Path(text).stem
+    if text in ("random", "imagenet"):
+        return text
+    path = Path(text)
+    if path.is_dir():
+        return path.resolve().name
+    return path.resolve().parent.name if path.name == "checkpoint.pt" else path.stem
 
 
 def write_analysis(record: dict[str, Any], out_dir: str | Path, name: str) -> Path:

@@ -105,7 +105,11 @@ def _correlate(runs_dir: list[Path], analysis_dir: Path | None, out: Path | None
 
 def analyze_command(
     checkpoint: Annotated[
-        str | None, typer.Argument(help="Checkpoint file, 'random' or 'imagenet' (omit with --correlate).")
+        str | None,
+        typer.Argument(
+            help="Checkpoint file, 'random', 'imagenet' or a `cxrbench pretrain` output folder (omit with "
+            "--correlate)."
+        ),
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="Prepared root (PREPARED_ROOT/<dataset>) or dataset folder.")
@@ -153,7 +157,9 @@ def analyze_command(
             _correlate(list(runs_dir), analysis_dir, out, console)
             return
         if checkpoint is None:
-            raise CxrbenchError("give a CHECKPOINT ('random', 'imagenet' or a file), or use --correlate")
+            raise CxrbenchError(
+                "give a CHECKPOINT ('random', 'imagenet', a file or a pre-training folder), or use --correlate"
+            )
         from cxrbench.benchmark.analysis import analyze_encoder, default_name, write_analysis
 
         path = resolve_dataset_path(data, dataset)

@@ -8,8 +8,9 @@ Rules (they are also written into the table footers by `cxrbench.benchmark.repor
 - Bootstrap interval over test images: replicate b draws n test images with replacement,
   ``np.random.default_rng([seed, zlib.crc32(task_id.encode())]).integers(0, n, size=(n_boot, n))``
   (n_boot = 1000 for Dice tasks, 200 for mAP/FROC tasks by default: see `BootstrapSettings`)
-  in the order of the sorted image ids, recomputes the primary metric of every run with
-  `metrics.aggregate(kind, per_image, indices)` and averages over the runs; the interval is the
+  in the order of the sorted image ids, recomputes the primary metric of every run as
+  `metrics.aggregate(kind, per_image, indices)` would (computed for all replicates at once by
+  `metrics.bootstrap_aggregate`) and averages over the runs; the interval is the
   2.5 and 97.5 percentiles of the replicates. Every group of a task with the same test images gets
   the same replicates, which is what makes the paired comparisons of `compare` paired.
 - Duplicate run ids are refused; final records with different protocol hashes (the hash covers all
@@ -178,8 +179,8 @@ def bootstrap_indices(task_id: str, n_images: int, n_boot: int, seed: int = 0) -
 
 @dataclass(frozen=True)
 class BootstrapSettings:
-    """Replicates per metric kind: Dice replicates are cheap weighted re-sums; mAP and FROC replicates
-    each cost one `metrics.aggregate` call per run, hence their own (smaller) default."""
+    """Replicates per metric kind. Every kind is computed as count-weighted sums over all replicates at
+    once (`metrics.bootstrap_aggregate`); mAP/FROC tasks have their own default count."""
 
     n_boot: int = 1000
     n_boot_detection: int = 200
@@ -375,11 +376,15 @@ def _group_bootstrap(
 
 
 class _Resamples:
-    """One task's bootstrap image positions, and the per-image draw counts they imply (built lazily)."""
+    """One task's bootstrap image positions, and the per-image draw counts they imply (built lazily).
+
+    `for_run` re-expresses both in one run's image order; runs of a task usually share that order, so
+    the last one is kept."""
 
     def __init__(self, indices: np.ndarray):
         self.indices = indices
         self._counts: np.ndarray | None = None
+        self._last: tuple[bytes, np.dtype, np.ndarray, np.ndarray] | None = None
 
     @property
     def counts(self) -> np.ndarray:
@@ -387,8 +392,20 @@ class _Resamples:
         if self._counts is None:
             b, n = self.indices.shape
             flat = (self.indices + n * np.arange(b)[:, None]).ravel()
-            self._counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+            self._counts = np.bincount(flat, minlength=b * n).reshape(b, n)
         return self._counts
+
+    def for_run(self, to_run: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, counts as ``dtype``) in the run's image positions (``to_run``: canonical -> run)."""
+        key = to_run.tobytes()
+        if self._last is None or self._last[0] != key or self._last[1] != np.dtype(dtype):
+            if np.array_equal(to_run, np.arange(to_run.size)):
+                indices, counts = self.indices, self.counts.astype(dtype, copy=False)
+            else:
+                indices, counts = to_run[self.indices], np.empty(self.counts.shape, dtype=dtype)
+                counts[:, to_run] = self.counts
+            self._last = (key, np.dtype(dtype), indices, counts)
+        return self._last[2], self._last[3]
 
 
 def _run_replicates(
@@ -440,18 +457,17 @@ def _cache_path(rec: dict, settings: BootstrapSettings) -> Path | None:
 
 
 def _replicate_values(kind: str, prepared: object, to_run: np.ndarray, resamples: _Resamples) -> np.ndarray:
-    """The metric on every replicate; Dice as a weighted re-sum (checked against `aggregate`)."""
+    """The metric on every replicate, all at once as count-weighted sums (`metrics.bootstrap_aggregate`),
+    checked on the first replicate against `metrics.aggregate`."""
     from cxrbench.benchmark import metrics
 
-    indices = resamples.indices
-    if kind == "dice":
-        stacked = np.concatenate([prepared[k][to_run] for k in metrics.dice.STAT_KEYS], axis=1)
-        sums = resamples.counts @ stacked.astype(np.float64)  # one pass over the counts matrix
-        fast = metrics.dice.dice_from_sums(*np.split(sums, len(metrics.dice.STAT_KEYS), axis=1)).mean(axis=1)
-        check = metrics.aggregate(kind, prepared, to_run[indices[0]])[kind]
-        if math.isclose(fast[0], check, rel_tol=1e-9, abs_tol=1e-12):
-            return fast
-        warnings.warn(
-            "fast Dice bootstrap disagrees with metrics.aggregate; using the slow path", stacklevel=2
-        )
-    return np.array([metrics.aggregate(kind, prepared, to_run[row])[kind] for row in indices], dtype=float)
+    indices, counts = resamples.for_run(to_run, np.float64 if kind == "dice" else np.int64)
+    fast = metrics.bootstrap_aggregate(kind, prepared, indices, counts)[kind]
+    check = metrics.aggregate(kind, prepared, indices[0])[kind]
+    both_nan = math.isnan(fast[0]) and math.isnan(check)
+    if both_nan or math.isclose(fast[0], check, rel_tol=1e-9, abs_tol=1e-12):
+        return fast
+    warnings.warn(
+        f"fast {kind} bootstrap disagrees with metrics.aggregate; using the slow path", stacklevel=2
+    )
+    return np.array([metrics.aggregate(kind, prepared, row)[kind] for row in indices], dtype=float)

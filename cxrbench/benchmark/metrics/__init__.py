@@ -16,7 +16,7 @@ import numpy as np
 from cxrbench.errors import CxrbenchError
 
 from . import detection, dice, froc
-from .ragged import float_array, json_floats
+from .ragged import check_counts, float_array, json_floats
 
 KINDS = ("dice", "map", "froc")
 
@@ -83,6 +83,39 @@ def aggregate(
     return (detection if kind == "map" else froc).aggregate(per_image, indices)
 
 
+def bootstrap_aggregate(
+    kind: str, prepared: object, indices: np.ndarray, counts: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Metric values of every bootstrap replicate at once: row r equals ``aggregate(kind, prepared,
+    indices[r])`` (R x m indices; ``counts``, R x n draw counts of the n images, is built when None).
+
+    A replicate only matters through how often it draws each image, so each metric becomes a
+    count-weighted reduction over statistics sorted once (see `detection.bootstrap_average_precision`
+    and `froc.bootstrap_froc`). Keys: dice; map, map50, map75, kaggle_map; froc, sens@<rate>. mAP and
+    FROC values equal ``aggregate`` float for float except kaggle_map (a weighted mean: equal up to
+    summation order); Dice sums integer pixel counts, exact below 2**53.
+    """
+    _check_kind(kind)
+    data = _prepared(kind, prepared)
+    if kind == "dice":
+        stacked = np.concatenate([data[k] for k in dice.STAT_KEYS], axis=1).astype(np.float64)
+        counts = check_counts(counts, indices, len(stacked), np.float64)
+        sums = np.split(counts @ stacked, len(dice.STAT_KEYS), axis=1)  # one pass over the counts
+        return {"dice": dice.dice_from_sums(*sums).mean(axis=1)}
+    if kind == "map":
+        return detection.bootstrap_metrics(data, indices, counts)
+    return froc.bootstrap_froc(data, indices, counts)
+
+
+def _prepared(kind: str, per_image: object) -> object:
+    """``per_image`` as `prepare` returns it (the JSON form is prepared, prepared data passes through)."""
+    if kind == "dice":
+        ready = all(isinstance(per_image.get(k), np.ndarray) for k in dice.STAT_KEYS)
+    else:
+        ready = isinstance(per_image, detection.DetectionTable if kind == "map" else froc.FrocTable)
+    return per_image if ready else prepare(kind, per_image)
+
+
 def primary_per_image_scores(kind: str, per_image: dict) -> np.ndarray:
     """Per-image scalar for displays (NaN where undefined): Dice of the image (mean over classes) for
     dice; Kaggle RSNA score for map (NaN: no GT and no box); hit rate of GT boxes at score 0.5 for froc
@@ -91,4 +124,12 @@ def primary_per_image_scores(kind: str, per_image: dict) -> np.ndarray:
     return float_array(per_image[kind])
 
 
-__all__ = ["KINDS", "aggregate", "merge_per_image", "per_image_stats", "prepare", "primary_per_image_scores"]
+__all__ = [
+    "KINDS",
+    "aggregate",
+    "bootstrap_aggregate",
+    "merge_per_image",
+    "per_image_stats",
+    "prepare",
+    "primary_per_image_scores",
+]

@@ -15,7 +15,7 @@ import torch
 
 from cxrbench.errors import CxrbenchError
 
-from .ragged import Ragged, float_array, json_floats, resolve_indices
+from .ragged import Ragged, check_counts, float_array, json_floats, resolve_indices, row_chunks
 
 IOU_THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools recThrs
@@ -266,4 +266,116 @@ def aggregate(
     table = data if isinstance(data, DetectionTable) else prepare(data)
     out = detection_metrics(table.matches, indices)
     out["kaggle_map"] = kaggle_map(table.kaggle, indices)
+    return out
+
+
+def _recall_steps(n_gt: int) -> np.ndarray:
+    """For each of the 101 recall points, the fewest TPs j with ``j / n_gt`` >= the point (float for float
+    as in `_ap_from_flags`, which compares ``n_tp / n_gt``)."""
+    return np.searchsorted(np.arange(n_gt + 1, dtype=np.float64) / n_gt, RECALL_POINTS, side="left")
+
+
+def _mixed_tie_rows(scores: np.ndarray, tp: np.ndarray, images: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Replicates (bool, R) whose AP depends on the order of tied predictions, so the weighted sum is not
+    enough: a group of equal scores holding a TP and an FP at some threshold, both drawn, with more than
+    one drawn copy of an image in the group (the stable sort then interleaves copies by draw position)."""
+    flagged = np.zeros(counts.shape[0], dtype=bool)
+    if scores.size < 2:
+        return flagged
+    starts = np.flatnonzero(np.concatenate([[True], scores[1:] != scores[:-1]]))
+    ends = np.append(starts[1:], scores.size)
+    tied = ends - starts > 1
+    for a, b in zip(starts[tied], ends[tied], strict=True):
+        group = tp[:, a:b]
+        mixed = group.any(axis=1) & ~group.all(axis=1)
+        if not mixed.any():
+            continue
+        c = counts[:, images[a:b]]
+        copies = counts[:, np.unique(images[a:b])].sum(axis=1)
+        drawn_tp = (c @ group[mixed].T.astype(np.int64)) > 0
+        drawn_fp = (c @ (~group[mixed]).T.astype(np.int64)) > 0
+        flagged |= (copies > 1) & (drawn_tp & drawn_fp).any(axis=1)
+    return flagged
+
+
+def bootstrap_average_precision(
+    table: MatchTable, indices: np.ndarray, counts: np.ndarray | None = None
+) -> np.ndarray:
+    """AP per IoU threshold (R x T) of every bootstrap replicate (rows of ``indices``, R x m), equal float
+    for float to ``average_precision(table, indices[r])`` for each row r.
+
+    A replicate is a multiset of images, i.e. draw counts c (``counts``, R x n; built from ``indices`` when
+    None). Pooling c copies of each image and sorting by score equals sorting every prediction once and
+    giving it the weight c[image]: cumTP and cumFP become weighted cumulative sums and n_gt = sum(c * n_gt).
+    The copies of a prediction are tied, hence adjacent, so a run of w copies of a TP (or of several tied
+    TPs) only adds intermediate ranks inside a run of consecutive TPs; precision rises along such a run, so
+    every rank in it has the envelope of the run's last rank, and a recall point first reached inside it
+    reads that value. Evaluating at the weighted TP ranks (weight-0 predictions drop out) therefore gives the same 101 values. The one exception is a tie group holding TPs and
+    FPs with several drawn copies, whose order then follows the draw positions: those replicates are
+    recomputed with `average_precision` (rare; never with continuous scores).
+    """
+    idx = np.asarray(indices)
+    n = len(table)
+    counts = check_counts(counts, idx, n)
+    order = np.argsort(-table.scores.values, kind="mergesort")  # the stable pooled order of _ap_from_flags
+    lengths = np.diff(table.scores.offsets)
+    images = np.repeat(np.arange(n, dtype=np.int64), lengths)[order]
+    bits = np.arange(table.n_thresholds, dtype=np.int64)[:, None]
+    tp = ((table.tp_mask.values[order][None, :] >> bits) & 1).astype(bool)  # T x D
+    n_gt = counts @ table.n_gt
+    cols = np.flatnonzero(tp.any(axis=0))  # ranks that are a TP at some threshold
+    ap = np.zeros((counts.shape[0], table.n_thresholds))
+    steps = {int(g): _recall_steps(int(g)) for g in np.unique(n_gt) if g > 0}
+    for rows in row_chunks(counts.shape[0], images.size):
+        c = counts[rows]
+        weights = c[:, images]
+        drawn_before = np.cumsum(weights, axis=1)[:, cols]  # predictions drawn up to each TP rank
+        need = np.stack([steps.get(int(g), np.zeros(RECALL_POINTS.size, np.int64)) for g in n_gt[rows]])
+        for t in range(table.n_thresholds):
+            at = tp[t, cols]
+            w = weights[:, cols[at]]
+            n_tp = np.cumsum(w, axis=1)
+            ranks = drawn_before[:, at]  # == rank + 1 of _ap_from_flags at the run's last TP
+            # a weight-0 TP repeats the previous TP count at a rank as late or later: its precision
+            # (0 before any TP) is never above the envelope there, nor ever read (no recall step)
+            precision = n_tp / (ranks + np.spacing(1))
+            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            ap[rows, t] = _read_recall_points(n_tp, envelope, need)
+    ap[n_gt == 0] = np.nan
+    redo = np.flatnonzero(_mixed_tie_rows(table.scores.values[order], tp, images, counts) & (n_gt > 0))
+    for r in redo:
+        ap[r] = average_precision(table, idx[r])
+    return ap
+
+
+def _read_recall_points(n_tp: np.ndarray, envelope: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """Mean over the recall points of the envelope at the first column whose cumulative TP count reaches
+    ``need`` (0 where never reached); one sorted search for all rows, each row offset past the previous."""
+    rows, k = n_tp.shape
+    if k == 0:
+        return np.zeros(rows)
+    big = int(max(n_tp[:, -1].max(), need.max())) + 2
+    offset = big * np.arange(rows, dtype=np.int64)[:, None]
+    first = np.searchsorted((n_tp + offset).ravel(), (need + offset).ravel(), side="left").reshape(need.shape)
+    first -= k * np.arange(rows, dtype=np.int64)[:, None]
+    picked = np.take_along_axis(envelope, np.minimum(first, k - 1), axis=1)
+    return np.ascontiguousarray(np.where(first < k, picked, 0.0)).mean(axis=1)
+
+
+def bootstrap_metrics(
+    data: dict | DetectionTable, indices: np.ndarray, counts: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """``map``, ``map50``, ``map75`` (equal float for float to `aggregate` on each row of ``indices``) and
+    ``kaggle_map`` (the weighted mean of the per-image scores: equal up to summation order) per replicate."""
+    table = data if isinstance(data, DetectionTable) else prepare(data)
+    counts = check_counts(counts, indices, len(table.kaggle))
+    ap = bootstrap_average_precision(table.matches, indices, counts)
+    thr = np.asarray(IOU_THRESHOLDS)
+    out = {"map": ap.mean(axis=1)}
+    for key, v in (("map50", 0.5), ("map75", 0.75)):
+        out[key] = ap[:, int(np.flatnonzero(np.isclose(thr, v))[0])]
+    scored = np.isfinite(table.kaggle)
+    n_scored = counts @ scored.astype(np.int64)
+    total = counts @ np.where(scored, table.kaggle, 0.0)
+    out["kaggle_map"] = np.where(n_scored > 0, total / np.maximum(n_scored, 1), np.nan)
     return out

@@ -25,7 +25,7 @@ import numpy as np
 from cxrbench.errors import CxrbenchError
 
 from .detection import as_boxes, as_scores
-from .ragged import Ragged, float_array, json_floats, resolve_indices
+from .ragged import Ragged, check_counts, float_array, json_floats, resolve_indices, row_chunks
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DISPLAY_SCORE_THRESHOLD = 0.5  # per-image hit rate shown in displays (not part of the FROC)
@@ -146,3 +146,68 @@ def prepare(per_image: dict) -> FrocTable:
 def aggregate(data: dict | FrocTable, indices: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
     """FROC metrics over the chosen images (duplicates count twice, in FPs, GT boxes and images)."""
     return froc_metrics(data if isinstance(data, FrocTable) else prepare(data), indices)
+
+
+def _weighted_at_least(
+    values: np.ndarray, owners: np.ndarray, thresholds: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """R x len(thresholds): summed draw counts of the ``values`` (of images ``owners``) >= each threshold,
+    i.e. `_count_at_least` on every replicate's pooled values (an image drawn c times counts c times)."""
+    order = np.argsort(-values, kind="stable")
+    cum = np.zeros((len(counts), values.size + 1), dtype=np.int64)
+    np.cumsum(counts[:, owners[order]], axis=1, out=cum[:, 1:])
+    return cum[:, np.searchsorted(-values[order], -thresholds, side="right")]
+
+
+def bootstrap_froc(
+    data: dict | FrocTable, indices: np.ndarray, counts: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """``froc`` and ``sens@<rate>`` of every bootstrap replicate (rows of ``indices``, R x m), equal float
+    for float to ``froc_metrics(table, indices[r])``.
+
+    With draw counts c (``counts``, R x n; built from ``indices`` when None) the pooled counts are
+    weighted: #FP >= t = sum of c[image] over FP scores >= t, likewise for hits; n_images = sum(c),
+    #GT = sum(c * M_image). The curve is read at every score of the run rather than only at the drawn
+    ones: an undrawn score repeats the operating point of the next higher drawn score (or (0, 0)), and
+    `sensitivity_at` reads a repeated point exactly as the single one.
+    """
+    table = data if isinstance(data, FrocTable) else prepare(data)
+    n = len(table)
+    counts = check_counts(counts, indices, n)
+    fp, hit = table.fp_scores, table.gt_hit_scores
+    fp_owner = np.repeat(np.arange(n), np.diff(fp.offsets))
+    found = np.isfinite(hit.values)
+    hit_owner = np.repeat(np.arange(n), np.diff(hit.offsets))[found]
+    thresholds = np.unique(np.concatenate([fp.values, hit.values[found]]))[::-1]
+    n_images = counts.sum(axis=1)
+    n_gt = counts @ np.diff(hit.offsets)
+    targets = np.asarray(FP_RATES, dtype=np.float64)
+    sens = np.full((len(counts), targets.size), np.nan)
+    for rows in row_chunks(len(counts), (thresholds.size + 1) * targets.size):
+        c = counts[rows]
+        zero = np.zeros((len(c), 1))
+        fps = np.hstack(
+            [
+                zero,
+                _weighted_at_least(fp.values, fp_owner, thresholds, c) / np.maximum(n_images[rows, None], 1),
+            ]
+        )
+        tpr = _weighted_at_least(hit.values[found], hit_owner, thresholds, c) / np.maximum(
+            n_gt[rows, None], 1
+        )
+        sens[rows] = _sensitivity_rows(fps, np.hstack([zero, tpr]), targets)
+    sens[(n_gt == 0) | (n_images == 0)] = np.nan
+    out = {"froc": sens.mean(axis=1)}
+    out.update({f"sens@{r:g}": sens[:, k] for k, r in enumerate(FP_RATES)})
+    return out
+
+
+def _sensitivity_rows(fps: np.ndarray, sens: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`sensitivity_at` on every row of ``fps`` / ``sens`` (R x P, each ``fps`` row non-decreasing)."""
+    left = (fps[:, :, None] <= x).sum(axis=1) - 1
+    right = np.minimum(left + 1, fps.shape[1] - 1)
+    f_left, f_right = np.take_along_axis(fps, left, 1), np.take_along_axis(fps, right, 1)
+    s_left, s_right = np.take_along_axis(sens, left, 1), np.take_along_axis(sens, right, 1)
+    span = f_right - f_left
+    w = np.where(span > 0, (x - f_left) / np.where(span > 0, span, 1.0), 0.0)
+    return s_left + w * (s_right - s_left)

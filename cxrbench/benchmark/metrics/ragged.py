@@ -64,3 +64,34 @@ def json_floats(values: np.ndarray) -> list[float | None]:
 def float_array(values: Sequence[float | None]) -> np.ndarray:
     """Inverse of :func:`json_floats`: ``None`` becomes NaN."""
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """R x n int64 matrix: how often each of the ``n`` images is drawn in each row of ``indices`` (R x m)."""
+    idx = np.asarray(indices)
+    if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+        raise CxrbenchError(f"resampled indices must be an R x m integer array, got shape {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise CxrbenchError(f"indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
+    rows = idx.shape[0]
+    flat = (idx.astype(np.int64) + n * np.arange(rows, dtype=np.int64)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n)
+
+
+def check_counts(
+    counts: np.ndarray | None, indices: np.ndarray, n: int, dtype: type = np.int64
+) -> np.ndarray:
+    """``counts`` (R x n, integer-valued) for ``indices`` (R x m) as ``dtype`` (no copy when it already
+    is); built from ``indices`` when None."""
+    if counts is None:
+        return resample_counts(indices, n).astype(dtype, copy=False)
+    c = np.asarray(counts)
+    if c.shape != (np.shape(indices)[0], n):
+        raise CxrbenchError(f"counts must be {np.shape(indices)[0]} x {n}, got shape {c.shape}")
+    return c.astype(dtype, copy=False)
+
+
+def row_chunks(rows: int, width: int, budget: int = 1 << 22) -> list[slice]:
+    """Row slices of an ``rows`` x ``width`` matrix holding about ``budget`` elements each (bounds memory)."""
+    step = max(1, budget // max(width, 1))
+    return [slice(a, min(a + step, rows)) for a in range(0, rows, step)]
