@@ -77,6 +77,7 @@ def pretrain_baselines(
     methods: Sequence[str] = DEMO_METHODS,
     epochs: int | None = None,
     log: Callable[[str], None] = print,
+    reporter_factory: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, Path]:
     """Pre-train each method briefly on phantom MIMIC-CXR (demo profile); resume or reuse finished ones."""
     from cxrbench.baselines.training import CHECKPOINT, HISTORY, pretrain
@@ -90,14 +91,17 @@ def pretrain_baselines(
             log(f"{method}: reusing {done}")
         else:
             log(f"pre-training {method} (demo profile)")
-            pretrain(
-                method,
-                paths.prepared / "mimic_cxr",
-                out,
-                "demo",
-                resume=(out / CHECKPOINT).exists(),
-                epochs=epochs,
-            )
+            resume = (out / CHECKPOINT).exists()
+            with (reporter_factory or (lambda: contextlib.nullcontext(None)))() as reporter:
+                pretrain(
+                    method,
+                    paths.prepared / "mimic_cxr",
+                    out,
+                    "demo",
+                    resume=resume,
+                    epochs=epochs,
+                    reporter=reporter,
+                )
         encoders[method] = done
     return encoders
 

@@ -180,13 +180,13 @@ def test_nan_loss_is_recorded_as_failed_and_others_continue(prepared_root, tmp_p
 def test_lr_grid_search_then_seeds(prepared_root, tmp_path):
     prof = dataclasses.replace(FAST, max_lrs=None, max_epochs=2)
     outcome = evaluate_checkpoint(
-        "random", select_tasks("covid_unet_frozen"), _options(prepared_root, tmp_path, profile=prof, seeds=2)
+        "random", select_tasks("covid_linear"), _options(prepared_root, tmp_path, profile=prof, seeds=2)
     )[0]
     phases = [(r["phase"], r["lr"], r["seed"]) for r in outcome.records]
-    assert phases[:3] == [("lr_search", lr, 0) for lr in (1e-4, 3e-4, 1e-3)]
-    best = max(outcome.records[:3], key=lambda r: r["val"]["dice"])["lr"]
-    assert outcome.lr == best and phases[3:] == [("final", best, 0), ("final", best, 1)]
-    assert len({r["run_id"] for r in outcome.records}) == 5
+    assert phases[:4] == [("lr_search", lr, 0) for lr in (3e-2, 1e-2, 3e-3, 1e-3)]
+    best = max(outcome.records[:4], key=lambda r: r["val"]["dice"])["lr"]  # first of equals wins
+    assert outcome.lr == best and phases[4:] == [("final", best, 0), ("final", best, 1)]
+    assert len({r["run_id"] for r in outcome.records}) == 6
 
 
 def test_rerun_skips_finished_runs(prepared_root, tmp_path):

@@ -426,6 +426,21 @@ def test_bootstrap_aggregate_equals_per_replicate_aggregate(seed, levels):
                 np.testing.assert_array_equal(values, expected)  # float for float, NaN where undefined
 
 
+@pytest.mark.parametrize("kind", ["map", "froc", "dice"])
+def test_bootstrap_aggregate_primary_only_equals_full(kind):
+    detection, froc = tied_detection_stats(3, 19, 5)
+    stats = {"map": detection, "froc": froc}.get(kind)
+    if stats is None:
+        stats = {"intersection": [[3], [0], [5]], "pred_sum": [[4], [1], [5]], "gt_sum": [[3], [0], [7]]}
+    prepared = M.prepare(kind, stats)
+    n = len(stats["intersection"]) if kind == "dice" else 19
+    indices = np.random.default_rng(0).integers(0, n, (30, n))
+    full = M.bootstrap_aggregate(kind, prepared, indices)
+    primary = M.bootstrap_aggregate(kind, prepared, indices, primary_only=True)
+    assert list(primary) == [kind]
+    np.testing.assert_array_equal(primary[kind], full[kind])
+
+
 def test_bootstrap_map_handles_interleaved_tied_copies():
     # one image with a TP and an FP at the same score, drawn twice: pooled order is TP FP TP FP, which
     # count weights alone (TP TP FP FP) would get wrong; also a replicate with no GT at all (NaN)

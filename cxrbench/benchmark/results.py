@@ -462,7 +462,7 @@ def _replicate_values(kind: str, prepared: object, to_run: np.ndarray, resamples
     from cxrbench.benchmark import metrics
 
     indices, counts = resamples.for_run(to_run, np.float64 if kind == "dice" else np.int64)
-    fast = metrics.bootstrap_aggregate(kind, prepared, indices, counts)[kind]
+    fast = metrics.bootstrap_aggregate(kind, prepared, indices, counts, primary_only=True)[kind]
     check = metrics.aggregate(kind, prepared, indices[0])[kind]
     both_nan = math.isnan(fast[0]) and math.isnan(check)
     if both_nan or math.isclose(fast[0], check, rel_tol=1e-9, abs_tol=1e-12):

@@ -84,7 +84,11 @@ def aggregate(
 
 
 def bootstrap_aggregate(
-    kind: str, prepared: object, indices: np.ndarray, counts: np.ndarray | None = None
+    kind: str,
+    prepared: object,
+    indices: np.ndarray,
+    counts: np.ndarray | None = None,
+    primary_only: bool = False,
 ) -> dict[str, np.ndarray]:
     """Metric values of every bootstrap replicate at once: row r equals ``aggregate(kind, prepared,
     indices[r])`` (R x m indices; ``counts``, R x n draw counts of the n images, is built when None).
@@ -93,7 +97,8 @@ def bootstrap_aggregate(
     count-weighted reduction over statistics sorted once (see `detection.bootstrap_average_precision`
     and `froc.bootstrap_froc`). Keys: dice; map, map50, map75, kaggle_map; froc, sens@<rate>. mAP and
     FROC values equal ``aggregate`` float for float except kaggle_map (a weighted mean: equal up to
-    summation order); Dice sums integer pixel counts, exact below 2**53.
+    summation order); Dice sums integer pixel counts, exact below 2**53. ``primary_only`` returns just
+    the primary key (for mAP it skips the Kaggle score's work; the values are the same).
     """
     _check_kind(kind)
     data = _prepared(kind, prepared)
@@ -103,8 +108,9 @@ def bootstrap_aggregate(
         sums = np.split(counts @ stacked, len(dice.STAT_KEYS), axis=1)  # one pass over the counts
         return {"dice": dice.dice_from_sums(*sums).mean(axis=1)}
     if kind == "map":
-        return detection.bootstrap_metrics(data, indices, counts)
-    return froc.bootstrap_froc(data, indices, counts)
+        return detection.bootstrap_metrics(data, indices, counts, primary_only)
+    out = froc.bootstrap_froc(data, indices, counts)
+    return {kind: out[kind]} if primary_only else out
 
 
 def _prepared(kind: str, per_image: object) -> object:

@@ -326,20 +326,22 @@ def bootstrap_average_precision(
     cols = np.flatnonzero(tp.any(axis=0))  # ranks that are a TP at some threshold
     ap = np.zeros((counts.shape[0], table.n_thresholds))
     steps = {int(g): _recall_steps(int(g)) for g in np.unique(n_gt) if g > 0}
+    # replicates along the last axis (contiguous), so gathers, cumulative sums and the envelope run over
+    # whole rows; int32 halves the memory traffic (counts of drawn predictions stay far below 2**31)
     for rows in row_chunks(counts.shape[0], images.size):
-        c = counts[rows]
-        weights = c[:, images]
-        drawn_before = np.cumsum(weights, axis=1)[:, cols]  # predictions drawn up to each TP rank
+        c = np.ascontiguousarray(counts[rows].T, dtype=np.int32)  # n x r
+        if cols.size:  # predictions drawn up to each TP rank
+            drawn_before = np.cumsum(c[images[: cols[-1] + 1]], axis=0, dtype=np.int32)[cols]
+        weights = c[images[cols]]  # K x r
         need = np.stack([steps.get(int(g), np.zeros(RECALL_POINTS.size, np.int64)) for g in n_gt[rows]])
         for t in range(table.n_thresholds):
             at = tp[t, cols]
-            w = weights[:, cols[at]]
-            n_tp = np.cumsum(w, axis=1)
-            ranks = drawn_before[:, at]  # == rank + 1 of _ap_from_flags at the run's last TP
+            n_tp = np.cumsum(weights[at], axis=0, dtype=np.int32)
+            ranks = drawn_before[at]  # == rank + 1 of _ap_from_flags at the run's last TP
             # a weight-0 TP repeats the previous TP count at a rank as late or later: its precision
             # (0 before any TP) is never above the envelope there, nor ever read (no recall step)
             precision = n_tp / (ranks + np.spacing(1))
-            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            envelope = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
             ap[rows, t] = _read_recall_points(n_tp, envelope, need)
     ap[n_gt == 0] = np.nan
     redo = np.flatnonzero(_mixed_tie_rows(table.scores.values[order], tp, images, counts) & (n_gt > 0))
@@ -349,29 +351,36 @@ def bootstrap_average_precision(
 
 
 def _read_recall_points(n_tp: np.ndarray, envelope: np.ndarray, need: np.ndarray) -> np.ndarray:
-    """Mean over the recall points of the envelope at the first column whose cumulative TP count reaches
-    ``need`` (0 where never reached); one sorted search for all rows, each row offset past the previous."""
-    rows, k = n_tp.shape
+    """Mean over the recall points of the envelope at the first rank whose cumulative TP count reaches
+    ``need`` (r x 101; 0 where never reached); ``n_tp`` and ``envelope`` are K x r, one column per
+    replicate. A plain search per replicate beats one flattened search over offset rows."""
+    k, rows = n_tp.shape
     if k == 0:
         return np.zeros(rows)
-    big = int(max(n_tp[:, -1].max(), need.max())) + 2
-    offset = big * np.arange(rows, dtype=np.int64)[:, None]
-    first = np.searchsorted((n_tp + offset).ravel(), (need + offset).ravel(), side="left").reshape(need.shape)
-    first -= k * np.arange(rows, dtype=np.int64)[:, None]
-    picked = np.take_along_axis(envelope, np.minimum(first, k - 1), axis=1)
-    return np.ascontiguousarray(np.where(first < k, picked, 0.0)).mean(axis=1)
+    first = np.empty(need.shape, dtype=np.int64)
+    by_row = np.ascontiguousarray(n_tp.T)
+    for r in range(rows):
+        first[r] = np.searchsorted(by_row[r], need[r], side="left")
+    picked = envelope[np.minimum(first, k - 1), np.arange(rows)[:, None]]
+    return np.where(first < k, picked, 0.0).mean(axis=1)
 
 
 def bootstrap_metrics(
-    data: dict | DetectionTable, indices: np.ndarray, counts: np.ndarray | None = None
+    data: dict | DetectionTable,
+    indices: np.ndarray,
+    counts: np.ndarray | None = None,
+    primary_only: bool = False,
 ) -> dict[str, np.ndarray]:
     """``map``, ``map50``, ``map75`` (equal float for float to `aggregate` on each row of ``indices``) and
-    ``kaggle_map`` (the weighted mean of the per-image scores: equal up to summation order) per replicate."""
+    ``kaggle_map`` (the weighted mean of the per-image scores: equal up to summation order) per replicate;
+    only ``map`` when ``primary_only`` (the Kaggle score's two matrix products are then skipped)."""
     table = data if isinstance(data, DetectionTable) else prepare(data)
     counts = check_counts(counts, indices, len(table.kaggle))
     ap = bootstrap_average_precision(table.matches, indices, counts)
-    thr = np.asarray(IOU_THRESHOLDS)
     out = {"map": ap.mean(axis=1)}
+    if primary_only:
+        return out
+    thr = np.asarray(IOU_THRESHOLDS)
     for key, v in (("map50", 0.5), ("map75", 0.75)):
         out[key] = ap[:, int(np.flatnonzero(np.isclose(thr, v))[0])]
     scored = np.isfinite(table.kaggle)

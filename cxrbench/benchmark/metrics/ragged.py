@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -34,6 +35,11 @@ class Ragged:
     @classmethod
     def from_list(cls, items: Sequence[np.ndarray], dtype: type | np.dtype) -> Ragged:
         """Concatenate per-image 1-D arrays (lists or ndarrays; may be empty)."""
+        if all(type(a) is list for a in items):  # the JSON form: one pass instead of an array per image
+            lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+            values = np.array(list(chain.from_iterable(items)), dtype=dtype)
+            if values.ndim == 1:
+                return cls(values.reshape(-1), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         arrays = [np.asarray(a, dtype=dtype).reshape(-1) for a in items]
         lengths = np.array([a.size for a in arrays], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
