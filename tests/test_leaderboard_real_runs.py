@@ -34,7 +34,7 @@ def runs(prepared_root, tmp_path_factory):
     other = root / "tv_resnet18.pt"
     state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
     torch.save(state, other)
-    tasks = select_tasks("covid_linear,rsna_seg_linear_10")
+    tasks = select_tasks("covid_linear,rsna_seg_linear_10,rsna_yolo_frozen_10")  # a detection task too
     for name, spec in (("random", "random"), ("tv18", str(other))):
         options = EvaluateOptions(prepared_root, root / "runs", name, TINY, arch="resnet18")
         evaluate_checkpoint(spec, tasks, options)

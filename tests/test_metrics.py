@@ -462,3 +462,24 @@ def test_bootstrap_aggregate_dice_and_counts():
     np.testing.assert_allclose(batched, expected, rtol=0, atol=1e-12)
     with pytest.raises(CxrbenchError):
         M.bootstrap_aggregate("dice", prepared, indices, counts=np.ones((30, 11)))
+
+
+@pytest.mark.parametrize("kind", ["map", "froc"])
+@pytest.mark.parametrize("case", ["no_predictions", "no_true_positives"])
+def test_bootstrap_without_any_true_positive(kind, case):
+    """An untrained detector (no boxes above threshold, or only misses) must bootstrap to 0, not crash."""
+    gts = [
+        np.array([[10, 10, 30, 30]], np.float32),
+        np.zeros((0, 4), np.float32),
+        np.array([[5, 5, 9, 9]], np.float32),
+    ]
+    if case == "no_predictions":
+        preds = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) for _ in gts]
+    else:
+        preds = [(np.array([[60, 60, 70, 70]], np.float32), np.array([0.9], np.float32)) for _ in gts]
+    per_image = M.per_image_stats(kind, preds, gts)
+    prepared = M.prepare(kind, per_image)
+    indices = np.random.default_rng(0).integers(0, 3, size=(20, 3))
+    fast = M.bootstrap_aggregate(kind, prepared, indices, primary_only=True)[kind]
+    slow = np.array([M.aggregate(kind, prepared, row)[kind] for row in indices])
+    np.testing.assert_array_equal(fast, slow)

@@ -332,6 +332,8 @@ def bootstrap_average_precision(
         c = np.ascontiguousarray(counts[rows].T, dtype=np.int32)  # n x r
         if cols.size:  # predictions drawn up to each TP rank
             drawn_before = np.cumsum(c[images[: cols[-1] + 1]], axis=0, dtype=np.int32)[cols]
+        else:  # no TP at any threshold: every AP is 0 (or NaN without GT)
+            drawn_before = np.zeros((0, c.shape[1]), dtype=np.int32)
         weights = c[images[cols]]  # K x r
         need = np.stack([steps.get(int(g), np.zeros(RECALL_POINTS.size, np.int64)) for g in n_gt[rows]])
         for t in range(table.n_thresholds):
