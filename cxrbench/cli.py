@@ -12,16 +12,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.progress import make_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray localized-task benchmark.")
 console = Console()
@@ -47,15 +44,7 @@ def command(name: str | None = None) -> Callable:
 
 
 def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    return make_progress(console, TimeRemainingColumn())
 
 
 @command("phantom")

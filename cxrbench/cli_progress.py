@@ -6,25 +6,19 @@ import math
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from cxrbench.benchmark.runner import Reporter, TaskOutcome
 from cxrbench.benchmark.tasks import Task
+from cxrbench.progress import make_progress
 
 
 class RichReporter(Reporter):
     """Two bars: tasks overall, runs of the current task (with the latest epoch's metric)."""
 
     def __init__(self, console: Console):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=console,
-        )
+        self.progress = make_progress(console, TextColumn("{task.fields[status]}"))
         self.overall = None
         self.current = None
 

@@ -484,7 +484,7 @@ def test_html_is_self_contained_sortable_table(world):
         "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
     )
     if chromium is None:
-        pytest.skip("chromium not installed: the page structure was checked with html.parser only")
+        pytest.skip(reason="chromium not installed: the page structure was checked with html.parser only")
     dom = subprocess.run(
         [
             chromium,

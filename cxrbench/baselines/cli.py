@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 
 from cxrbench.baselines.training import PretrainReporter, PretrainResult
 from cxrbench.errors import CxrbenchError
+from cxrbench.progress import make_progress
 
 
 class RichPretrainReporter(PretrainReporter):
@@ -23,14 +24,7 @@ class RichPretrainReporter(PretrainReporter):
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=console,
-        )
+        self.progress = make_progress(console, TextColumn("{task.fields[status]}"))
         self.epochs = self.steps = None
 
     def __enter__(self) -> RichPretrainReporter:

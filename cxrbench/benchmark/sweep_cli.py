@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from cxrbench.benchmark.sweep import (
@@ -29,6 +29,7 @@ from cxrbench.benchmark.sweep import (
     run_sweep,
 )
 from cxrbench.errors import CxrbenchError
+from cxrbench.progress import make_progress
 
 _MAX_ERRORS_SHOWN = 20
 
@@ -38,14 +39,10 @@ class RichSweepReporter(SweepReporter):
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
+        self.progress = make_progress(
+            console,
             TextColumn("[green]{task.fields[ok]} done[/] [red]{task.fields[failed]} failed[/]"),
             TextColumn("[dim]{task.fields[skipped]} skipped[/]"),
-            console=console,
         )
         self.bar: Any = None
         self.counts = {"ok": 0, "failed": 0, "skipped": 0}
