@@ -319,3 +319,18 @@ def test_pretrained_encoder_beats_random_on_a_demo_task(mimic, prepared_root, tm
     gains = [scores[("lovt", t.task_id)] - scores[("random", t.task_id)] for t in tasks]
     assert np.isfinite(gains).all()
     assert max(gains) > 0.0, scores
+
+
+def test_uniformity_prior_encoder_beats_random_on_a_demo_task(mimic, prepared_root, tmp_path):
+    """The method this project is built around, pre-trained in the demo profile (~15 s), gives a frozen
+    U-Net on phantom COVID opacities a clearly better Dice than the seeded random init (3 seeds each)."""
+    result = pretrain("uniformity_prior", mimic, tmp_path / "up", "demo", device="cpu")
+    assert min(h["val_loss"] for h in result.history[1:]) < result.history[0]["val_loss"]
+    evaluate = dataclasses.replace(EVAL_FAST, resolution=128, max_epochs=6, patience=6)
+    means = {}
+    for name, spec in (("random", "random"), ("uniformity_prior", result.encoder_path)):
+        options = EvaluateOptions(prepared_root, tmp_path / "runs", name, evaluate, seeds=3, arch="resnet18")
+        (outcome,) = evaluate_checkpoint(spec, select_tasks("covid_unet_frozen"), options)
+        assert all(r["status"] == "ok" for r in outcome.records)
+        means[name] = float(np.mean([r["test"]["dice"] for r in outcome.records]))
+    assert means["uniformity_prior"] > means["random"] + 0.1, means
