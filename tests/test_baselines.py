@@ -334,3 +334,27 @@ def test_uniformity_prior_encoder_beats_random_on_a_demo_task(mimic, prepared_ro
         assert all(r["status"] == "ok" for r in outcome.records)
         means[name] = float(np.mean([r["test"]["dice"] for r in outcome.records]))
     assert means["uniformity_prior"] > means["random"] + 0.1, means
+
+
+def test_cli_percent_selects_the_fixed_train_subset(mimic, tmp_path):
+    import json
+
+    app = typer.Typer()
+    app.command("pretrain")(pretrain_command)
+    app.command("noop")(lambda: None)
+    args = [
+        "pretrain",
+        "convirt",
+        "--data",
+        str(mimic),
+        "--epochs",
+        "1",
+        "--percent",
+        "30",
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c30")])
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "c30" / "history.json").read_text())
+    assert history["profile"]["percent"] == 30

@@ -72,6 +72,12 @@ def pretrain_command(
     epochs: Annotated[
         int | None, typer.Option(help="Override the profile's maximum number of epochs.")
     ] = None,
+    percent: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the MIMIC-CXR train split: 30 (the fixed subset) or 100 (default: the profile's)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     bert: Annotated[
         str | None, typer.Option(help="Report encoder: local folder or hub name (default: the profile's).")
@@ -90,6 +96,7 @@ def pretrain_command(
                 profile,
                 resume=resume,
                 epochs=epochs,
+                percent=percent,
                 device=device,
                 bert=bert,
                 reporter=reporter,

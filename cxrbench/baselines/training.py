@@ -414,6 +414,7 @@ def pretrain(
     *,
     resume: bool = False,
     epochs: int | None = None,
+    percent: float | None = None,
     device: str = "auto",
     bert: str | None = None,
     reporter: PretrainReporter | None = None,
@@ -423,6 +424,8 @@ def pretrain(
     prof = get_pretrain_profile(profile) if isinstance(profile, str) else profile
     if epochs is not None:
         prof = replace(prof, max_epochs=epochs)
+    if percent is not None:
+        prof = replace(prof, percent=percent)
     out = Path(out)
     reporter = reporter or PretrainReporter()
     if not config.trains:
