@@ -17,12 +17,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from cxrbench.cli_errors import user_error_exit
 from cxrbench.errors import CxrbenchError
 from cxrbench.progress import make_progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray localized-task benchmark.")
 console = Console()
-err_console = Console(stderr=True)
 
 
 def command(name: str | None = None) -> Callable:
@@ -34,8 +34,7 @@ def command(name: str | None = None) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except CxrbenchError as exc:
-                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-                raise typer.Exit(2) from None
+                raise user_error_exit(exc) from None
 
         app.command(name)(wrapper)
         return wrapper

@@ -260,3 +260,12 @@ def test_cli_tasks_json():
     result = CliRunner().invoke(app, ["tasks", "--json"])
     payload = json.loads(result.output)
     assert len(payload["tasks"]) == 18 and payload["protocol_hash"] == protocol_hash(PROFILES["full"])
+
+
+def test_cli_error_keeps_bracketed_paths_readable(tmp_path):
+    data = tmp_path / "data [v2]"
+    result = CliRunner().invoke(
+        app, ["evaluate", "random", "--data", str(data), "--tasks", "covid_linear", "--arch", "resnet18"]
+    )
+    assert result.exit_code == 2
+    assert "data [v2]" in result.output.replace("\n", "")

@@ -11,10 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import TextColumn
 
 from cxrbench.baselines.training import PretrainReporter, PretrainResult
+from cxrbench.cli_errors import user_error_exit
 from cxrbench.errors import CxrbenchError
 from cxrbench.progress import make_progress
 
@@ -102,6 +102,5 @@ def pretrain_command(
                 reporter=reporter,
             )
     except CxrbenchError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+        raise user_error_exit(exc) from None
     console.print(f"evaluate it with: cxrbench evaluate {result.encoder_path} --name {method}")

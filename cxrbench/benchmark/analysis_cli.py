@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cxrbench.cli_errors import user_error_exit
 from cxrbench.errors import CxrbenchError
 
 ROW_LABELS = {
@@ -177,7 +178,6 @@ def analyze_command(
         target = out if out is not None else (Path(runs_dir[0]).parent if runs_dir else Path("."))
         written = write_analysis(record, target, label)
     except CxrbenchError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+        raise user_error_exit(exc) from None
     console.print(statistics_table({**record, "name": label}))
     console.print(f"analysis record: {written} ({record['wall_time_s']:.1f} s)", highlight=False)

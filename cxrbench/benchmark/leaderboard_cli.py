@@ -10,12 +10,8 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
+from cxrbench.cli_errors import user_error_exit
 from cxrbench.errors import CxrbenchError
-
-
-def _fail(exc: CxrbenchError) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
-    return typer.Exit(2)
 
 
 def leaderboard_command(
@@ -81,7 +77,7 @@ def leaderboard_command(
                 overlays=overlays,
             )
         except CxrbenchError as exc:
-            raise _fail(exc) from None
+            raise user_error_exit(exc) from None
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     console.print(Markdown(result.markdown))
@@ -105,7 +101,7 @@ def rescore_command(
         try:
             n = rescore_runs(runs_dir)
         except CxrbenchError as exc:
-            raise _fail(exc) from None
+            raise user_error_exit(exc) from None
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     console.print(f"{n} record(s) re-scored and rewritten under {runs_dir}", highlight=False)

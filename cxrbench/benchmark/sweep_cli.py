@@ -28,6 +28,7 @@ from cxrbench.benchmark.sweep import (
     plan_sweep,
     run_sweep,
 )
+from cxrbench.cli_errors import user_error_exit
 from cxrbench.errors import CxrbenchError
 from cxrbench.progress import make_progress
 
@@ -159,8 +160,7 @@ def sweep_command(
         with RichSweepReporter(console) as reporter:
             summary = run_sweep(sweep_config, reporter)
     except CxrbenchError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise user_error_exit(exc) from None
     console.print(summary_table(summary))
     _print_problems(console, summary)
     console.print(f"run records: {sweep_config.runs_dir} (build tables with `cxrbench leaderboard`)")
