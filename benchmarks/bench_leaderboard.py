@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrbench.benchmark import metrics
-from cxrbench.benchmark.compare import add_ranks, count_wins
-from cxrbench.benchmark.report import build_leaderboard
-from cxrbench.benchmark.results import scan_records, summarize_records
-from cxrbench.benchmark.tasks import TASKS
 from cxrbench.io_utils import atomic_write_json
+from cxrbench.leaderboard.aggregate import scan_records, summarize_records
+from cxrbench.leaderboard.compare import add_ranks, count_wins
+from cxrbench.leaderboard.report import build_leaderboard
+from cxrbench.protocol import metrics
+from cxrbench.protocol.tasks import TASKS
 
 TEST_IMAGES = {"rsna": 5337, "siim": 2409, "object_cxr": 1000, "nih": 196, "covid_rural": 44}
 CLASSES = {"nih": 8}

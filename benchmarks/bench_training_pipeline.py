@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrbench.benchmark.data import load_task_split, open_task_dataset
-from cxrbench.benchmark.encoders import ResNetEncoder
-from cxrbench.benchmark.heads import build_head
-from cxrbench.benchmark.runner import resolve_device
-from cxrbench.benchmark.tasks import TASKS_BY_ID, get_profile
-from cxrbench.benchmark.training import autocast_factory, soft_dice_loss, train_run
 from cxrbench.datasets import get_adapter
 from cxrbench.datasets.dicom_io import read_dicom_image
 from cxrbench.datasets.geometry import SquareResize
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.encoders import ResNetEncoder
+from cxrbench.protocol.heads import build_head
+from cxrbench.protocol.runner import resolve_device
+from cxrbench.protocol.task_data import load_task_split, open_task_dataset
+from cxrbench.protocol.tasks import TASKS_BY_ID, get_profile
+from cxrbench.protocol.training import autocast_factory, soft_dice_loss, train_run
 
 
 def sync(device: torch.device) -> None:

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrbench.benchmark.tasks import TASKS, Profile, Task, get_profile
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
 
 DEMO_ARCH = "resnet18"
 DEMO_SIZE = 224
@@ -122,7 +122,7 @@ def evaluate_encoders(
     reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> None:
     """Every task for every encoder (finished runs are skipped)."""
-    from cxrbench.benchmark.runner import EvaluateOptions, Reporter, evaluate_checkpoint
+    from cxrbench.protocol.runner import EvaluateOptions, Reporter, evaluate_checkpoint
 
     for encoder in encoders:
         options = EvaluateOptions(paths.prepared, paths.runs, encoder.name, profile, arch=encoder.arch)
@@ -145,7 +145,7 @@ def run_demo(
     pretrain_reporter_factory: Callable[[], contextlib.AbstractContextManager] | None = None,
 ):
     """The whole demo; returns the LeaderboardResult (Markdown, paths)."""
-    from cxrbench.benchmark.report.build import build_leaderboard
+    from cxrbench.leaderboard.report.build import build_leaderboard
 
     section = section or log
     paths = DemoPaths(out)

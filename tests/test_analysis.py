@@ -17,7 +17,7 @@ import typer
 from scipy import stats
 from typer.testing import CliRunner
 
-from cxrbench.benchmark.analysis import (
+from cxrbench.analysis.engine import (
     MEAN_TASK,
     SCALAR_STATISTICS,
     analyze_encoder,
@@ -29,7 +29,7 @@ from cxrbench.benchmark.analysis import (
     spearman_permutation,
     write_analysis,
 )
-from cxrbench.benchmark.analysis_cli import analyze_command
+from cxrbench.cli.analyze import analyze_command
 from cxrbench.errors import CxrbenchError
 
 T = 2.0

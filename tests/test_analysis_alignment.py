@@ -13,8 +13,8 @@ import torch
 from test_baselines import TINY
 from typer.testing import CliRunner
 
+from cxrbench.analysis.engine import analyze_encoder, default_name
 from cxrbench.baselines.training import CHECKPOINT, load_pretrained_model, pretrain
-from cxrbench.benchmark.analysis import analyze_encoder, default_name
 from cxrbench.errors import CheckpointError
 
 IMAGE_KEYS = (

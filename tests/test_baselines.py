@@ -14,18 +14,18 @@ import typer
 from typer.testing import CliRunner
 
 from cxrbench.baselines import MethodConfig, get_method, method_names, register_method, unregister_method
-from cxrbench.baselines.cli import pretrain_command
 from cxrbench.baselines.data import PairCollator, PretrainPairs, build_offline_tokenizer
 from cxrbench.baselines.methods import method_loss
 from cxrbench.baselines.models import ImageModel, PretrainModel, ReportModel
 from cxrbench.baselines.training import CHECKPOINT, get_pretrain_profile, pretrain
-from cxrbench.benchmark.encoders import load_encoder
-from cxrbench.benchmark.runner import EvaluateOptions, evaluate_checkpoint
-from cxrbench.benchmark.tasks import get_profile, select_tasks
+from cxrbench.cli.pretrain import pretrain_command
 from cxrbench.datasets import get_adapter, open_prepared
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.encoders import load_encoder
 from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
+from cxrbench.protocol.tasks import get_profile, select_tasks
 
 TINY = dataclasses.replace(
     get_pretrain_profile("demo"),

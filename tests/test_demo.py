@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from cxrbench.benchmark.tasks import get_profile, select_tasks
 from cxrbench.demo import run_demo
+from cxrbench.protocol.tasks import get_profile, select_tasks
 
 TINY = dataclasses.replace(
     get_profile("demo"),

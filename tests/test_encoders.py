@@ -9,7 +9,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from cxrbench.benchmark.encoders import (
+from cxrbench.encoders import (
     ARCHS,
     IMAGENET_ENV,
     ResNetEncoder,

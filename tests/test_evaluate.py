@@ -15,12 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cxrbench.benchmark.data import load_task_split, open_task_dataset
-from cxrbench.benchmark.encoders import ResNetEncoder
-from cxrbench.benchmark.runner import EvaluateOptions, evaluate_checkpoint
-from cxrbench.benchmark.tasks import PROFILES, TASKS, TASKS_BY_ID, get_profile, protocol_hash, select_tasks
-from cxrbench.benchmark.training import train_run
-from cxrbench.cli import app
+from cxrbench.cli.app import app
+from cxrbench.encoders import ResNetEncoder
+from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
+from cxrbench.protocol.task_data import load_task_split, open_task_dataset
+from cxrbench.protocol.tasks import PROFILES, TASKS, TASKS_BY_ID, get_profile, protocol_hash, select_tasks
+from cxrbench.protocol.training import train_run
 
 DEMO = get_profile("demo")
 FAST = dataclasses.replace(
@@ -156,7 +156,7 @@ def test_plateau_schedule_really_reduces_lr(prepared_root):
 
 
 def test_nan_loss_is_recorded_as_failed_and_others_continue(prepared_root, tmp_path, monkeypatch):
-    import cxrbench.benchmark.training as training
+    import cxrbench.protocol.training as training
 
     real = training.soft_dice_loss
     monkeypatch.setattr(

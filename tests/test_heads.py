@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from cxrbench.benchmark.encoders import STRIDES, FeatureInfo, ResNetEncoder
-from cxrbench.benchmark.heads import LinearHead, UNetHead, YoloV3Head, build_head
-from cxrbench.benchmark.heads.yolo import ANCHORS_224
+from cxrbench.encoders import STRIDES, FeatureInfo, ResNetEncoder
+from cxrbench.protocol.heads import LinearHead, UNetHead, YoloV3Head, build_head
+from cxrbench.protocol.heads.yolo import ANCHORS_224
 
 SMALL = FeatureInfo({"conv1": 8, "conv2": 8, "conv3": 16, "conv4": 16, "conv5": 32}, dict(STRIDES))
 WIDTHS = (32, 16, 8)

@@ -21,14 +21,14 @@ import typer
 from scipy import stats
 from typer.testing import CliRunner
 
-from cxrbench.benchmark import metrics
-from cxrbench.benchmark.compare import add_ranks, count_wins, mean_ranks
-from cxrbench.benchmark.leaderboard_cli import leaderboard_command, rescore_command
-from cxrbench.benchmark.report import build_leaderboard, load_published
-from cxrbench.benchmark.rescore import rescore_runs
-from cxrbench.benchmark.results import load_records, scan_records, summarize_records
+from cxrbench.cli.leaderboard import leaderboard_command, rescore_command
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json
+from cxrbench.leaderboard.aggregate import load_records, scan_records, summarize_records
+from cxrbench.leaderboard.compare import add_ranks, count_wins, mean_ranks
+from cxrbench.leaderboard.report import build_leaderboard, load_published
+from cxrbench.protocol import metrics
+from cxrbench.protocol.rescore import rescore_runs
 
 N_BOOT = 200
 SEED = 3
@@ -411,7 +411,11 @@ def test_published_rows_shown_but_never_ranked(world):
     ranks = mean_ranks(add_ranks(result.summary.table))
     assert set(ranks.encoder) == set(ENCODERS)
     # results/published keeps the source header and the citation
-    head = (Path(__file__).parents[1] / "results/published/lovt_published.csv").read_text().splitlines()[:3]
+    head = (
+        (Path(__file__).parents[1] / "cxrbench/leaderboard/data/lovt_published.csv")
+        .read_text()
+        .splitlines()[:3]
+    )
     assert (
         head[0].startswith("# Reference: Müller")
         and "ECCV 2022" in head[0]

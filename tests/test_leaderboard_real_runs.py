@@ -12,9 +12,9 @@ import torch
 import torchvision
 from scipy import stats
 
-from cxrbench.benchmark.report.build import build_leaderboard
-from cxrbench.benchmark.runner import EvaluateOptions, evaluate_checkpoint
-from cxrbench.benchmark.tasks import get_profile, select_tasks
+from cxrbench.leaderboard.report.build import build_leaderboard
+from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
+from cxrbench.protocol.tasks import get_profile, select_tasks
 
 TINY = dataclasses.replace(
     get_profile("demo"),

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxrbench.benchmark import metrics as M
-from cxrbench.benchmark.metrics import detection as D
-from cxrbench.benchmark.metrics import dice as S
-from cxrbench.benchmark.metrics import froc as F
 from cxrbench.errors import CxrbenchError
+from cxrbench.protocol import metrics as M
+from cxrbench.protocol.metrics import detection as D
+from cxrbench.protocol.metrics import dice as S
+from cxrbench.protocol.metrics import froc as F
 
 THR = list(D.IOU_THRESHOLDS)
 

@@ -18,20 +18,20 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-import cxrbench.benchmark.sweep as sweep
-from cxrbench.benchmark.encoders import ResNetEncoder
-from cxrbench.benchmark.runner import EvaluateOptions, evaluate_checkpoint
-from cxrbench.benchmark.sweep import (
+import cxrbench.sweep.engine as sweep
+from cxrbench.cli.sweep import sweep_command
+from cxrbench.encoders import ResNetEncoder
+from cxrbench.errors import CxrbenchError
+from cxrbench.io_utils import sha256_file
+from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
+from cxrbench.protocol.tasks import get_profile, select_tasks
+from cxrbench.sweep.engine import (
     CheckpointSpec,
     ClusterOptions,
     SweepConfig,
     config_from_mapping,
     run_sweep,
 )
-from cxrbench.benchmark.sweep_cli import sweep_command
-from cxrbench.benchmark.tasks import get_profile, select_tasks
-from cxrbench.errors import CxrbenchError
-from cxrbench.io_utils import sha256_file
 
 TINY = dataclasses.replace(
     get_profile("demo"),
@@ -122,7 +122,7 @@ def test_kill_and_resume_sweep(prepared_root, tmp_path):
         "checkpoints": [{"spec": "random", "arch": "resnet18"}], "data": str(prepared_root), "runs_dir": str(runs),
         "tasks": TWO_TASKS, "profile": TINY_YAML, "executor": "local", "workers": 1,
     }))  # fmt: skip
-    cmd = [sys.executable, "-m", "cxrbench.benchmark.sweep_cli", str(config)]
+    cmd = [sys.executable, "-m", "cxrbench.cli.sweep", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
@@ -144,7 +144,7 @@ def test_kill_and_resume_sweep(prepared_root, tmp_path):
 
 
 def test_failing_jobs_are_recorded_and_others_continue(prepared_root, tmp_path, monkeypatch):
-    import cxrbench.benchmark.training as training
+    import cxrbench.protocol.training as training
 
     real_loss, real_split = training.soft_dice_loss, sweep.load_task_split
     monkeypatch.setattr(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cxrbench.benchmark.encoders import ResNetEncoder
+from cxrbench.encoders import ResNetEncoder
 from cxrbench.errors import CxrbenchError
 
 

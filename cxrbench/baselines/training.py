@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cxrbench.baselines.data import PairCollator, PretrainPairs, build_offline_tokenizer
 from cxrbench.baselines.methods import MethodConfig, get_method, method_loss
 from cxrbench.baselines.models import ImageModel, PretrainModel, ReportModel
-from cxrbench.benchmark.encoders import ResNetEncoder, find_imagenet_weights, load_encoder
 from cxrbench.datasets import open_prepared
+from cxrbench.encoders import ResNetEncoder, find_imagenet_weights, load_encoder
 from cxrbench.errors import CheckpointError, CxrbenchError
 from cxrbench.io_utils import atomic_path, atomic_write_json
 from cxrbench.provenance import provenance
@@ -169,7 +169,7 @@ def _dist_from_env(device_spec: str) -> _Dist:
 
 
 def _device(spec: str, ctx: _Dist) -> torch.device:
-    from cxrbench.benchmark.runner import resolve_device
+    from cxrbench.protocol.runner import resolve_device
 
     device = resolve_device(spec)
     if device.type == "cuda" and ctx.active:

@@ -1,0 +1,5 @@
+"""`python -m cxrbench`: the same command-line interface as the `cxrbench` script."""
+
+from cxrbench.cli.app import main
+
+main()

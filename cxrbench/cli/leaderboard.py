@@ -1,0 +1,107 @@
+"""Typer commands `leaderboard` and `rescore` (registered on the main app in `cxrbench.cli`)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+
+from cxrbench.cli.errors import user_error_exit
+from cxrbench.errors import CxrbenchError
+
+
+def leaderboard_command(
+    runs_dir: Annotated[
+        list[Path], typer.Option("--runs-dir", help="Runs directory of cxrbench evaluate (repeatable).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for the tables and plots.")],
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baseline", help="Encoder name in the baseline set for 'wins on k of n' (repeatable)."
+        ),
+    ] = None,
+    published: Annotated[
+        bool, typer.Option("--published/--no-published", help="Show the published LoVT rows.")
+    ] = True,
+    n_boot: Annotated[
+        int,
+        typer.Option("--n-boot", min=0, help="Bootstrap replicates over test images, Dice tasks (0: none)."),
+    ] = 1000,
+    n_boot_detection: Annotated[
+        int,
+        typer.Option("--n-boot-detection", min=0, help="Bootstrap replicates for mAP/FROC tasks (0: none)."),
+    ] = 200,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="Reuse bootstrap replicates of unchanged runs (OUT/.cache)."),
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level of a win.")
+    ] = 0.05,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed", help="Flag, instead of refusing, records of different protocols/checkpoints."
+        ),
+    ] = False,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
+    overlays: Annotated[
+        bool, typer.Option("--overlays/--no-overlays", help="Write qualitative overlays.")
+    ] = True,
+) -> None:
+    """Aggregate run records into the 18-task leaderboard (Markdown, CSV, LaTeX, HTML, PNG)."""
+    from cxrbench.leaderboard.report import build_leaderboard
+
+    console = Console()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = build_leaderboard(
+                runs_dir,
+                out,
+                baselines=tuple(baseline or ()),
+                include_published=published,
+                n_boot=n_boot,
+                n_boot_detection=n_boot_detection,
+                cache=cache,
+                seed=seed,
+                alpha=alpha,
+                allow_mixed=allow_mixed,
+                plots=plots,
+                overlays=overlays,
+            )
+        except CxrbenchError as exc:
+            raise user_error_exit(exc) from None
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    console.print(Markdown(result.markdown))
+    for name, path in result.paths.items():
+        console.print(f"{name}: {path}", highlight=False)
+    if result.overlays:
+        console.print(
+            f"overlays: {len(result.overlays)} file(s) in {result.overlays[0].parent}", highlight=False
+        )
+
+
+def rescore_command(
+    runs_dir: Annotated[Path, typer.Argument(help="Runs directory whose records are re-scored in place.")],
+) -> None:
+    """Recompute test metrics of stored runs from their predictions files (after a metric fix)."""
+    from cxrbench.protocol.rescore import rescore_runs
+
+    console = Console()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            n = rescore_runs(runs_dir)
+        except CxrbenchError as exc:
+            raise user_error_exit(exc) from None
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    console.print(f"{n} record(s) re-scored and rewritten under {runs_dir}", highlight=False)

@@ -1,0 +1,193 @@
+"""`cxrbench sweep`: the command-line face of `cxrbench.sweep.engine` (progress, dry run, summary).
+
+Registered by the main CLI as `app.command("sweep")(sweep_command)`; also runnable on its own as
+`python -m cxrbench.cli.sweep CONFIG.yaml`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import TextColumn
+from rich.table import Table
+
+from cxrbench.cli.errors import user_error_exit
+from cxrbench.cli.progress import make_progress
+from cxrbench.errors import CxrbenchError
+from cxrbench.sweep.engine import (
+    EXECUTORS,
+    STAGE_NAMES,
+    JobOutcome,
+    SweepPlan,
+    SweepReporter,
+    SweepSummary,
+    config_from_mapping,
+    describe_jobs,
+    group_outcomes,
+    load_config,
+    plan_sweep,
+    run_sweep,
+)
+
+_MAX_ERRORS_SHOWN = 20
+
+
+class RichSweepReporter(SweepReporter):
+    """One bar per stage with done / failed / skipped counts; each failure printed as it happens."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = make_progress(
+            console,
+            TextColumn("[green]{task.fields[ok]} done[/] [red]{task.fields[failed]} failed[/]"),
+            TextColumn("[dim]{task.fields[skipped]} skipped[/]"),
+        )
+        self.bar: Any = None
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+
+    def __enter__(self) -> RichSweepReporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def stage_started(self, stage: int, n_jobs: int, n_skipped: int) -> None:
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        label = f"stage {stage}/2 {STAGE_NAMES[stage - 1]}"
+        self.bar = self.progress.add_task(label, total=n_jobs, **self.counts)
+
+    def job_finished(self, outcome: JobOutcome) -> None:
+        kind = {"ok": "ok", "skipped": "skipped"}.get(outcome.status, "failed")
+        self.counts[kind] += 1
+        self.progress.update(self.bar, advance=1, **self.counts)
+        if kind == "failed":
+            self.progress.console.print(
+                f"[red]{outcome.status}[/] {outcome.job.describe()}: {outcome.error}", highlight=False
+            )
+
+
+def summary_table(summary: SweepSummary) -> Table:
+    table = Table(title="sweep summary (runs per encoder and task)")
+    for col in ("encoder", "task", "lr (final)", "done", "skipped", "failed"):
+        table.add_column(col)
+    for (label, task_id), outcomes in sorted(group_outcomes(summary.outcomes).items()):
+        lr = summary.chosen_lr.get((label, task_id))
+        n = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped")}
+        failed = sum(o.status in ("failed", "error") for o in outcomes)
+        table.add_row(
+            label, task_id, "-" if lr is None else f"{lr:g}", str(n["ok"]), str(n["skipped"]), str(failed)
+        )
+    return table
+
+
+def dry_run_table(plan: SweepPlan) -> Table:
+    rows = describe_jobs(plan)
+    table = Table(title=f"sweep plan: {sum(r[0] is not None for r in rows)} runs (dry run, nothing executed)")
+    for col in ("encoder", "task", "phase", "lr", "seeds", "state"):
+        table.add_column(col)
+    for job, label, task_id, phase in rows:
+        if job is None:
+            table.add_row(label, task_id, phase, "best of stage 1", f"0..{plan.seeds - 1}", "after stage 1")
+        else:
+            table.add_row(
+                label, task_id, phase, f"{job.lr:g}", str(job.seed), "done" if job.is_done() else "pending"
+            )
+    return table
+
+
+def sweep_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="Sweep YAML (see examples/sweep.yaml); flags override its values.")
+    ] = None,
+    checkpoint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--checkpoint", "-c", help="Checkpoint file, 'random' or 'imagenet', as SPEC or NAME=SPEC."
+        ),
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="PREPARED_ROOT with one prepared dataset each.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task ids/datasets, or 'all'.")] = None,
+    profile: Annotated[str | None, typer.Option(help="'full' (the protocol) or 'demo'.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Final runs per task (default: the profile's).")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Where run records are written.")] = None,
+    executor: Annotated[str | None, typer.Option(help=f"One of {', '.join(EXECUTORS)}.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Jobs at once for local executors (default: one per GPU, or 1).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="'auto', 'cpu', 'cuda', ...")] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture of --checkpoint encoders.")] = None,
+    prefix: Annotated[str | None, typer.Option(help="State-dict prefix of --checkpoint encoders.")] = None,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account.")] = None,
+    gpus_per_job: Annotated[int | None, typer.Option(help="GPUs per job (Slurm, submitit-local).")] = None,
+    cpus_per_job: Annotated[int | None, typer.Option(help="CPUs per Slurm job.")] = None,
+    mem_gb: Annotated[int | None, typer.Option(help="Memory per Slurm job in GB.")] = None,
+    time_min: Annotated[int | None, typer.Option(help="Time limit per job in minutes.")] = None,
+    array_parallelism: Annotated[int | None, typer.Option(help="Slurm jobs running at once.")] = None,
+    logs_dir: Annotated[
+        Path | None, typer.Option(help="submitit job folders (default RUNS_DIR/.submitit).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs and exit.")] = False,
+) -> None:
+    """Run checkpoints x tasks x lr grid x seeds as independent jobs (local pool, submitit or Slurm)."""
+    console = Console()
+    try:
+        mapping = load_config(config) if config is not None else {}
+        flags = {
+            "data": data, "tasks": tasks, "profile": profile, "seeds": seeds, "runs_dir": runs_dir,
+            "executor": executor, "workers": workers, "device": device, "logs_dir": logs_dir,
+        }  # fmt: skip
+        mapping.update({k: v for k, v in flags.items() if v is not None})
+        if checkpoint:
+            mapping["checkpoints"] = [_flag_checkpoint(c, arch, prefix) for c in checkpoint]
+        cluster = {
+            "partition": partition, "account": account, "gpus_per_job": gpus_per_job,
+            "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "time_min": time_min,
+            "array_parallelism": array_parallelism,
+        }  # fmt: skip
+        mapping["slurm"] = {
+            **(mapping.get("slurm") or {}),
+            **{k: v for k, v in cluster.items() if v is not None},
+        }
+        sweep_config = config_from_mapping(mapping, str(config) if config else "sweep options")
+        if dry_run:
+            console.print(dry_run_table(plan_sweep(sweep_config, check_writable=False)))
+            return
+        with RichSweepReporter(console) as reporter:
+            summary = run_sweep(sweep_config, reporter)
+    except CxrbenchError as exc:
+        raise user_error_exit(exc) from None
+    console.print(summary_table(summary))
+    _print_problems(console, summary)
+    console.print(f"run records: {sweep_config.runs_dir} (build tables with `cxrbench leaderboard`)")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _flag_checkpoint(entry: str, arch: str | None, prefix: str | None) -> dict[str, str | None]:
+    name, sep, spec = entry.partition("=")
+    return {"spec": spec if sep else entry, "name": name if sep else None, "arch": arch, "prefix": prefix}
+
+
+def _print_problems(console: Console, summary: SweepSummary) -> None:
+    bad = [o for o in summary.outcomes if o.status in ("failed", "error")]
+    for outcome in bad[:_MAX_ERRORS_SHOWN]:
+        console.print(f"[red]{outcome.status}[/] {outcome.job.describe()}: {outcome.error}", highlight=False)
+    if len(bad) > _MAX_ERRORS_SHOWN:
+        console.print(f"... and {len(bad) - _MAX_ERRORS_SHOWN} more; see the records' `error` fields")
+    for blocked in summary.blocked:
+        console.print(f"[yellow]blocked[/] {blocked}: its lr search is incomplete, so no final runs yet")
+    if bad or summary.blocked:
+        console.print("re-run the same sweep to retry failed and missing runs (finished ones are skipped)")
+
+
+def main() -> None:
+    typer.run(sweep_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""In-memory task data: prepared arrays -> tensors at the profile's resolution, and batching.
+
+The protocol uses no augmentation, so a split is loaded once into uint8 tensors (memory-mapped
+arrays, no image decoding) and batches are slices normalised on the fly. This keeps the data
+pipeline far cheaper than the model step (see benchmarks/bench_training_pipeline.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrbench.datasets import PreparedDataset, open_prepared
+from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.tasks import Profile, Task
+
+
+@dataclass
+class TaskSplit:
+    """One split of one task: uint8 images N x R x R, targets, ids (all in memory)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None  # bool N x C x R x R
+    boxes: list[torch.Tensor] | None  # float32 K_i x 4 in R-pixel xyxy
+    image_ids: list[str]
+    mean: float
+    std: float
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 B x R x R -> float B x 3 x R x R with the train split's mean/std."""
+        x = images.float().div_(255.0).sub_(self.mean).div_(self.std)
+        return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Index tensors of each batch (a random permutation when shuffling)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+    def targets(self, index: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.masks is not None:
+            return self.masks[index]
+        assert self.boxes is not None
+        return [self.boxes[i] for i in index.tolist()]
+
+
+def prepared_path(data_root: Path, dataset: str) -> Path:
+    return Path(data_root) / dataset
+
+
+def open_task_dataset(data_root: Path, dataset: str) -> PreparedDataset:
+    """Open PREPARED_ROOT/<dataset>, or say which `cxrbench prepare` command creates it."""
+    path = prepared_path(data_root, dataset)
+    if not (path / "prepared.json").exists():
+        raise CxrbenchError(
+            f"prepared dataset {dataset!r} not found at {path}. Create it with:\n"
+            f"  cxrbench prepare {dataset} RAW_DIR {path}\n"
+            f"(or `cxrbench phantom PHANTOM_DIR --dataset {dataset}` first for synthetic data)"
+        )
+    return open_prepared(path)
+
+
+def _limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    if limit is None or len(indices) <= limit:
+        return indices
+    return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
+
+
+def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: Profile) -> TaskSplit:
+    """Load one split for a task at the profile resolution (nested subset for the train split)."""
+    source = dataset.split(split, task.percent if split == "train" else None)
+    limit = profile.max_train_images if split == "train" else profile.max_eval_images
+    keep = _limit(np.arange(len(source)), limit, seed=len(source))
+    source = source.subset(keep)
+    resolution = profile.resolution
+    images = torch.from_numpy(np.array(source.images(), dtype=np.uint8, copy=True))
+    scale = resolution / dataset.size
+    if resolution != dataset.size:
+        images = (
+            _resize(images.unsqueeze(1).float(), resolution, "bilinear")
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)[:, 0]
+        )
+    masks = boxes = None
+    if task.target == "masks":
+        if not source.has_masks:
+            raise CxrbenchError(f"{dataset.root}: task {task.task_id} needs masks but the cache has none")
+        masks = torch.from_numpy(np.stack([source.masks(i) for i in range(len(source))]))
+        if resolution != dataset.size:
+            masks = _resize(masks.float(), resolution, "nearest") > 0.5
+    else:
+        if not source.has_boxes:
+            raise CxrbenchError(f"{dataset.root}: task {task.task_id} needs boxes but the cache has none")
+        boxes = [
+            torch.from_numpy(np.asarray(source.boxes(i)[0], dtype=np.float32) * scale)
+            for i in range(len(source))
+        ]
+    return TaskSplit(images, masks, boxes, source.image_ids, dataset.stats["mean"], dataset.stats["std"])
+
+
+def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    out = []
+    for start in range(0, x.shape[0], 256):  # bounded memory for large splits
+        chunk = x[start : start + 256]
+        if mode == "bilinear":
+            out.append(
+                F.interpolate(chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            )
+        else:
+            out.append(F.interpolate(chunk, size=(size, size), mode="nearest"))
+    return torch.cat(out) if out else x.new_zeros((0, x.shape[1], size, size))

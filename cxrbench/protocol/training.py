@@ -1,0 +1,328 @@
+"""One training run of one task: head (and, for fine-tune tasks, encoder) on the train split,
+early stopping and best-checkpoint selection on the validation metric, test scored once.
+
+Protocol (PROTOCOL.md "Optimisation and selection"): Adam with weight decay 1e-6;
+ReduceLROnPlateau on the validation loss (patience 3, factor 0.5), stepped once per epoch and
+never overridden afterwards (the reference reset the lr every batch, silently disabling it);
+early stopping (min_delta 1e-5) and selection on the validation metric; frozen encoders stay in
+eval mode with only head parameters optimised; fine-tune tasks first train the head for
+`warmup_steps` with the encoder frozen, then unfreeze it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cxrbench.errors import CxrbenchError
+from cxrbench.protocol import metrics
+from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, encode_all
+from cxrbench.protocol.heads import build_head
+from cxrbench.protocol.task_data import TaskSplit
+from cxrbench.protocol.tasks import Task
+
+WEIGHT_DECAY = 1e-6
+PLATEAU_PATIENCE = 3
+PLATEAU_FACTOR = 0.5
+MIN_DELTA = 1e-5
+N_OVERLAYS = 4
+
+
+class TrainingDiverged(CxrbenchError):
+    """The loss became NaN/inf: the run is recorded as failed, other runs continue."""
+
+
+@dataclass
+class RunResult:
+    val: dict[str, float]
+    test: dict[str, float]
+    test_per_image: dict
+    history: list[dict]
+    best_epoch: int
+    predictions: dict[str, np.ndarray]
+    used_feature_cache: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
+    """1 - soft Dice per class over the batch (sigmoid probabilities), averaged over classes."""
+    probs = logits.float().sigmoid()
+    target = target.float()
+    dims = (0, 2, 3)
+    intersection = (probs * target).sum(dims)
+    denominator = probs.sum(dims) + target.sum(dims)
+    return (1.0 - (2.0 * intersection + eps) / (denominator + eps)).mean()
+
+
+def autocast_factory(device: torch.device, amp: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """Mixed precision (bfloat16) on CUDA when enabled; a no-op elsewhere."""
+    if amp and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class _Batches:
+    """Feeds the head either cached features or features computed by the encoder per batch."""
+
+    def __init__(self, split: TaskSplit, encoder: nn.Module, stages, device, autocast, cache: dict | None):
+        self.split, self.encoder, self.stages = split, encoder, stages
+        self.device, self.autocast, self.cache = device, autocast, cache
+
+    def images(self, index: Tensor) -> Tensor:
+        return self.split.normalise(self.split.images[index])
+
+    def features(self, index: Tensor) -> dict[str, Tensor]:
+        if self.cache is not None:
+            return {s: self.cache[s][index].to(self.device, non_blocking=True) for s in self.stages}
+        with self.autocast():
+            return self.encoder(self.images(index).to(self.device, non_blocking=True))
+
+
+def _loss(task: Task, head: nn.Module, output, targets) -> Tensor:
+    if task.head == "yolo":
+        return head.loss(output, targets)["total"]
+    return soft_dice_loss(output, targets)
+
+
+def _to_device(targets, device):
+    if isinstance(targets, Tensor):
+        return targets.to(device, non_blocking=True)
+    return [t.to(device) for t in targets]
+
+
+def train_run(
+    task: Task,
+    encoder: nn.Module,
+    n_classes: int,
+    data: dict[str, TaskSplit],
+    lr: float,
+    seed: int,
+    resolution: int,
+    device: torch.device,
+    amp: bool = True,
+    use_feature_cache: bool = True,
+    cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> RunResult:
+    """Train and evaluate one (task, lr, seed) run; `encoder` is modified only for fine-tune tasks."""
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    autocast = autocast_factory(device, amp)
+    encoder = encoder.to(device)
+    head = build_head(task.head, encoder.feature_info, n_classes, resolution).to(device)
+    stages = head.required_stages
+    out_size = (resolution, resolution)
+    generator = torch.Generator().manual_seed(seed)
+
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    encoder.eval()
+    caches = {name: None for name in data}
+    fits = sum(cache_bytes(encoder.feature_info, stages, len(s), resolution) for s in data.values())
+    use_cache = task.frozen and use_feature_cache and fits <= cache_budget_bytes
+    if use_cache:
+        for name, split in data.items():
+            caches[name] = encode_all(
+                encoder, len(split), lambda i, s=split: s.normalise(s.images[i]), stages, 64, device, autocast
+            )
+    batches = {
+        name: _Batches(split, encoder, stages, device, autocast, caches[name]) for name, split in data.items()
+    }
+    t_cache = time.perf_counter()
+
+    def train_step(index: Tensor, optimizer: torch.optim.Optimizer, train_encoder: bool) -> float:
+        feeder = batches["train"]
+        targets = _to_device(data["train"].targets(index), device)
+        with autocast():
+            feats = feeder.features(index)
+            output = head(feats, out_size)
+            loss = _loss(task, head, output, targets)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{task.task_id}: loss became {loss.item()} (lr {lr:g}, seed {seed})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if on_step:
+            on_step()
+        return float(loss.detach())
+
+    # Fine-tune warm-up: head only, encoder frozen and in eval mode.
+    if not task.frozen and task.warmup_steps > 0:
+        warm = torch.optim.Adam(head.parameters(), lr=task.warmup_lr, weight_decay=WEIGHT_DECAY)
+        step = 0
+        while step < task.warmup_steps:
+            for index in data["train"].batches(task.batch_size, shuffle=True, generator=generator):
+                head.train()
+                train_step(index, warm, False)
+                step += 1
+                if step >= task.warmup_steps:
+                    break
+    params = list(head.parameters())
+    if not task.frozen:
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+        params += list(encoder.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
+    )
+
+    def modules_state() -> dict:
+        state = {"head": copy.deepcopy(head.state_dict())}
+        if not task.frozen:
+            state["encoder"] = copy.deepcopy(encoder.state_dict())
+        return state
+
+    best = {"metric": -math.inf, "epoch": 0, "state": modules_state(), "val": {}}
+    history: list[dict] = []
+    bad_epochs = 0
+    for epoch in range(1, task.max_epochs + 1):
+        head.train()
+        if not task.frozen:
+            encoder.train()
+        losses = []
+        for index in data["train"].batches(task.batch_size, shuffle=True, generator=generator):
+            losses.append(train_step(index, optimizer, not task.frozen))
+        val_metrics, val_loss, _, _ = evaluate_split(
+            task, head, encoder, batches["val"], data["val"], out_size, device, autocast
+        )
+        scheduler.step(val_loss)
+        score = val_metrics[task.metric]
+        entry = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": val_loss,
+            "val_metric": score,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        history.append(entry)
+        if on_epoch:
+            on_epoch(entry)
+        if np.isfinite(score) and score > best["metric"] + MIN_DELTA:
+            best = {"metric": score, "epoch": epoch, "state": modules_state(), "val": val_metrics}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= task.patience:
+                break
+    head.load_state_dict(best["state"]["head"])
+    if "encoder" in best["state"]:
+        encoder.load_state_dict(best["state"]["encoder"])
+    if not best["val"]:  # no epoch ran or none had a finite metric: report the selected state's
+        best["val"], _, _, _ = evaluate_split(
+            task, head, encoder, batches["val"], data["val"], out_size, device, autocast
+        )
+    t_train = time.perf_counter()
+    test_metrics, _, per_image, predictions = evaluate_split(
+        task, head, encoder, batches["test"], data["test"], out_size, device, autocast, keep_predictions=True
+    )
+    return RunResult(
+        val=best["val"],
+        test=test_metrics,
+        test_per_image=per_image,
+        history=history,
+        best_epoch=best["epoch"],
+        predictions=predictions,
+        used_feature_cache=use_cache,
+        timings={
+            "feature_cache_s": t_cache - t0,
+            "train_s": t_train - t_cache,
+            "test_s": time.perf_counter() - t_train,
+        },
+    )
+
+
+@torch.no_grad()
+def predict(task: Task, head: nn.Module, feeder: _Batches, index: Tensor, out_size, autocast):
+    """Head output for a batch: (raw output, predictions as bool masks or [(boxes, scores)])."""
+    with autocast():
+        output = head(feeder.features(index), out_size)
+    if task.head == "yolo":
+        detections = head.decode(output)
+        return output, [(b.float().cpu().numpy(), s.float().cpu().numpy()) for b, s, _ in detections]
+    return output, (output.float() >= 0).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate_split(
+    task: Task,
+    head: nn.Module,
+    encoder: nn.Module,
+    feeder: _Batches,
+    split: TaskSplit,
+    out_size,
+    device: torch.device,
+    autocast,
+    keep_predictions: bool = False,
+) -> tuple[dict[str, float], float, dict, dict[str, np.ndarray]]:
+    """Metrics, mean loss, per-image statistics and (optionally) predictions of one split."""
+    head.eval()
+    encoder.eval()
+    parts, losses, weights = [], [], []
+    kept_preds: list = []
+    for index in split.batches(64):
+        targets = split.targets(index)
+        output, preds = predict(task, head, feeder, index, out_size, autocast)
+        losses.append(float(_loss(task, head, output, _to_device(targets, device))))
+        weights.append(len(index))
+        if task.head == "yolo":
+            gt = [t.numpy() for t in targets]
+        else:
+            gt = targets.numpy()
+        parts.append(metrics.per_image_stats(task.metric, preds, gt))
+        if keep_predictions:
+            kept_preds.append((preds, gt))
+    per_image = metrics.merge_per_image(parts)
+    per_image["image_ids"] = list(split.image_ids)
+    values = metrics.aggregate(task.metric, per_image)
+    mean_loss = float(np.average(losses, weights=weights)) if losses else float("nan")
+    predictions = _predictions_arrays(task, split, kept_preds) if keep_predictions else {}
+    return values, mean_loss, per_image, predictions
+
+
+def _predictions_arrays(task: Task, split: TaskSplit, kept: list) -> dict[str, np.ndarray]:
+    """The predictions file content (docs/contracts.md): for re-scoring and qualitative overlays."""
+    out: dict[str, np.ndarray] = {"image_ids": np.array(split.image_ids), "kind": np.array(task.metric)}
+    if task.head == "yolo":
+        preds = [p for batch, _ in kept for p in batch]
+        gts = [g for _, batch in kept for g in batch]
+        out["pred_boxes"] = (
+            np.concatenate([b for b, _ in preds]).astype(np.float32).reshape(-1, 4)
+            if preds
+            else np.zeros((0, 4), np.float32)
+        )
+        out["pred_scores"] = (
+            np.concatenate([s for _, s in preds]).astype(np.float32) if preds else np.zeros(0, np.float32)
+        )
+        out["pred_offsets"] = np.concatenate([[0], np.cumsum([len(s) for _, s in preds])]).astype(np.int64)
+        out["gt_boxes"] = (
+            np.concatenate(gts).astype(np.float32).reshape(-1, 4) if gts else np.zeros((0, 4), np.float32)
+        )
+        out["gt_offsets"] = np.concatenate([[0], np.cumsum([len(g) for g in gts])]).astype(np.int64)
+    else:
+        pred = np.concatenate([p for p, _ in kept])
+        gt = np.concatenate([g for _, g in kept])
+        out["pred_masks"] = np.packbits(pred, axis=-1)
+        out["gt_masks"] = np.packbits(gt, axis=-1)
+        out["mask_shape"] = np.array(pred.shape, dtype=np.int64)
+    n = len(split)
+    overlay = (
+        np.linspace(0, n - 1, num=min(N_OVERLAYS, n)).round().astype(np.int64) if n else np.zeros(0, np.int64)
+    )
+    out["overlay_index"] = overlay
+    out["overlay_images"] = split.images[torch.from_numpy(overlay)].numpy()
+    return out
