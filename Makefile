@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format demo bench
+.PHONY: install test test-all wheel-check lint format demo bench
 
 # Installs into .venv from the project's own files (torch/torchvision pinned to the local wheels).
 $(STAMP): pyproject.toml .ci/install.sh
@@ -16,6 +16,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/pytest -q -m "slow or not slow"
+
+# Builds the wheel, installs it non-editably into a throw-away venv and runs evaluate + leaderboard
+# from outside the repository (the dependencies come from $(VENV)).
+wheel-check: $(STAMP)
+	bash .ci/wheel_check.sh $(VENV)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cxrbench tests benchmarks
