@@ -62,7 +62,7 @@ def _froc_stats(rng, n: int, skill: float) -> dict:
 
 
 def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) -> int:
-    """One record per (encoder, task, seed) in the contracts.md layout; returns how many."""
+    """One record per (encoder, task, seed) in the docs/formats.md layout; returns how many."""
     count = 0
     for e in range(n_encoders):
         encoder = f"encoder{e:02d}"

@@ -122,7 +122,7 @@ def _npz_arrays(kind: str, ids: list[str], pred, gt) -> dict[str, np.ndarray]:
 
 
 def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
-    """A run record in the contracts.md schema (+ its predictions .npz), as evaluate writes it."""
+    """A run record in the docs/formats.md schema (+ its predictions .npz), as evaluate writes it."""
     run_id = overrides.pop("run_id", uuid.uuid4().hex)
     kind = KIND[run.task_id]
     record = {

@@ -83,6 +83,37 @@ def test_licence_notice_travels_with_the_lists():
     assert "The above copyright notice and this permission notice shall be included" in notice
 
 
+# Documents that exist only outside the repository; built from parts so this file does not match itself.
+OUTSIDE_DOCUMENTS = ("PROTOCOL" + ".md", "DESIGN" + ".md", "../" + "shared", "/work" + "/")
+SCANNED = (
+    "cxrbench",
+    "docs",
+    "tests",
+    "benchmarks",
+    "examples",
+    ".ci",
+    "README.md",
+    "Makefile",
+    "pyproject.toml",
+)
+
+
+def test_no_file_refers_to_a_document_outside_the_repository():
+    offenders = []
+    for top in SCANNED:
+        root = REPO / top
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+            for n, line in enumerate(text.splitlines(), start=1):
+                offenders += [f"{path.relative_to(REPO)}:{n}: {d}" for d in OUTSIDE_DOCUMENTS if d in line]
+    assert not offenders, "\n".join(offenders)
+
+
 def _source_files() -> set[str]:
     """Every file of the package source tree, as wheel member names."""
     return {

@@ -26,7 +26,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def train_augmentation(resolution: int) -> A.Compose:
-    """PROTOCOL.md's pre-training augmentation (LoVT), for uint8 grey images."""
+    """The protocol's pre-training augmentation (LoVT; docs/protocol.md), for uint8 grey images."""
     return A.Compose(
         [
             A.RandomResizedCrop(size=(resolution, resolution), scale=(0.6, 1.0)),

@@ -54,7 +54,7 @@ def global_infonce(z_img: Tensor, z_rep: Tensor, tau: float = 0.1, weight_i2r: f
 
     L_i2r = -1/B sum_i log( exp(s(z_i^img, z_i^rep)/tau) / sum_j exp(s(z_i^img, z_j^rep)/tau) ),
     L_r2i the same with the modalities swapped, L = weight_i2r L_i2r + (1 - weight_i2r) L_r2i
-    (0.75 / 0.25, tau = 0.1 in PROTOCOL.md). z_img, z_rep: B x D, pair i is (z_img[i], z_rep[i]).
+    (0.75 / 0.25, tau = 0.1 in docs/protocol.md). z_img, z_rep: B x D, pair i is (z_img[i], z_rep[i]).
     With unit-norm similarities the minimum is reached by perfectly aligned pairs forming a regular
     simplex: log(1 + (B - 1) exp(-B / ((B - 1) tau))) for B <= D + 1.
     """
@@ -267,7 +267,7 @@ def lovt_local_loss(
 
     Each term is `local_intra_sample_contrastive` (tau 0.3; image side with spatial weights, report
     side with identity weights and the sentence mask; each weighted by the detached attention-pooling
-    weights of its modality); each weighted 0.375 as in PROTOCOL.md. part="alignment" / "uniformity"
+    weights of its modality); each weighted 0.375 as in docs/protocol.md. part="alignment" / "uniformity"
     keeps only that component of every term, for the ablations. See `lovt_local_terms` for the inputs.
     """
     terms = lovt_local_terms(

@@ -20,7 +20,7 @@ from cxrbench.errors import CxrbenchError
 
 
 class Projection(nn.Module):
-    """Linear -> BatchNorm -> ReLU -> Linear (d_hidden 2048, d_z 512 in PROTOCOL.md) or one Linear (CLIP)."""
+    """Linear -> BatchNorm -> ReLU -> Linear (d_hidden 2048, d_z 512: docs/protocol.md) or one Linear (CLIP)."""
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int, kind: str = "mlp"):
         super().__init__()

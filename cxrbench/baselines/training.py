@@ -45,7 +45,7 @@ CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
 
 @dataclass(frozen=True)
 class PretrainProfile:
-    """How big a pre-training run is. `full` is PROTOCOL.md; `demo` runs every code path in minutes on a CPU."""
+    """How big a pre-training run is. `full`: docs/protocol.md; `demo` runs every code path in minutes on a CPU."""
 
     name: str
     arch: str = "resnet50"

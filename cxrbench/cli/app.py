@@ -153,7 +153,7 @@ def tasks_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     profile: Annotated[str, typer.Option(help="Show the tasks as this profile runs them.")] = "full",
 ) -> None:
-    """List the 18 protocol tasks (PROTOCOL.md) and the protocol hash."""
+    """List the 18 protocol tasks (docs/protocol.md) and the protocol hash."""
     import json
     from dataclasses import asdict
 

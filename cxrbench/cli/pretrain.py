@@ -67,7 +67,7 @@ def pretrain_command(
     out: Annotated[
         Path, typer.Option("--out", help="Output folder: encoder checkpoint, training state, history.")
     ],
-    profile: Annotated[str, typer.Option(help="full (PROTOCOL.md) or demo (minutes on a CPU).")] = "demo",
+    profile: Annotated[str, typer.Option(help="full (docs/protocol.md) or demo (CPU minutes).")] = "demo",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")] = False,
     epochs: Annotated[
         int | None, typer.Option(help="Override the profile's maximum number of epochs.")

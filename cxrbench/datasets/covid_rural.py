@@ -13,7 +13,7 @@ writing; check the collection page) and the mask repository's terms.
 Raw layout: jpgs/COVID-19-AR-<patient>_<...>.jpg and pngs_masks/<same stem>.png (0/1 opacity
 mask). Images without a mask were not annotated and are dropped by design (221 images keep a
 mask); they are counted, not reported as errors or as extra files. Split 60/20/20 by patient
-(133/44/44). Histogram-equalised at preparation (PROTOCOL.md).
+(133/44/44). Histogram-equalised at preparation (docs/protocol.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ into the same folder, it adds `files/p1x/p<subject>/s<study>.txt` next to the st
 Licence: PhysioNet Credentialed Health Data License 1.5.0 (credentialed access, CITI training and
 a signed data use agreement; no redistribution).
 
-Protocol (PROTOCOL.md): frontal views only (ViewPosition PA or AP), the official split
+Protocol (docs/protocol.md): frontal views only (ViewPosition PA or AP), the official split
 (train/validate/test -> train/val/test), the report is the FINDINGS + IMPRESSION text split into
 sentences (`reports.py`, no model download), studies whose findings + impression have fewer than 3
 word tokens are dropped, and "30%" runs use a fixed, seeded 30% of the train images. Lateral views

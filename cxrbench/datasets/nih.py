@@ -12,7 +12,7 @@ No-Finding ids of test_list.txt (per Data_Entry_2017_v2020.csv, excluding boxed 
 and 100 of them are drawn with a generator seeded by the protocol seed (all of them when there are
 fewer). Patient ids come from Data_Entry; split 60/20/20 by patient (588/196/196).
 Images (1024x1024 PNG, mostly 8-bit grey, a few RGBA) may sit in any images_0NN/images/ folder, so
-they are found by scanning `images_*/images/*.png`. Histogram-equalised (PROTOCOL.md).
+they are found by scanning `images_*/images/*.png`. Histogram-equalised (docs/protocol.md).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ boxes are each object's bounding box in xyxy; the mask ("foreign_object") raster
 shapes at raw resolution (filled rectangle, ellipse, polygon) with the same pixel convention as
 the boxes (pixel (row r, col c) covers [c, c+1) x [r, r+1) and is inside when its centre is).
 Split: test = official dev; train/val = seeded 80/20 of train (each image is its own patient).
-Histogram-equalised at preparation (PROTOCOL.md).
+Histogram-equalised at preparation (docs/protocol.md).
 """
 
 from __future__ import annotations

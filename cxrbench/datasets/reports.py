@@ -1,7 +1,7 @@
 """Radiology report text: section extraction, sentence splitting and token counting.
 
 Pre-training pairs an image with the FINDINGS and IMPRESSION sections of its report, split into
-sentences (PROTOCOL.md). Sentence splitting is a rule-based regex splitter rather than a
+sentences (docs/protocol.md). Sentence splitting is a rule-based regex splitter rather than a
 statistical model, so preparing data never downloads anything and gives the same result on
 every machine. The rules cover what free-text chest X-ray reports contain: hard-wrapped lines,
 numbered impression lists ("1. ... 2. ..."), decimal sizes ("1.5 cm"), title abbreviations

@@ -7,7 +7,7 @@ accept the competition rules). Licence: the competition's data-use terms (non-co
 
 26,684 patients, one 1024x1024 8-bit MONOCHROME2 DICOM each (JPEG Baseline pixel data).
 Split 60/20/20 by patient (16010/5337/5337), nested seeded 1% and 10% train subsets. Not
-histogram-equalised (PROTOCOL.md). Boxes are also rasterised to masks for the linear tasks.
+histogram-equalised (docs/protocol.md). Boxes are also rasterised to masks for the linear tasks.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Layout: `dicom-images-train/<StudyInstanceUID>/<SeriesInstanceUID>/<ImageId>.dcm
 8-bit MONOCHROME2, JPEG Baseline; file name = SOPInstanceUID = ImageId) and `train-rle.csv`
 ("ImageId, EncodedPixels": note the space in the real header). Masks are SIIM's relative-offset,
 column-major RLE (`rle.py`), "-1" = no pneumothorax, several rows of one image are OR-ed, and
-are decoded at the image's raw Rows x Columns. Histogram-equalised at preparation (PROTOCOL.md).
+are decoded at the image's raw Rows x Columns. Histogram-equalised at preparation (docs/protocol.md).
 
 Split 60/20/20 *by patient* (PatientID from the DICOM header, read without pixels), not by image
 as in the reference (7229/2409/2409), so `expected_counts` is left empty: by-patient counts

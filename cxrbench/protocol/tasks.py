@@ -1,4 +1,4 @@
-"""The 18-task protocol (PROTOCOL.md) as frozen dataclasses, and the profiles that scale it.
+"""The 18-task protocol (docs/protocol.md) as frozen dataclasses, and the profiles that scale it.
 
 The registry is the single source of the protocol: the CLI, the runner and the leaderboard read
 it. A profile scales images, epochs and resolution without forking code (`demo` runs every code

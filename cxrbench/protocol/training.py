@@ -1,7 +1,7 @@
 """One training run of one task: head (and, for fine-tune tasks, encoder) on the train split,
 early stopping and best-checkpoint selection on the validation metric, test scored once.
 
-Protocol (PROTOCOL.md "Optimisation and selection"): Adam with weight decay 1e-6;
+Protocol (docs/protocol.md, optimisation and selection): Adam with weight decay 1e-6;
 ReduceLROnPlateau on the validation loss (patience 3, factor 0.5), stepped once per epoch and
 never overridden afterwards (the reference reset the lr every batch, silently disabling it);
 early stopping (min_delta 1e-5) and selection on the validation metric; frozen encoders stay in
@@ -295,7 +295,7 @@ def evaluate_split(
 
 
 def _predictions_arrays(task: Task, split: TaskSplit, kept: list) -> dict[str, np.ndarray]:
-    """The predictions file content (docs/contracts.md): for re-scoring and qualitative overlays."""
+    """The predictions file content (docs/formats.md): for re-scoring and qualitative overlays."""
     out: dict[str, np.ndarray] = {"image_ids": np.array(split.image_ids), "kind": np.array(task.metric)}
     if task.head == "yolo":
         preds = [p for batch, _ in kept for p in batch]

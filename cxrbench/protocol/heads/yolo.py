@@ -1,4 +1,4 @@
-"""YOLOv3 detection head on ResNet conv3/conv4/conv5, with its loss and box decoding (PROTOCOL.md)."""
+"""YOLOv3 detection head on ResNet conv3/conv4/conv5, with its loss and box decoding (docs/protocol.md)."""
 
 from __future__ import annotations
 
