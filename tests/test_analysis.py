@@ -17,7 +17,7 @@ import typer
 from scipy import stats
 from typer.testing import CliRunner
 
-from cxrbench.analysis.engine import (
+from cxrbench.analysis import (
     MEAN_TASK,
     SCALAR_STATISTICS,
     analyze_encoder,
@@ -29,7 +29,7 @@ from cxrbench.analysis.engine import (
     spearman_permutation,
     write_analysis,
 )
-from cxrbench.cli.analyze import analyze_command
+from cxrbench.cli.analyze import analyze_app
 from cxrbench.errors import CxrbenchError
 
 T = 2.0
@@ -37,7 +37,7 @@ T = 2.0
 
 def _app() -> typer.Typer:
     app = typer.Typer()
-    app.command("analyze")(analyze_command)
+    app.add_typer(analyze_app, name="analyze")
     app.command("unused")(lambda: None)  # two commands: the sub-command name is then required
     return app
 
@@ -153,7 +153,7 @@ def test_analyze_random_encoder(prepared, tmp_path) -> None:
     again = analyze_encoder("random", prepared / "covid_rural", n_images=64, arch="resnet18")
     assert again["sample"]["image_ids"] == record["sample"]["image_ids"]
     assert again["statistics"]["within_image_uniformity"] == pytest.approx(st["within_image_uniformity"])
-    path = write_analysis(record, tmp_path, "rand 18")
+    path = write_analysis(record, tmp_path / "analysis", "rand 18")
     assert path == tmp_path / "analysis" / "rand_18__covid_rural.json"
     saved = json.loads(path.read_text())
     assert (
@@ -217,7 +217,8 @@ def _write_analyses(out: Path, encoders) -> None:
         stats_.update(
             within_image_uniformity=ENCODERS[enc], global_uniformity=-1.0, effective_rank_mean=ord(enc)
         )
-        write_analysis({"analysis_schema_version": 1, "dataset": "rsna", "statistics": stats_}, out, enc)
+        record = {"analysis_schema_version": 1, "dataset": "rsna", "statistics": stats_}
+        write_analysis(record, out / "analysis", enc)
 
 
 def test_correlate_four_encoders(tmp_path) -> None:
@@ -269,23 +270,56 @@ def test_cli_analyze_and_correlate(prepared, tmp_path) -> None:
     app = _app()
     runner = CliRunner()
     runs = tmp_path / "runs"
-    args = ["analyze", "random", "--data", str(prepared), "--dataset", "covid_rural", "--n-images", "4"]
+    args = [
+        "analyze",
+        "run",
+        "random",
+        "--data",
+        str(prepared),
+        "--dataset",
+        "covid_rural",
+        "--n-images",
+        "4",
+    ]
     result = runner.invoke(app, [*args, "--resolution", "64", "--arch", "resnet18", "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
     assert "within-image uniformity" in result.output
     assert (tmp_path / "analysis" / "random__covid_rural.json").is_file()
 
-    result = runner.invoke(app, ["analyze", "random", "--data", str(tmp_path), "--dataset", "rsna"])
+    result = runner.invoke(app, ["analyze", "run", "random", "--data", str(tmp_path), "--dataset", "rsna"])
     assert result.exit_code == 2 and "cxrbench prepare rsna" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["analyze"])
-    assert result.exit_code == 2 and "--correlate" in result.output
+    assert result.exit_code == 2 and "correlate" in result.output
 
     _write_runs(runs, ENCODERS)
     _write_analyses(tmp_path, ENCODERS)
-    result = runner.invoke(app, ["analyze", "--correlate", "--runs-dir", str(runs)])
+    result = runner.invoke(app, ["analyze", "correlate", "--runs-dir", str(runs)])
     assert result.exit_code == 0, result.output
     assert "within_image_uniformity" in result.output and "no run records for random" in result.output
     assert (tmp_path / "analysis" / "correlation.csv").is_file()
-    result = runner.invoke(app, ["analyze", "--correlate"])
+    result = runner.invoke(app, ["analyze", "correlate"])
     assert result.exit_code == 2 and "--runs-dir" in result.output
+
+
+def test_cli_analyze_out_is_where_correlate_looks(prepared, tmp_path) -> None:
+    """`analyze run --out DIR` then `analyze correlate --analysis-dir DIR` finds the record; the form
+    without `run` (`cxrbench analyze CHECKPOINT ...`) still works."""
+    app = _app()
+    runner = CliRunner()
+    out = tmp_path / "board" / "analysis"
+    args = ["--data", str(prepared / "covid_rural"), "--n-images", "4", "--resolution", "64"]
+    result = runner.invoke(app, ["analyze", "random", *args, "--arch", "resnet18", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "random__covid_rural.json").is_file() and not (out / "analysis").exists()
+    runs = tmp_path / "runs"
+    _write_runs(runs, ENCODERS)
+    _write_analyses(tmp_path / "board", ENCODERS)  # into `out`
+    result = runner.invoke(app, ["analyze", "correlate", "--runs-dir", str(runs), "--analysis-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "no run records for random" in result.output  # the record `analyze --out` wrote was read
+    assert (out / "correlation.csv").is_file()
+    result = runner.invoke(
+        app, ["analyze", "correlate", "--runs-dir", str(runs), "--analysis-dir", str(runs)]
+    )
+    assert result.exit_code == 2 and "no analysis records" in result.output

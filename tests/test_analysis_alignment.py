@@ -13,7 +13,7 @@ import torch
 from test_baselines import TINY
 from typer.testing import CliRunner
 
-from cxrbench.analysis.engine import analyze_encoder, default_name
+from cxrbench.analysis import analyze_encoder, default_name
 from cxrbench.baselines.training import CHECKPOINT, load_pretrained_model, pretrain
 from cxrbench.errors import CheckpointError
 
@@ -109,9 +109,9 @@ def test_missing_mimic_pairs_give_null_with_the_prepare_command(prepared_root, l
 def test_cli_analyzes_a_pretraining_folder(prepared_root, lovt_run, tmp_path) -> None:
     from test_analysis import _app
 
-    args = ["analyze", str(lovt_run), "--data", str(prepared_root), "--dataset", "covid_rural"]
+    args = ["analyze", "run", str(lovt_run), "--data", str(prepared_root), "--dataset", "covid_rural"]
     result = CliRunner().invoke(
-        _app(), [*args, "--n-images", "4", "--resolution", "64", "--out", str(tmp_path)]
+        _app(), [*args, "--n-images", "4", "--resolution", "64", "--out", str(tmp_path / "analysis")]
     )
     assert result.exit_code == 0, result.output
     assert "global alignment" in result.output
@@ -120,7 +120,7 @@ def test_cli_analyzes_a_pretraining_folder(prepared_root, lovt_run, tmp_path) ->
     empty = tmp_path / "empty_run"
     empty.mkdir()
     result = CliRunner().invoke(
-        _app(), ["analyze", str(empty), "--data", str(prepared_root), "--dataset", "covid_rural"]
+        _app(), ["analyze", "run", str(empty), "--data", str(prepared_root), "--dataset", "covid_rural"]
     )
     assert result.exit_code == 2 and "checkpoint.pt" in result.output and "Traceback" not in result.output
 

@@ -1,4 +1,9 @@
-"""Typer command `analyze` (registered on the main app in `cxrbench.cli` as `app.command("analyze")`)."""
+"""`cxrbench analyze run` (statistics of one encoder) and `cxrbench analyze correlate` (vs scores).
+
+`analyze run --out DIR` writes its record into DIR, the folder `analyze correlate --analysis-dir DIR`
+reads; both default to RUNS_DIR/../analysis (next to the run records). `cxrbench analyze CHECKPOINT
+...` (without `run`) still works: an unknown first word is taken as the checkpoint of `run`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from cxrbench.cli.errors import user_error_exit
-from cxrbench.errors import CxrbenchError
+from cxrbench.cli.console import console
+from cxrbench.cli.errors import reports_user_errors
 
 ROW_LABELS = {
     "global_uniformity": "global uniformity (pooled, t=2)",
@@ -24,28 +30,44 @@ ROW_LABELS = {
     "global_alignment": "global alignment E||z_img - z_rep||^2",
     "local_alignment": "local alignment (region vs attended sentences)",
 }
+DEFAULT_ANALYSIS_DIR = Path("analysis")
+
+
+class _RunByDefault(TyperGroup):
+    """A group whose unknown first word is the CHECKPOINT of `run` (the form before sub-commands)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[Any, ...]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+
+analyze_app = typer.Typer(
+    cls=_RunByDefault,
+    no_args_is_help=True,
+    help="Local uniformity/alignment statistics of encoders (run), and their relation to scores (correlate).",
+)
+
+
+def default_analysis_dir(runs_dir: list[Path]) -> Path:
+    """RUNS_DIR/../analysis for the first --runs-dir (records sit next to the run records), else ./analysis."""
+    return Path(runs_dir[0]).parent / "analysis" if runs_dir else DEFAULT_ANALYSIS_DIR
+
+
+def resolve_dataset_path(data: Path, dataset: str) -> Path:
+    """PREPARED_ROOT/<dataset>, or --data itself when it is a prepared dataset folder."""
+    from cxrbench.protocol.task_data import open_task_dataset
+
+    data = Path(data)
+    if not (data / dataset / "prepared.json").exists() and (data / "prepared.json").exists():
+        return data
+    return open_task_dataset(data, dataset).root
 
 
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def resolve_dataset_path(data: Path | None, dataset: str) -> Path:
-    """PREPARED_ROOT/<dataset>, or --data itself when it is a prepared dataset folder."""
-    if data is None:
-        raise CxrbenchError("--data PREPARED_ROOT is required (the folder of `cxrbench prepare` outputs)")
-    candidate = Path(data) / dataset
-    if (candidate / "prepared.json").exists():
-        return candidate
-    if (Path(data) / "prepared.json").exists():
-        return Path(data)
-    raise CxrbenchError(
-        f"prepared dataset {dataset!r} not found at {candidate}. Create it with:\n"
-        f"  cxrbench prepare {dataset} RAW_DIR {candidate}\n"
-        f"(or `cxrbench phantom PHANTOM_DIR --dataset {dataset}` first for synthetic data)"
-    )
 
 
 def statistics_table(record: dict) -> Table:
@@ -72,17 +94,10 @@ def statistics_table(record: dict) -> Table:
     return table
 
 
-def _correlate(runs_dir: list[Path], analysis_dir: Path | None, out: Path | None, console: Console) -> None:
-    from cxrbench.analysis.engine import MEAN_TASK, correlate
-
-    if not runs_dir:
-        raise CxrbenchError(
-            "--correlate needs at least one --runs-dir (the runs directory of cxrbench evaluate)"
-        )
-    analysis_dir = analysis_dir or Path(runs_dir[0]).parent / "analysis"
-    frame = correlate(runs_dir, analysis_dir, out_dir=out)
-    mean = frame[frame.task_id == MEAN_TASK]
-    table = Table(title=f"Spearman correlation with the {MEAN_TASK.replace('_', ' ')}")
+def correlation_table(frame: Any, mean_task: str) -> Table:
+    """Rho and permutation p of every statistic against the mean score over tasks, per dataset."""
+    mean = frame[frame.task_id == mean_task]
+    table = Table(title=f"Spearman correlation with the {mean_task.replace('_', ' ')}")
     table.add_column("dataset")
     table.add_column("statistic", no_wrap=True)
     for column in ("encoders", "rho", "permutation p"):
@@ -97,24 +112,19 @@ def _correlate(runs_dir: list[Path], analysis_dir: Path | None, out: Path | None
             _fmt(row.p_value),
             row.note,
         )
-    console.print(table)
-    for note in frame.attrs.get("notes", []):
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    for name, path in frame.attrs.get("paths", {}).items():
-        console.print(f"{name}: {path}", highlight=False)
+    return table
 
 
-def analyze_command(
+@analyze_app.command("run")
+@reports_user_errors
+def run_command(
     checkpoint: Annotated[
-        str | None,
-        typer.Argument(
-            help="Checkpoint file, 'random', 'imagenet' or a `cxrbench pretrain` output folder (omit with "
-            "--correlate)."
-        ),
-    ] = None,
+        str,
+        typer.Argument(help="Checkpoint file, 'random', 'imagenet' or a `cxrbench pretrain` output folder."),
+    ],
     data: Annotated[
-        Path | None, typer.Option("--data", help="Prepared root (PREPARED_ROOT/<dataset>) or dataset folder.")
-    ] = None,
+        Path, typer.Option("--data", help="Prepared root (PREPARED_ROOT/<dataset>) or dataset folder.")
+    ],
     dataset: Annotated[
         str, typer.Option("--dataset", help="Prepared dataset whose test images are used.")
     ] = "rsna",
@@ -127,57 +137,66 @@ def analyze_command(
         Path | None,
         typer.Option(
             "--out",
-            help="Writes OUT/analysis/<name>__<dataset>.json (default: next to the first --runs-dir).",
+            help="Analysis folder: writes OUT/<name>__<dataset>.json (default RUNS_DIR/../analysis, or "
+            "./analysis without --runs-dir); `analyze correlate --analysis-dir OUT` reads it.",
         ),
     ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Encoder name; must equal the name of its run records.")
     ] = None,
-    correlate: Annotated[
-        bool, typer.Option("--correlate", help="Correlate analysed statistics with run-record scores.")
-    ] = False,
     runs_dir: Annotated[
-        list[Path], typer.Option("--runs-dir", help="Runs directory of cxrbench evaluate (repeatable).")
+        list[Path],
+        typer.Option("--runs-dir", help="Runs directory of cxrbench evaluate; sets the default --out."),
     ] = [],  # noqa: B006 (typer needs a list default; it is never mutated)
-    analysis_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--analysis-dir", help="Analysis records for --correlate (default RUNS_DIR/../analysis)."
-        ),
-    ] = None,
     device: Annotated[str, typer.Option(help="'cpu', 'auto', 'cuda', 'cuda:1', ...")] = "cpu",
     arch: Annotated[str | None, typer.Option(help="Encoder architecture (auto-detected).")] = None,
     prefix: Annotated[
         str | None, typer.Option(help="State-dict key prefix of the encoder (auto-detected).")
     ] = None,
 ) -> None:
-    """Local uniformity/alignment statistics of an encoder, or (--correlate) their relation to scores."""
-    console = Console()
-    try:
-        if correlate:
-            _correlate(list(runs_dir), analysis_dir, out, console)
-            return
-        if checkpoint is None:
-            raise CxrbenchError(
-                "give a CHECKPOINT ('random', 'imagenet', a file or a pre-training folder), or use --correlate"
-            )
-        from cxrbench.analysis.engine import analyze_encoder, default_name, write_analysis
+    """Local uniformity/alignment statistics of one encoder on a seeded sample of test images."""
+    from cxrbench.analysis import analyze_encoder, default_name, write_analysis
 
-        path = resolve_dataset_path(data, dataset)
-        record = analyze_encoder(
-            checkpoint,
-            path,
-            n_images=n_images,
-            seed=seed,
-            resolution=resolution,
-            device=device,
-            arch=arch,
-            prefix=prefix,
-        )
-        label = name or default_name(checkpoint)
-        target = out if out is not None else (Path(runs_dir[0]).parent if runs_dir else Path("."))
-        written = write_analysis(record, target, label)
-    except CxrbenchError as exc:
-        raise user_error_exit(exc) from None
+    record = analyze_encoder(
+        checkpoint,
+        resolve_dataset_path(data, dataset),
+        n_images=n_images,
+        seed=seed,
+        resolution=resolution,
+        device=device,
+        arch=arch,
+        prefix=prefix,
+    )
+    label = name or default_name(checkpoint)
+    written = write_analysis(record, out if out is not None else default_analysis_dir(runs_dir), label)
     console.print(statistics_table({**record, "name": label}))
     console.print(f"analysis record: {written} ({record['wall_time_s']:.1f} s)", highlight=False)
+
+
+@analyze_app.command("correlate")
+@reports_user_errors
+def correlate_command(
+    runs_dir: Annotated[
+        list[Path], typer.Option("--runs-dir", help="Runs directory of cxrbench evaluate (repeatable).")
+    ],
+    analysis_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--analysis-dir",
+            help="Folder of analysis records (`analyze run --out`; default RUNS_DIR/../analysis).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where correlation.csv and the plots go (default: the analysis folder)."),
+    ] = None,
+) -> None:
+    """Spearman correlation (permutation p-values) of the analysed statistics with run-record scores."""
+    from cxrbench.analysis import MEAN_TASK, correlate
+
+    frame = correlate(runs_dir, analysis_dir or default_analysis_dir(runs_dir), out_dir=out)
+    console.print(correlation_table(frame, MEAN_TASK))
+    for note in frame.attrs.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    for name, path in frame.attrs.get("paths", {}).items():
+        console.print(f"{name}: {path}", highlight=False)

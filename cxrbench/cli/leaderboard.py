@@ -1,4 +1,4 @@
-"""Typer commands `leaderboard` and `rescore` (registered on the main app in `cxrbench.cli`)."""
+"""Leaderboard commands: `leaderboard` (tables, plots, overlays from run records) and `rescore`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markdown import Markdown
 
-from cxrbench.cli.errors import user_error_exit
-from cxrbench.errors import CxrbenchError
+from cxrbench.cli.console import console
+from cxrbench.cli.errors import reports_user_errors
 
 
+@reports_user_errors
 def leaderboard_command(
     runs_dir: Annotated[
         list[Path], typer.Option("--runs-dir", help="Runs directory of cxrbench evaluate (repeatable).")
@@ -58,26 +58,22 @@ def leaderboard_command(
     """Aggregate run records into the 18-task leaderboard (Markdown, CSV, LaTeX, HTML, PNG)."""
     from cxrbench.leaderboard.report import build_leaderboard
 
-    console = Console()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            result = build_leaderboard(
-                runs_dir,
-                out,
-                baselines=tuple(baseline or ()),
-                include_published=published,
-                n_boot=n_boot,
-                n_boot_detection=n_boot_detection,
-                cache=cache,
-                seed=seed,
-                alpha=alpha,
-                allow_mixed=allow_mixed,
-                plots=plots,
-                overlays=overlays,
-            )
-        except CxrbenchError as exc:
-            raise user_error_exit(exc) from None
+        result = build_leaderboard(
+            runs_dir,
+            out,
+            baselines=tuple(baseline or ()),
+            include_published=published,
+            n_boot=n_boot,
+            n_boot_detection=n_boot_detection,
+            cache=cache,
+            seed=seed,
+            alpha=alpha,
+            allow_mixed=allow_mixed,
+            plots=plots,
+            overlays=overlays,
+        )
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     console.print(Markdown(result.markdown))
@@ -89,19 +85,16 @@ def leaderboard_command(
         )
 
 
+@reports_user_errors
 def rescore_command(
     runs_dir: Annotated[Path, typer.Argument(help="Runs directory whose records are re-scored in place.")],
 ) -> None:
     """Recompute test metrics of stored runs from their predictions files (after a metric fix)."""
     from cxrbench.protocol.rescore import rescore_runs
 
-    console = Console()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            n = rescore_runs(runs_dir)
-        except CxrbenchError as exc:
-            raise user_error_exit(exc) from None
+        n = rescore_runs(runs_dir)
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     console.print(f"{n} record(s) re-scored and rewritten under {runs_dir}", highlight=False)

@@ -1,4 +1,4 @@
-"""One look for every progress display of the CLI (rich)."""
+"""The one look of every progress display of the CLI (rich)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
+from cxrbench.cli.console import console as default_console
 
-def make_progress(console: Console, *extra: ProgressColumn) -> Progress:
+
+def make_progress(*extra: ProgressColumn, console: Console | None = None) -> Progress:
     """description, bar, done/total, elapsed time, then `extra` columns (e.g. a status text)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -21,5 +24,10 @@ def make_progress(console: Console, *extra: ProgressColumn) -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         *extra,
-        console=console,
+        console=console or default_console,
     )
+
+
+def progress_bar() -> Progress:
+    """A plain bar with the remaining time (data commands: phantom, prepare)."""
+    return make_progress(TimeRemainingColumn())

@@ -1,76 +1,32 @@
-"""`cxrbench sweep`: the command-line face of `cxrbench.sweep.engine` (progress, dry run, summary).
+"""`cxrbench sweep`: the command-line face of `cxrbench.sweep` (progress, dry run, summary).
 
-Registered by the main CLI as `app.command("sweep")(sweep_command)`; also runnable on its own as
-`python -m cxrbench.cli.sweep CONFIG.yaml`.
+Registered by the main CLI; also runnable on its own as `python -m cxrbench.cli.sweep CONFIG.yaml`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import TextColumn
 from rich.table import Table
 
-from cxrbench.cli.errors import user_error_exit
-from cxrbench.cli.progress import make_progress
-from cxrbench.errors import CxrbenchError
-from cxrbench.sweep.engine import (
-    EXECUTORS,
-    STAGE_NAMES,
-    JobOutcome,
-    SweepPlan,
-    SweepReporter,
-    SweepSummary,
-    config_from_mapping,
-    describe_jobs,
-    group_outcomes,
-    load_config,
-    plan_sweep,
-    run_sweep,
-)
+from cxrbench.cli.console import console
+from cxrbench.cli.errors import reports_user_errors
 
+if TYPE_CHECKING:
+    from cxrbench.sweep.engine import SweepPlan, SweepSummary
+
+# The executors of `cxrbench.sweep` (written out so that --help need not import the sweep engine; a test
+# checks this list against the engine's).
+EXECUTOR_NAMES = ("local", "submitit-local", "slurm", "debug")
 _MAX_ERRORS_SHOWN = 20
 
 
-class RichSweepReporter(SweepReporter):
-    """One bar per stage with done / failed / skipped counts; each failure printed as it happens."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.progress = make_progress(
-            console,
-            TextColumn("[green]{task.fields[ok]} done[/] [red]{task.fields[failed]} failed[/]"),
-            TextColumn("[dim]{task.fields[skipped]} skipped[/]"),
-        )
-        self.bar: Any = None
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
-
-    def __enter__(self) -> RichSweepReporter:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def stage_started(self, stage: int, n_jobs: int, n_skipped: int) -> None:
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
-        label = f"stage {stage}/2 {STAGE_NAMES[stage - 1]}"
-        self.bar = self.progress.add_task(label, total=n_jobs, **self.counts)
-
-    def job_finished(self, outcome: JobOutcome) -> None:
-        kind = {"ok": "ok", "skipped": "skipped"}.get(outcome.status, "failed")
-        self.counts[kind] += 1
-        self.progress.update(self.bar, advance=1, **self.counts)
-        if kind == "failed":
-            self.progress.console.print(
-                f"[red]{outcome.status}[/] {outcome.job.describe()}: {outcome.error}", highlight=False
-            )
-
-
 def summary_table(summary: SweepSummary) -> Table:
+    from cxrbench.sweep.engine import group_outcomes
+
     table = Table(title="sweep summary (runs per encoder and task)")
     for col in ("encoder", "task", "lr (final)", "done", "skipped", "failed"):
         table.add_column(col)
@@ -85,6 +41,8 @@ def summary_table(summary: SweepSummary) -> Table:
 
 
 def dry_run_table(plan: SweepPlan) -> Table:
+    from cxrbench.sweep.engine import describe_jobs
+
     rows = describe_jobs(plan)
     table = Table(title=f"sweep plan: {sum(r[0] is not None for r in rows)} runs (dry run, nothing executed)")
     for col in ("encoder", "task", "phase", "lr", "seeds", "state"):
@@ -99,6 +57,7 @@ def dry_run_table(plan: SweepPlan) -> Table:
     return table
 
 
+@reports_user_errors
 def sweep_command(
     config: Annotated[
         Path | None, typer.Argument(help="Sweep YAML (see examples/sweep.yaml); flags override its values.")
@@ -114,7 +73,7 @@ def sweep_command(
     profile: Annotated[str | None, typer.Option(help="'full' (the protocol) or 'demo'.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Final runs per task (default: the profile's).")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Where run records are written.")] = None,
-    executor: Annotated[str | None, typer.Option(help=f"One of {', '.join(EXECUTORS)}.")] = None,
+    executor: Annotated[str | None, typer.Option(help=f"One of {', '.join(EXECUTOR_NAMES)}.")] = None,
     workers: Annotated[
         int | None, typer.Option(help="Jobs at once for local executors (default: one per GPU, or 1).")
     ] = None,
@@ -134,33 +93,32 @@ def sweep_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs and exit.")] = False,
 ) -> None:
     """Run checkpoints x tasks x lr grid x seeds as independent jobs (local pool, submitit or Slurm)."""
-    console = Console()
-    try:
-        mapping = load_config(config) if config is not None else {}
-        flags = {
-            "data": data, "tasks": tasks, "profile": profile, "seeds": seeds, "runs_dir": runs_dir,
-            "executor": executor, "workers": workers, "device": device, "logs_dir": logs_dir,
-        }  # fmt: skip
-        mapping.update({k: v for k, v in flags.items() if v is not None})
-        if checkpoint:
-            mapping["checkpoints"] = [_flag_checkpoint(c, arch, prefix) for c in checkpoint]
-        cluster = {
-            "partition": partition, "account": account, "gpus_per_job": gpus_per_job,
-            "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "time_min": time_min,
-            "array_parallelism": array_parallelism,
-        }  # fmt: skip
-        mapping["slurm"] = {
-            **(mapping.get("slurm") or {}),
-            **{k: v for k, v in cluster.items() if v is not None},
-        }
-        sweep_config = config_from_mapping(mapping, str(config) if config else "sweep options")
-        if dry_run:
-            console.print(dry_run_table(plan_sweep(sweep_config, check_writable=False)))
-            return
-        with RichSweepReporter(console) as reporter:
-            summary = run_sweep(sweep_config, reporter)
-    except CxrbenchError as exc:
-        raise user_error_exit(exc) from None
+    from cxrbench.cli.reporters import RichSweepReporter
+    from cxrbench.sweep.engine import config_from_mapping, load_config, plan_sweep, run_sweep
+
+    mapping = load_config(config) if config is not None else {}
+    flags = {
+        "data": data, "tasks": tasks, "profile": profile, "seeds": seeds, "runs_dir": runs_dir,
+        "executor": executor, "workers": workers, "device": device, "logs_dir": logs_dir,
+    }  # fmt: skip
+    mapping.update({k: v for k, v in flags.items() if v is not None})
+    if checkpoint:
+        mapping["checkpoints"] = [_flag_checkpoint(c, arch, prefix) for c in checkpoint]
+    cluster = {
+        "partition": partition, "account": account, "gpus_per_job": gpus_per_job,
+        "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "time_min": time_min,
+        "array_parallelism": array_parallelism,
+    }  # fmt: skip
+    mapping["slurm"] = {
+        **(mapping.get("slurm") or {}),
+        **{k: v for k, v in cluster.items() if v is not None},
+    }
+    sweep_config = config_from_mapping(mapping, str(config) if config else "sweep options")
+    if dry_run:
+        console.print(dry_run_table(plan_sweep(sweep_config, check_writable=False)))
+        return
+    with RichSweepReporter(console) as reporter:
+        summary = run_sweep(sweep_config, reporter)
     console.print(summary_table(summary))
     _print_problems(console, summary)
     console.print(f"run records: {sweep_config.runs_dir} (build tables with `cxrbench leaderboard`)")

@@ -84,15 +84,8 @@ def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: P
     keep = _limit(np.arange(len(source)), limit, seed=len(source))
     source = source.subset(keep)
     resolution = profile.resolution
-    images = torch.from_numpy(np.array(source.images(), dtype=np.uint8, copy=True))
+    images = resize_images(source.images(), resolution)
     scale = resolution / dataset.size
-    if resolution != dataset.size:
-        images = (
-            _resize(images.unsqueeze(1).float(), resolution, "bilinear")
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)[:, 0]
-        )
     masks = boxes = None
     if task.target == "masks":
         if not source.has_masks:
@@ -108,6 +101,14 @@ def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: P
             for i in range(len(source))
         ]
     return TaskSplit(images, masks, boxes, source.image_ids, dataset.stats["mean"], dataset.stats["std"])
+
+
+def resize_images(images: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
+    """uint8 N x S x S -> uint8 N x R x R (antialiased bilinear, rounded): how every encoder input is sized."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+    if x.shape[-1] == resolution:
+        return x
+    return _resize(x.unsqueeze(1).float(), resolution, "bilinear").round().clamp(0, 255).to(torch.uint8)[:, 0]
 
 
 def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:

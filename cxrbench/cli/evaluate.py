@@ -1,0 +1,151 @@
+"""Protocol commands: `tasks` (the 18 tasks and the protocol hash) and `evaluate` (score one encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from cxrbench.cli.console import console
+from cxrbench.cli.errors import reports_user_errors
+
+if TYPE_CHECKING:
+    from cxrbench.protocol.runner import TaskOutcome
+
+
+@reports_user_errors
+def tasks_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    profile: Annotated[str, typer.Option(help="Show the tasks as this profile runs them.")] = "full",
+) -> None:
+    """List the 18 protocol tasks and the protocol hash."""
+    import json
+    from dataclasses import asdict
+
+    from cxrbench.protocol.tasks import TASKS, get_profile, protocol_hash
+
+    prof = get_profile(profile)
+    tasks = [prof.apply(t) for t in TASKS]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "protocol_hash": protocol_hash(prof),
+                    "profile": asdict(prof),
+                    "tasks": [asdict(t) for t in tasks],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"cxrbench protocol ({profile} profile, hash {protocol_hash(prof)})")
+    for col in (
+        "#",
+        "task id",
+        "dataset",
+        "head",
+        "encoder",
+        "train %",
+        "metric",
+        "batch",
+        "lr",
+        "lr grid",
+        "epochs",
+        "patience",
+        "warm-up",
+    ):
+        table.add_column(col)
+    for k, t in enumerate(tasks, 1):
+        table.add_row(
+            str(k),
+            t.task_id,
+            t.dataset,
+            t.head,
+            t.mode,
+            f"{t.percent:g}",
+            t.metric,
+            str(t.batch_size),
+            f"{t.default_lr:g}",
+            ", ".join(f"{lr:g}" for lr in t.lr_grid),
+            str(t.max_epochs),
+            str(t.patience),
+            str(t.warmup_steps or "-"),
+        )
+    console.print(table)
+
+
+@reports_user_errors
+def evaluate_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="Encoder checkpoint file, or 'random' / 'imagenet'.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="PREPARED_ROOT holding one prepared dataset per adapter name.")
+    ],
+    tasks: Annotated[str, typer.Option(help="Comma-separated task ids or dataset names, or 'all'.")] = "all",
+    profile: Annotated[str, typer.Option(help="'full' (the protocol) or 'demo'.")] = "full",
+    seeds: Annotated[
+        int | None, typer.Option(help="Runs at the chosen lr (default: the profile's, 5 for full).")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run records are written.")] = Path("runs"),
+    name: Annotated[
+        str | None, typer.Option(help="Encoder name in records and tables (default: file stem).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
+    prefix: Annotated[
+        str | None, typer.Option(help="State-dict key prefix of the encoder (auto-detected).")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="resnet18/34/50/101 (auto-detected from the checkpoint).")
+    ] = None,
+    feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+) -> None:
+    """Score one encoder checkpoint on the protocol tasks; one JSON record per training run."""
+    from cxrbench.cli.reporters import RichReporter
+    from cxrbench.encoders import format_load_report, load_encoder
+    from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
+    from cxrbench.protocol.tasks import get_profile, select_tasks
+
+    label = name or (checkpoint if checkpoint in ("random", "imagenet") else Path(checkpoint).stem)
+    selected = select_tasks(tasks)
+    loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
+    console.print(format_load_report(loaded.report), highlight=False)
+    options = EvaluateOptions(
+        data_root=data,
+        runs_dir=runs_dir,
+        name=label,
+        profile=get_profile(profile),
+        seeds=seeds,
+        device=device,
+        amp=amp,
+        use_feature_cache=feature_cache,
+        prefix=prefix,
+        arch=arch or loaded.report.arch,
+    )
+    with RichReporter(console) as reporter:
+        outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)
+    console.print(summary_table(label, outcomes))
+    console.print(f"run records: {runs_dir / label}")
+
+
+def summary_table(encoder: str, outcomes: list[TaskOutcome]) -> Table:
+    """Per task: the chosen lr, finished and failed final runs, mean and sd of the test metric."""
+    import math
+
+    import numpy as np
+
+    table = Table(title=f"{encoder}: test metric over final runs")
+    for col in ("task", "metric", "lr", "runs ok", "failed", "mean", "sd"):
+        table.add_column(col)
+    for outcome in outcomes:
+        finals = [r for r in outcome.records if r.get("phase") == "final"]
+        ok = [r["test"][outcome.task.metric] for r in finals if r.get("status") == "ok"]
+        values = np.array([v for v in ok if v is not None and not math.isnan(v)], dtype=float)
+        failed = sum(r.get("status") != "ok" for r in finals)
+        mean = f"{values.mean():.4f}" if len(values) else "-"
+        sd = f"{values.std(ddof=1):.4f}" if len(values) > 1 else "-"
+        table.add_row(
+            outcome.task.task_id, outcome.task.metric, f"{outcome.lr:g}", str(len(ok)), str(failed), mean, sd
+        )
+    return table
