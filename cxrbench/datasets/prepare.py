@@ -203,7 +203,7 @@ def prepare(
             f"{adapter.name}: missing under {raw_root}: {', '.join(missing)}\nexpected layout:\n{adapter.layout}"
         )
     config = prepare_config(adapter, size, seed)
-    settings = {"config": config, "raw": raw_listing(raw_root), "strict": strict}
+    settings = {"config": config, "raw": raw_listing(raw_root), "strict": strict, "chunk_size": CHUNK_SIZE}
     if claimed.state == OURS and not force:
         return _reuse(adapter, out_root, raw_root, settings)
 
@@ -356,7 +356,9 @@ def _assemble(
 ) -> PrepareSummary:
     """Concatenate chunk files into per-split arrays, compute stats, write manifest and marker."""
     config = settings["config"]
-    counts, manifest, split_meta, problems = {}, {"splits": {}, "subsets": {}}, {}, []
+    source = {"dataset": adapter.name, "size": config["size"], "raw_dir": str(raw_root.resolve())}
+    counts, split_meta, problems = {}, {}, []
+    manifest: dict = {"splits": {}, "subsets": {}, "source": source}
     skipped_images = 0
     train_sum = train_sq = train_n = 0.0
     for split, indices in splits.items():
@@ -413,8 +415,8 @@ def _assemble(
         "config": config,
         "raw": settings["raw"],
         "strict": settings["strict"],
-        "raw_dir": str(raw_root.resolve()),
-        "rebuild": rebuild_command(out_root, {"dataset": adapter.name, "size": config["size"]}, raw_root),
+        "raw_dir": source["raw_dir"],
+        "rebuild": rebuild_command(out_root, source),
         "dataset": adapter.name,
         "classes": list(adapter.classes),
         "size": config["size"],
@@ -444,6 +446,9 @@ def _swap_into_place(partial: Path, out_root: Path) -> None:
     The old cache is first renamed to a fresh hidden name that no user file can have, so nothing
     but cxrbench's own output is ever deleted.
     """
+    for leftover in out_root.parent.glob(f".{out_root.name}.replaced-*"):
+        if (leftover / MARKER).is_file():  # an old cache whose removal a killed run did not finish
+            shutil.rmtree(leftover)
     old = None
     if out_root.is_dir() and not any(out_root.iterdir()):
         out_root.rmdir()

@@ -211,11 +211,16 @@ def rebuild_command(root: Path, meta: dict | None = None, raw_root: Path | None 
 
 
 def _best_effort_marker(root: Path) -> dict:
-    try:
-        meta = read_json(root / MARKER)
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
+    """What is known about how the cache was made: prepared.json, else the copy kept in manifest.json."""
+    for name, key in ((MARKER, None), ("manifest.json", "source")):
+        try:
+            meta = read_json(root / name)
+        except (OSError, ValueError):
+            continue
+        meta = meta.get(key) if key and isinstance(meta, dict) else meta
+        if isinstance(meta, dict) and meta.get("dataset"):
+            return meta
+    return {}
 
 
 def damaged(root: Path, file: Path, what: str, meta: dict | None = None) -> DamagedCacheError:
@@ -235,9 +240,9 @@ def read_marker(root: Path) -> dict:
         reason = (
             "is not valid JSON" if isinstance(exc, ValueError) else f"cannot be read ({exc.strerror or exc})"
         )
-        raise damaged(root, path, reason, meta={}) from exc
+        raise damaged(root, path, reason) from exc
     if not isinstance(meta, dict):
-        raise damaged(root, path, "does not hold a JSON object", meta={})
+        raise damaged(root, path, "does not hold a JSON object")
     return meta
 
 
