@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cxrbench.datasets.phantom import write_phantom
-from tests.faults.conftest import assert_one_line_error, run_cli
+
+from .helpers import assert_one_line_error, run_cli
 
 
 def test_dataset_too_small_for_the_split_names_the_minimum(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 from cxrbench.datasets import open_prepared
 from cxrbench.errors import OutputDirError
 from cxrbench.output_dirs import ABSENT, EMPTY, OURS, claim_output_dir
-from tests.faults.conftest import assert_one_line_error, copy_tree, folder_digest, run_cli
+
+from .helpers import assert_one_line_error, copy_tree, folder_digest, run_cli
 
 
 def test_claim_output_dir_states_and_refusals(tmp_path):

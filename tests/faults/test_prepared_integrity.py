@@ -11,7 +11,8 @@ from cxrbench.datasets import open_prepared
 from cxrbench.datasets.prepared import verify_prepared
 from cxrbench.errors import DamagedCacheError
 from cxrbench.protocol.task_data import open_task_dataset
-from tests.faults.conftest import assert_one_line_error, copy_tree, run_cli
+
+from .helpers import assert_one_line_error, copy_tree, run_cli
 
 
 def _truncate(path):

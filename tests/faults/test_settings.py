@@ -21,7 +21,8 @@ from cxrbench.errors import (
     DataError,
     OutputDirError,
 )
-from tests.faults.conftest import assert_one_line_error, copy_tree, folder_digest, run_cli
+
+from .helpers import assert_one_line_error, copy_tree, folder_digest, run_cli
 
 LABELS = "stage_2_train_labels.csv"
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from cxrbench.datasets import get_adapter
 from cxrbench.datasets.prepare import prepare
-from tests.faults.conftest import copy_tree, run_cli
+
+from .helpers import copy_tree, run_cli
 
 
 def _png_bytes() -> bytes:
