@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+def _rebuild(cls: type[CxrbenchError], args: tuple, state: dict[str, Any]) -> CxrbenchError:
+    """Unpickle without calling `__init__` (subclasses may take other arguments than `args`)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class CxrbenchError(Exception):
-    """An error caused by the user's input or environment, with an actionable message."""
+    """An error caused by the user's input or environment, with an actionable message.
+
+    Picklable with all attributes, whatever a subclass's `__init__` takes, so that an error raised
+    in a worker process reaches the parent intact (naming its file and row) instead of breaking the pool.
+    """
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class DataError(CxrbenchError):
@@ -26,3 +42,11 @@ class DataError(CxrbenchError):
 
 class CheckpointError(CxrbenchError):
     """A checkpoint that cannot be loaded as an encoder (wrong, truncated or foreign)."""
+
+
+class DamagedCacheError(CxrbenchError):
+    """A prepared cache whose files are missing, truncated or altered: names the file and the fix."""
+
+
+class OutputDirError(CxrbenchError):
+    """An output location that cxrbench refuses to write into (it would overwrite the user's files)."""

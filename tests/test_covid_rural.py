@@ -156,8 +156,10 @@ def test_truncated_image_bad_name_orphan_mask_and_extra(tmp_path):
         str(raw / "jpgs" / "scan_0001.jpg"),
         str(raw / "pngs_masks" / f"{name(8, 1)}.png"),
     ]
-    assert [p.file for p in report.problems] == [str(raw / "jpgs" / "scan_0001.jpg")]
+    # verify also finds the truncated image that prepare will skip (it reads every image header)
+    assert [p.file for p in report.problems] == [str(raw / "jpgs" / "scan_0001.jpg"), str(truncated)]
     assert "COVID-19-AR-" in report.problems[0].expected
+    assert "cut short" in report.problems[1].message or "not a readable" in report.problems[1].message
     assert adapter.info == {"dropped_without_mask": 1}
     with pytest.warns(UserWarning):
         summary = prepare(adapter, raw, tmp_path / "out")

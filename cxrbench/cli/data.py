@@ -13,6 +13,7 @@ from rich.table import Table
 from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
 from cxrbench.cli.progress import progress_bar
+from cxrbench.errors import CxrbenchError
 
 
 @reports_user_errors
@@ -42,13 +43,30 @@ def phantom_cmd(
 
 @reports_user_errors
 def verify_cmd(
-    dataset: Annotated[str, typer.Argument(help="Dataset adapter name.")],
-    raw_dir: Annotated[Path, typer.Argument(help="The raw download folder.")],
+    dataset: Annotated[str | None, typer.Argument(help="Dataset adapter name.")] = None,
+    raw_dir: Annotated[Path | None, typer.Argument(help="The raw download folder.")] = None,
+    deep: Annotated[bool, typer.Option(help="Decode every image (slow) instead of reading headers.")] = False,
+    prepared: Annotated[
+        Path | None, typer.Option(help="Check a prepared cache's files against its checksums instead.")
+    ] = None,
 ) -> None:
-    """Check a raw download's layout and annotation rows; list every problem with file and row."""
+    """Check a raw download (layout, rows, image headers, boxes) or, with --prepared, a prepared cache."""
     from cxrbench.datasets import get_adapter
+    from cxrbench.datasets.prepared import verify_prepared
 
-    report = get_adapter(dataset).verify(raw_dir)
+    if prepared is not None:
+        damaged = verify_prepared(prepared)
+        for line in damaged:
+            console.print(f"[red]damaged[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if damaged:
+            raise typer.Exit(1)
+        console.print(
+            f"[green]OK[/] {escape(str(prepared))}: every file matches its checksum", highlight=False
+        )
+        return
+    if dataset is None or raw_dir is None:
+        raise CxrbenchError("verify needs DATASET RAW_DIR (or --prepared PATH to check a prepared cache)")
+    report = get_adapter(dataset).verify(raw_dir, deep=deep)
     for path in report.missing:
         console.print(f"[red]missing[/] {escape(path)}", highlight=False)
     for path in report.extra[:50]:
@@ -56,10 +74,10 @@ def verify_cmd(
     if len(report.extra) > 50:
         console.print(f"[yellow]... {len(report.extra) - 50} more extra files[/]")
     for problem in report.problems:
-        console.print(f"[red]bad row[/] {escape(str(problem))}", highlight=False)
+        console.print(f"[red]problem[/] {escape(str(problem))}", highlight=False)
     for key, count in report.info.items():
         console.print(f"[cyan]info[/] {count} images {key.replace('_', ' ')} (excluded by design)")
-    summary = f"{dataset}: {report.n_samples} samples, {len(report.missing)} missing, {len(report.extra)} extra, {len(report.problems)} malformed rows"
+    summary = f"{dataset}: {report.n_samples} samples, {len(report.missing)} missing, {len(report.extra)} extra, {len(report.problems)} problems (rows, images or boxes prepare would skip)"
     if report.ok:
         console.print(f"[green]OK[/] {summary}")
         return

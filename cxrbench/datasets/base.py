@@ -94,6 +94,8 @@ class VerifyReport:
     expected_layout: str
     info: dict[str, int] = field(default_factory=dict)
 
+    deep: bool = False
+
     @property
     def ok(self) -> bool:
         return not self.missing and not self.problems
@@ -113,6 +115,7 @@ class DatasetAdapter(ABC):
     subset_percents: ClassVar[tuple[float, ...]] = ()
     expected_counts: ClassVar[dict[str, int]] = {}
     layout: ClassVar[str] = ""
+    image_format: ClassVar[str] = "raster"  # or "dicom": what `verify` expects each image file to be
 
     def __init__(self) -> None:
         # Counts of images excluded by design while listing (e.g. no mask), shown as info, not errors.
@@ -140,11 +143,50 @@ class DatasetAdapter(ABC):
 
         return split_by_patient([s.patient_id for s in samples], self.split_fractions, seed)
 
+    def split_requirement(self) -> str:
+        """What a dataset needs so that no split is empty (for the error when one is)."""
+        from cxrbench.datasets.splits import minimum_patients
+
+        shares = "/".join(f"{round(100 * f)}" for f in self.split_fractions.values())
+        return (
+            f"a {shares} {'/'.join(self.split_fractions)} split by patient needs at least "
+            f"{minimum_patients(self.split_fractions)} images from as many different patients"
+        )
+
+    def check_annotation(self, sample: RawSample, height: int, width: int) -> None:
+        """Raise DataError when a sample's annotation files do not fit its image (override per layout)."""
+        return None
+
+    def check_sample(self, sample: RawSample, problems: Problems, deep: bool = False) -> None:
+        """Record what `prepare` would skip in one present sample, with the same messages.
+
+        Reads the image header (or, with `deep`, decodes the image and its masks as prepare does)
+        and checks every box against the image size.
+        """
+        from cxrbench.datasets.geometry import check_box
+        from cxrbench.datasets.image_probe import probe_image
+
+        try:
+            if deep:
+                height, width = self.load(sample).image.shape
+            else:
+                height, width = probe_image(sample.path, self.image_format)
+                self.check_annotation(sample, height, width)
+        except DataError as exc:
+            problems.add(exc.file, f"{exc.detail}; image skipped", row=exc.row, expected=exc.expected)
+            return
+        for k, box in enumerate(sample.boxes):
+            reason = check_box(box, height, width)
+            if reason is not None:
+                file, row = sample.box_rows[k] if k < len(sample.box_rows) else (str(sample.path), None)
+                problems.add(file, f"{reason}; row skipped", row=row, expected="a box inside the image")
+
     def check_required(self, raw_root: Path) -> list[str]:
         return [str(p) for p in self.required_files(raw_root) if not p.exists()]
 
-    def verify(self, raw_root: str | Path) -> VerifyReport:
-        """Check the raw layout: missing annotation/image files, extra images, malformed rows."""
+    def verify(self, raw_root: str | Path, deep: bool = False) -> VerifyReport:
+        """Check the raw layout: missing annotation/image files, extra images, malformed rows, and
+        every present image (header, or full decode with `deep`) and box: all that prepare would skip."""
         raw_root = Path(raw_root)
         missing = self.check_required(raw_root)
         problems = Problems(strict=False)
@@ -153,12 +195,15 @@ class DatasetAdapter(ABC):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 samples = self.list_samples(raw_root, problems)
-            listed = {s.path.resolve() for s in samples}
-            missing += [str(s.path) for s in samples if not s.path.exists()]
+                listed = {s.path.resolve() for s in samples}
+                missing += [str(s.path) for s in samples if not s.path.exists()]
+                for sample in samples:
+                    if sample.path.exists():
+                        self.check_sample(sample, problems, deep)
             extra = sorted(str(p) for p in self.image_files(raw_root) if p.resolve() not in listed)
         else:
             extra = []
         info = dict(getattr(self, "info", {}))
         return VerifyReport(
-            self.name, raw_root, len(samples), missing, extra, problems.items, self.layout, info
+            self.name, raw_root, len(samples), missing, extra, problems.items, self.layout, info, deep
         )

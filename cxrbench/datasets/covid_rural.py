@@ -97,6 +97,17 @@ class CovidRuralAdapter(DatasetAdapter):
         self.info = {"dropped_without_mask": dropped}
         return samples
 
+    def check_annotation(self, sample: RawSample, height: int, width: int) -> None:
+        from cxrbench.datasets.image_probe import RASTER, probe_image
+
+        mask_height, mask_width = probe_image(sample.annotation, RASTER)
+        if (mask_height, mask_width) != (height, width):
+            raise DataError(
+                sample.annotation,
+                f"mask is {mask_width}x{mask_height} but its image {sample.path.name} is {width}x{height}",
+                expected="a mask of the same size as its image",
+            )
+
     def load(self, sample: RawSample) -> LoadedSample:
         image = read_raster(sample.path)
         mask = read_binary_mask(sample.annotation)

@@ -1,14 +1,18 @@
-"""CSV reading that keeps row numbers, so every error can name the file and row."""
+"""CSV reading that keeps row numbers, so every error can name the file and row; one duplicate rule."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrbench.errors import DataError
+
+if TYPE_CHECKING:
+    from cxrbench.datasets.base import Problems
 
 
 def read_rows(
@@ -48,3 +52,28 @@ def parse_float(text: str) -> float | None:
     except ValueError:
         return None
     return value
+
+
+def unique_rows(
+    rows: Iterable[tuple[int, dict[str, str]]], path: Path, problems: Problems
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Drop exact repeats of an earlier row of the same file, reporting both row numbers.
+
+    The one duplicate rule of every adapter: an identical annotation row counts once (a repeated
+    box row would otherwise become a second ground-truth box), is reported as a problem naming the
+    file and both rows, and stops `--strict`. Rows that repeat only a key (same image, other
+    values) are the adapter's business.
+    """
+    first_row: dict[tuple[tuple[str, str], ...], int] = {}
+    for number, row in rows:
+        key = tuple(sorted(row.items()))
+        first = first_row.setdefault(key, number)
+        if first != number:
+            problems.add(
+                path,
+                f"identical to row {first} (a duplicate annotation counts once); row skipped",
+                row=number,
+                expected="each annotation row once",
+            )
+            continue
+        yield number, row

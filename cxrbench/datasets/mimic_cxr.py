@@ -221,6 +221,12 @@ class MimicCXRAdapter(DatasetAdapter):
             splits[dicom] = (SPLIT_NAMES[split], row["subject_id"], row["study_id"])
         return splits
 
+    def split_requirement(self) -> str:
+        return (
+            "the official split needs at least 1 frontal image with a report in each of train, "
+            f"validate and test ({SPLIT_CSV})"
+        )
+
     def assign_splits(self, samples: list[RawSample], seed: int) -> dict[str, np.ndarray]:
         """The official split (by patient in MIMIC-CXR), not a seeded one."""
         hints = np.array([s.split_hint for s in samples], dtype=object)

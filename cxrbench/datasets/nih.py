@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
-from cxrbench.datasets.csv_rows import parse_float, read_rows
+from cxrbench.datasets.csv_rows import parse_float, read_rows, unique_rows
 from cxrbench.datasets.imaging import read_raster
 from cxrbench.datasets.splits import DEFAULT_SEED
 
@@ -180,7 +180,7 @@ class NIHAdapter(DatasetAdapter):
         boxes: dict[str, list[list[float]]] = {}
         labels: dict[str, list[int]] = {}
         boxed: set[str] = set()
-        for number, row in read_rows(bbox_path, BBOX_COLUMNS):
+        for number, row in unique_rows(read_rows(bbox_path, BBOX_COLUMNS), bbox_path, problems):
             name, finding = row["Image Index"], row["Finding Label"]
             values = [parse_float(row[c]) for c in BBOX_COLUMNS[2:]]
             if _valid_index(name):

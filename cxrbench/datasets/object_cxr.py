@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
-from cxrbench.datasets.csv_rows import parse_float, read_rows
+from cxrbench.datasets.csv_rows import parse_float, read_rows, unique_rows
 from cxrbench.datasets.geometry import check_box
 from cxrbench.datasets.imaging import read_raster
 
@@ -134,7 +134,7 @@ class ObjectCXRAdapter(DatasetAdapter):
         seen: dict[str, tuple[str, int]] = {}
         for hint, csv_name in CSV_OF.items():
             path = raw_root / csv_name
-            for number, row in read_rows(path, ["image_name", "annotation"]):
+            for number, row in unique_rows(read_rows(path, ["image_name", "annotation"]), path, problems):
                 name = row["image_name"]
                 if not name or Path(name).name != name:
                     problems.add(
@@ -183,6 +183,14 @@ class ObjectCXRAdapter(DatasetAdapter):
         # Shapes whose box prepare rejects (outside the image) are left out of the mask too.
         shapes = [s for s in sample.annotation if check_box(s.bbox, height, width) is None]
         return LoadedSample(image, rasterise(shapes, height, width)[None])
+
+    def split_requirement(self) -> str:
+        from cxrbench.datasets.splits import minimum_patients
+
+        return (
+            f"it needs at least {minimum_patients(self.split_fractions)} images in train.csv (split 80/20 "
+            "into train and val) and at least 1 in dev.csv (the test split)"
+        )
 
     def assign_splits(self, samples: list[RawSample], seed: int) -> dict[str, np.ndarray]:
         """test = official dev; seeded 80/20 train/val of the official train images."""

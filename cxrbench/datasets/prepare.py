@@ -1,14 +1,22 @@
-"""Raw download -> prepared cache: generic, idempotent, atomic and resumable.
+"""Raw download -> prepared cache: generic, idempotent, atomic, resumable and never destructive.
 
-Work happens in `<out>.partial/`: each chunk of images is written as its own file as soon as it
-is done, so a killed run resumes where it stopped. The final arrays, manifest and, last of all,
-`prepared.json` (the completion marker) are assembled there and the folder is renamed onto `<out>`
-in one step, so a cache that loads as complete is always complete.
+Work happens in `<out>.partial/` (marked by `prepare-in-progress.json`, which records the settings):
+each chunk of images is written as its own file as soon as it is done, so a killed run resumes
+where it stopped, but only under identical settings. The final arrays, manifest (with checksums)
+and, last of all, `prepared.json` (the completion marker) are assembled there and the folder is
+renamed onto `<out>` in one step, so a cache that loads as complete is always complete.
+
+Output folders are claimed with `cxrbench.output_dirs.claim_output_dir`: OUT must be new, empty
+or a cxrbench prepared cache, and must not overlap RAW. The cache records everything that changes
+its content (settings, split rule, a fingerprint of the raw files) and what was skipped, so a
+re-run never silently reuses a cache made from other data or one that `--strict` would refuse.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -20,14 +28,25 @@ import numpy as np
 from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
 from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes
 from cxrbench.datasets.imaging import equalize_histogram
+from cxrbench.datasets.prepared import (
+    IN_PROGRESS,
+    MARKER,
+    array_record,
+    file_record,
+    read_marker,
+    rebuild_command,
+)
+from cxrbench.datasets.raw_listing import raw_listing
 from cxrbench.datasets.splits import DEFAULT_SEED, ids_hash, nested_subsets
 from cxrbench.errors import CxrbenchError, DataError
 from cxrbench.io_utils import atomic_path, atomic_save_npy, atomic_write_json, read_json
+from cxrbench.output_dirs import OURS, claim_output_dir
 from cxrbench.provenance import provenance
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest checksums, split rule, strictness and raw fingerprint recorded
 CHUNK_SIZE = 64
-MARKER = "prepared.json"
+MIN_SIZE, MAX_SIZE = 32, 4096  # prepared side in pixels: below 32 the encoders' strides leave no map
+MAX_PROBLEMS_KEPT = 100  # problems stored in prepared.json (all are counted)
 
 
 @dataclass
@@ -50,7 +69,28 @@ class PrepareSummary:
     problems: list[Problem] = field(default_factory=list)
 
 
+def check_prepare_options(size: int, workers: int) -> None:
+    """Refuse settings that cannot give a usable cache, before any work."""
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise CxrbenchError(
+            f"--size {size} is out of range: choose a side from {MIN_SIZE} to {MAX_SIZE} pixels"
+        )
+    if workers < 1:
+        raise CxrbenchError(f"--workers {workers} is out of range: use 1 (no worker processes) or more")
+
+
+def split_rule(adapter: DatasetAdapter) -> dict:
+    """What decides which image goes to which split (part of the cache's identity)."""
+    method = type(adapter).assign_splits
+    return {
+        "method": f"{method.__module__}.{method.__qualname__}",
+        "fractions": dict(adapter.split_fractions),
+        "subset_percents": [float(p) for p in adapter.subset_percents],
+    }
+
+
 def prepare_config(adapter: DatasetAdapter, size: int, seed: int) -> dict:
+    """The settings that change a cache's content (the raw files' fingerprint is recorded beside them)."""
     return {
         "dataset": adapter.name,
         "size": size,
@@ -58,6 +98,7 @@ def prepare_config(adapter: DatasetAdapter, size: int, seed: int) -> dict:
         "format_version": FORMAT_VERSION,
         "equalize": adapter.equalize,
         "classes": list(adapter.classes),
+        "split": split_rule(adapter),
     }
 
 
@@ -150,20 +191,22 @@ def prepare(
 ) -> PrepareSummary:
     """Convert a raw download into the prepared cache read by every task (see module docstring)."""
     raw_root, out_root = Path(raw_root), Path(out_root)
-    config = prepare_config(adapter, size, seed)
-    if (out_root / MARKER).exists() and not force:
-        meta = read_json(out_root / MARKER)
-        if meta.get("config") == config:
-            return PrepareSummary(adapter.name, out_root, meta["counts"], reused=True)
-        raise CxrbenchError(
-            f"{out_root} already holds a prepared {meta.get('config', {}).get('dataset')} cache made with other "
-            f"settings ({meta.get('config')}); pass --force to replace it or choose another output folder"
-        )
+    check_prepare_options(size, workers)
+    claimed = claim_output_dir(out_root, marker=MARKER, kind="prepared cache", inputs=[raw_root])
+    partial = out_root.with_name(out_root.name + ".partial")
+    claimed_partial = claim_output_dir(
+        partial, marker=(IN_PROGRESS, MARKER), kind="partial prepared cache", inputs=[raw_root]
+    )
     missing = adapter.check_required(raw_root)
     if missing:
         raise CxrbenchError(
             f"{adapter.name}: missing under {raw_root}: {', '.join(missing)}\nexpected layout:\n{adapter.layout}"
         )
+    config = prepare_config(adapter, size, seed)
+    settings = {"config": config, "raw": raw_listing(raw_root), "strict": strict, "chunk_size": CHUNK_SIZE}
+    if claimed.state == OURS and not force:
+        return _reuse(adapter, out_root, raw_root, settings)
+
     problems = Problems(strict=strict)
     samples = adapter.list_samples(raw_root, problems)
     present = []
@@ -182,39 +225,21 @@ def prepare(
         raise CxrbenchError(f"{adapter.name}: no usable images found under {raw_root}")
     skipped_rows = len(problems)
     splits = adapter.assign_splits(present, seed)
+    _check_splits_filled(adapter, present, splits)
 
-    partial = out_root.with_name(out_root.name + ".partial")
-    _reset_partial_if_stale(partial, config)
+    _start_partial(partial, claimed_partial.state == OURS, settings)
     chunk_dir = partial / "chunks"
-    chunk_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for split, indices in splits.items():
         for c, start in enumerate(range(0, len(indices), CHUNK_SIZE)):
             chunk = [present[i] for i in indices[start : start + CHUNK_SIZE]]
             jobs.append((split, c, chunk, chunk_dir / f"{split}_{c:05d}.npz"))
-    total = sum(len(j[2]) for j in jobs)
-    done = sum(len(j[2]) for j in jobs if j[3].exists())
-    if on_progress:
-        on_progress(done, total)
-    todo = [j for j in jobs if not j[3].exists()]
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_process_chunk, adapter, chunk, size, strict, path) for _, _, chunk, path in todo
-            ]
-            for job, future in zip(todo, futures):
-                future.result()
-                done += len(job[2])
-                if on_progress:
-                    on_progress(done, total)
+    if (partial / MARKER).is_file():  # killed after assembling, before the final rename
+        summary = _summary_from_marker(adapter, partial, read_json(partial / MARKER))
     else:
-        for _, _, chunk, path in todo:
-            _process_chunk(adapter, chunk, size, strict, path)
-            done += len(chunk)
-            if on_progress:
-                on_progress(done, total)
-
-    summary = _assemble(adapter, present, splits, jobs, partial, config)
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        _run_chunks(adapter, jobs, size, strict, workers, on_progress)
+        summary = _assemble(adapter, present, splits, jobs, partial, settings, raw_root, out_root, problems)
     for problem in summary.problems:  # met while decoding (possibly in worker processes)
         warnings.warn(str(problem), stacklevel=2)
     summary.skipped_rows += skipped_rows
@@ -225,18 +250,115 @@ def prepare(
     return summary
 
 
-def _reset_partial_if_stale(partial: Path, config: dict) -> None:
-    cfg_file = partial / "config.json"
-    if partial.exists() and (not cfg_file.exists() or read_json(cfg_file) != config):
-        shutil.rmtree(partial)
+def _check_splits_filled(adapter: DatasetAdapter, samples: list[RawSample], splits: dict) -> None:
+    empty = [name for name, indices in splits.items() if len(indices) == 0]
+    if empty:
+        patients = len({s.patient_id for s in samples})
+        raise CxrbenchError(
+            f"{adapter.name}: {len(samples)} usable images from {patients} patients leave the "
+            f"{', '.join(empty)} split(s) empty; {adapter.split_requirement()}"
+        )
+
+
+def _run_chunks(adapter, jobs, size: int, strict: bool, workers: int, on_progress) -> None:
+    total = sum(len(j[2]) for j in jobs)
+    done = sum(len(j[2]) for j in jobs if j[3].exists())
+    if on_progress:
+        on_progress(done, total)
+    todo = [j for j in jobs if not j[3].exists()]
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(_process_chunk, adapter, chunk, size, strict, path) for _, _, chunk, path in todo
+            ]
+            try:
+                for job, future in zip(todo, futures):
+                    future.result()
+                    done += len(job[2])
+                    if on_progress:
+                        on_progress(done, total)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    else:
+        for _, _, chunk, path in todo:
+            _process_chunk(adapter, chunk, size, strict, path)
+            done += len(chunk)
+            if on_progress:
+                on_progress(done, total)
+
+
+def _reuse(adapter: DatasetAdapter, out_root: Path, raw_root: Path, settings: dict) -> PrepareSummary:
+    """An existing cache is reused only when it is what this call would write; otherwise say why."""
+    meta = read_marker(out_root)
+    rebuild = rebuild_command(out_root, meta, raw_root)
+    recorded = meta.get("config")
+    if recorded != settings["config"]:
+        if not isinstance(recorded, dict) or recorded.get("format_version") != FORMAT_VERSION:
+            version = recorded.get("format_version") if isinstance(recorded, dict) else None
+            reason = f"was written by another cxrbench version (cache format {version}, this one writes {FORMAT_VERSION})"
+        else:
+            diffs = [
+                f"{k} {recorded.get(k)!r} there, {v!r} here"
+                for k, v in settings["config"].items()
+                if recorded.get(k) != v
+            ]
+            reason = f"was made with other settings ({'; '.join(diffs)})"
+        raise CxrbenchError(
+            f"{out_root} {reason}; nothing was changed. Replace it with `{rebuild}` or choose another output folder"
+        )
+    if meta.get("raw") != settings["raw"]:
+        then, now = meta.get("raw") or {}, settings["raw"]
+        raise CxrbenchError(
+            f"the files under {raw_root} changed since {out_root} was prepared ({then.get('files')} files, "
+            f"{then.get('bytes')} bytes then; {now['files']} files, {now['bytes']} bytes now); nothing was "
+            f"changed. Rebuild the cache from the current files with `{rebuild}`"
+        )
+    skipped = meta.get("skipped", {})
+    if settings["strict"] and (skipped.get("rows") or skipped.get("images")):
+        first = (meta.get("problems") or ["(not recorded)"])[0]
+        raise CxrbenchError(
+            f"{out_root} was prepared skipping {skipped.get('rows', 0)} rows and {skipped.get('images', 0)} "
+            f"images, which --strict refuses (first: {first}); fix the raw data, then run `{rebuild} --strict`"
+        )
+    return PrepareSummary(adapter.name, out_root, meta["counts"], reused=True)
+
+
+def _start_partial(partial: Path, ours: bool, settings: dict) -> None:
+    """Resume an interrupted run's chunks only when it used identical settings; else start afresh."""
+    marker = partial / IN_PROGRESS
+    if ours:
+        try:
+            same = read_json(marker) == settings
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        shutil.rmtree(partial)  # claimed by its marker: an interrupted cxrbench prepare, other settings
     partial.mkdir(parents=True, exist_ok=True)
-    if not cfg_file.exists():
-        atomic_write_json(cfg_file, config)
+    atomic_write_json(marker, settings)
 
 
-def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> PrepareSummary:
+def _summary_from_marker(adapter: DatasetAdapter, partial: Path, meta: dict) -> PrepareSummary:
+    skipped = meta.get("skipped", {})
+    return PrepareSummary(
+        adapter.name,
+        partial,
+        meta["counts"],
+        skipped_rows=int(skipped.get("chunk_rows", 0)),
+        skipped_images=int(skipped.get("images", 0)),
+    )
+
+
+def _assemble(
+    adapter, samples, splits, jobs, partial: Path, settings: dict, raw_root: Path, out_root: Path, listed
+) -> PrepareSummary:
     """Concatenate chunk files into per-split arrays, compute stats, write manifest and marker."""
-    counts, manifest, split_meta, problems = {}, {"splits": {}, "subsets": {}}, {}, []
+    config = settings["config"]
+    source = {"dataset": adapter.name, "size": config["size"], "raw_dir": str(raw_root.resolve())}
+    counts, split_meta, problems = {}, {}, []
+    manifest: dict = {"splits": {}, "subsets": {}, "source": source}
     skipped_images = 0
     train_sum = train_sq = train_n = 0.0
     for split, indices in splits.items():
@@ -254,25 +376,26 @@ def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> Pr
         n_boxes = np.concatenate([p["n_boxes"] for p in parts]) if parts else np.zeros(0, np.int64)
         split_dir = partial / split
         split_dir.mkdir(exist_ok=True)
-        atomic_save_npy(split_dir / "images.npy", images)
+        arrays = {"images.npy": images}
         if adapter.has_masks:
-            atomic_save_npy(split_dir / "masks.npy", np.concatenate([p["masks"] for p in parts]))
+            arrays["masks.npy"] = np.concatenate([p["masks"] for p in parts])
         if adapter.has_boxes:
-            atomic_save_npy(
-                split_dir / "boxes.npy", np.concatenate([p["boxes"] for p in parts]).astype(np.float32)
-            )
-            atomic_save_npy(split_dir / "box_labels.npy", np.concatenate([p["labels"] for p in parts]))
-            atomic_save_npy(
-                split_dir / "box_offsets.npy", np.concatenate([[0], np.cumsum(n_boxes)]).astype(np.int64)
-            )
+            arrays["boxes.npy"] = np.concatenate([p["boxes"] for p in parts]).astype(np.float32)
+            arrays["box_labels.npy"] = np.concatenate([p["labels"] for p in parts])
+            arrays["box_offsets.npy"] = np.concatenate([[0], np.cumsum(n_boxes)]).astype(np.int64)
+        files = {}
+        for name, array in arrays.items():
+            atomic_save_npy(split_dir / name, array)
+            files[name] = array_record(split_dir / name, array)
         ids = [s.image_id for s in kept]
         meta = {"image_ids": ids, "patient_ids": [s.patient_id for s in kept]}
         for name in adapter.extra_fields:
             meta[name] = [s.extra.get(name) for s in kept]
         atomic_write_json(split_dir / "meta.json", meta)
+        files["meta.json"] = file_record(split_dir / "meta.json")
         split_meta[split] = meta
         counts[split] = len(ids)
-        manifest["splits"][split] = {"count": len(ids), "ids_sha256": ids_hash(ids)}
+        manifest["splits"][split] = {"count": len(ids), "ids_sha256": ids_hash(ids), "files": files}
         if split == "train":
             pixels = images.astype(np.float64) / 255.0
             train_sum, train_sq, train_n = pixels.sum(), (pixels**2).sum(), pixels.size
@@ -287,8 +410,13 @@ def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> Pr
     atomic_write_json(partial / "manifest.json", manifest)
     summary = PrepareSummary(adapter.name, partial, counts, skipped_images=skipped_images, problems=problems)
     summary.skipped_rows = len([p for p in problems if "row skipped" in p.message])
+    all_problems = listed.items + problems
     marker = {
         "config": config,
+        "raw": settings["raw"],
+        "strict": settings["strict"],
+        "raw_dir": source["raw_dir"],
+        "rebuild": rebuild_command(out_root, source),
         "dataset": adapter.name,
         "classes": list(adapter.classes),
         "size": config["size"],
@@ -297,7 +425,12 @@ def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> Pr
         "stats": {"mean": float(mean), "std": float(std)},
         "has_masks": adapter.has_masks,
         "has_boxes": adapter.has_boxes,
-        "skipped": {"rows": summary.skipped_rows, "images": skipped_images},
+        "skipped": {
+            "rows": len(listed) + summary.skipped_rows,
+            "images": skipped_images,
+            "chunk_rows": summary.skipped_rows,
+        },
+        "problems": [str(p) for p in all_problems[:MAX_PROBLEMS_KEPT]],
         "expected_counts": adapter.expected_counts,
         "excluded_by_design": dict(adapter.info),
         "provenance": provenance(),
@@ -308,13 +441,21 @@ def _assemble(adapter, samples, splits, jobs, partial: Path, config: dict) -> Pr
 
 
 def _swap_into_place(partial: Path, out_root: Path) -> None:
-    """Replace `out_root` by the finished `partial` folder with renames only."""
-    old = out_root.with_name(out_root.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_root.exists():
-        out_root.rename(old)
-    partial.rename(out_root)
-    (out_root / "config.json").unlink(missing_ok=True)
-    if old.exists():
+    """Replace `out_root` (absent, empty, or a cxrbench cache) by the finished `partial` with renames.
+
+    The old cache is first renamed to a fresh hidden name that no user file can have, so nothing
+    but cxrbench's own output is ever deleted.
+    """
+    for leftover in out_root.parent.glob(f".{out_root.name}.replaced-*"):
+        if (leftover / MARKER).is_file():  # an old cache whose removal a killed run did not finish
+            shutil.rmtree(leftover)
+    old = None
+    if out_root.is_dir() and not any(out_root.iterdir()):
+        out_root.rmdir()
+    elif out_root.exists():
+        old = out_root.with_name(f".{out_root.name}.replaced-{uuid.uuid4().hex[:12]}")
+        os.rename(out_root, old)
+    os.rename(partial, out_root)
+    (out_root / IN_PROGRESS).unlink(missing_ok=True)
+    if old is not None:
         shutil.rmtree(old)

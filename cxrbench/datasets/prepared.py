@@ -8,10 +8,18 @@ Layout of a prepared dataset folder (written by `cxrbench prepare`):
     <split>/boxes.npy       float32 K x 4 xyxy in prepared pixels; box_labels.npy int64 K;
     <split>/box_offsets.npy int64 N+1 (boxes of image i are rows offsets[i]:offsets[i+1])
     <split>/meta.json       image_ids, patient_ids (+ report/sentences/... for MIMIC-CXR)
+
+Integrity: manifest.json records, per split file, its size, sha256 and (arrays) shape and dtype.
+Opening checks the cheap part (each file is present, whole and of the recorded shape: stat and
+.npy header only); `cxrbench verify --prepared PATH` re-hashes every file. Each damage found is one
+DamagedCacheError naming the file and the `cxrbench prepare ... --force` command that rebuilds it.
+Caches written before checksums were recorded still open (their arrays are checked against their
+own headers and the counts).
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -21,10 +29,13 @@ from typing import Any
 import numpy as np
 
 from cxrbench.datasets.splits import ids_hash
-from cxrbench.errors import CxrbenchError
-from cxrbench.io_utils import read_json
+from cxrbench.errors import CxrbenchError, DamagedCacheError
+from cxrbench.io_utils import read_json, sha256_file
 
 SPLIT_ORDER = ("train", "val", "test")
+MARKER = "prepared.json"  # completion marker, written last
+IN_PROGRESS = "prepare-in-progress.json"  # marks `<out>.partial/` of a running or interrupted prepare
+DEFAULT_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -57,27 +68,27 @@ class PreparedSplit(Sequence):
     def __init__(self, root: Path, name: str, size: int, indices: np.ndarray | None = None):
         self.root, self.name, self.size = root, name, size
         self._dir = root / name
-        self._meta = _split_meta(self._dir / "meta.json")
+        self._meta = _read_split_meta(root, self._dir / "meta.json")
         n = len(self._meta["image_ids"])
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
 
     @cached_property
     def _images(self) -> np.ndarray:
-        return np.load(self._dir / "images.npy", mmap_mode="r")
+        return _load_array(self.root, self._dir / "images.npy", mmap=True)
 
     @cached_property
     def _masks(self) -> np.ndarray | None:
         path = self._dir / "masks.npy"
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return _load_array(self.root, path, mmap=True) if path.exists() else None
 
     @cached_property
     def _boxes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         if not (self._dir / "boxes.npy").exists():
             return None
         return (
-            np.load(self._dir / "boxes.npy"),
-            np.load(self._dir / "box_labels.npy"),
-            np.load(self._dir / "box_offsets.npy"),
+            _load_array(self.root, self._dir / "boxes.npy"),
+            _load_array(self.root, self._dir / "box_labels.npy"),
+            _load_array(self.root, self._dir / "box_offsets.npy"),
         )
 
     def __len__(self) -> int:
@@ -188,10 +199,103 @@ class PreparedDataset:
         return split.subset(available[key])
 
 
+def rebuild_command(root: Path, meta: dict | None = None, raw_root: Path | None = None) -> str:
+    """The command that rebuilds the cache at `root` (as exact as what is known about it)."""
+    meta = meta if isinstance(meta, dict) else {}
+    raw = raw_root or meta.get("raw_dir") or "RAW_DIR"
+    size = meta.get("size")
+    command = f"cxrbench prepare {meta.get('dataset') or 'DATASET'} {shlex.quote(str(raw))} {shlex.quote(str(root))}"
+    if isinstance(size, int) and size != DEFAULT_SIZE:
+        command += f" --size {size}"
+    return command + " --force"
+
+
+def _best_effort_marker(root: Path) -> dict:
+    """What is known about how the cache was made: prepared.json, else the copy kept in manifest.json."""
+    for name, key in ((MARKER, None), ("manifest.json", "source")):
+        try:
+            meta = read_json(root / name)
+        except (OSError, ValueError):
+            continue
+        meta = meta.get(key) if key and isinstance(meta, dict) else meta
+        if isinstance(meta, dict) and meta.get("dataset"):
+            return meta
+    return {}
+
+
+def damaged(root: Path, file: Path, what: str, meta: dict | None = None) -> DamagedCacheError:
+    """One line: which file of the cache at `root` is damaged, how, and the command that rebuilds it."""
+    meta = _best_effort_marker(root) if meta is None else meta
+    return DamagedCacheError(
+        f"{file}: {what}; the prepared cache {root} is damaged, rebuild it with `{rebuild_command(root, meta)}`"
+    )
+
+
+def read_marker(root: Path) -> dict:
+    """prepared.json as a dict, or a DamagedCacheError naming it."""
+    path = root / MARKER
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError) as exc:
+        reason = (
+            "is not valid JSON" if isinstance(exc, ValueError) else f"cannot be read ({exc.strerror or exc})"
+        )
+        raise damaged(root, path, reason) from exc
+    if not isinstance(meta, dict):
+        raise damaged(root, path, "does not hold a JSON object")
+    return meta
+
+
+def _read_split_meta(root: Path, path: Path) -> dict:
+    try:
+        meta = _split_meta(path)
+    except FileNotFoundError as exc:
+        raise damaged(root, path, "is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise damaged(root, path, f"cannot be read as JSON ({exc})") from exc
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("image_ids"), list)
+        or not isinstance(meta.get("patient_ids"), list)
+        or len(meta["image_ids"]) != len(meta["patient_ids"])
+    ):
+        raise damaged(root, path, "lacks equally long image_ids and patient_ids lists")
+    return meta
+
+
+def _load_array(root: Path, path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise damaged(root, path, "is missing") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise damaged(root, path, f"cannot be read as an array ({exc})") from exc
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from a .npy header, without reading the data."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        return tuple(shape), dtype, fh.tell()
+
+
+def array_record(path: Path, array: np.ndarray) -> dict:
+    """What the manifest records of one written array: size, checksum, shape and dtype."""
+    return {**file_record(path), "shape": list(array.shape), "dtype": array.dtype.str}
+
+
+def file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def open_prepared(path: str | Path, verify: bool = True) -> PreparedDataset:
-    """Open a prepared cache; refuse incomplete folders and ones whose ids disagree with the manifest."""
+    """Open a prepared cache; refuse incomplete or damaged folders (cheap checks; see module docstring)."""
     root = Path(path)
-    marker = root / "prepared.json"
+    marker = root / MARKER
     if not marker.exists():
         hint = (
             " (an interrupted prepare left only a .partial folder; re-run it)"
@@ -202,29 +306,122 @@ def open_prepared(path: str | Path, verify: bool = True) -> PreparedDataset:
             f"{root} is not a prepared dataset: {marker.name} is missing{hint}. "
             "Create it with `cxrbench prepare DATASET RAW_DIR OUT_DIR`."
         )
-    meta = read_json(marker)
-    dataset = PreparedDataset(root, meta)
+    meta = read_marker(root)
+    try:
+        dataset = PreparedDataset(root, meta)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise damaged(root, marker, f"lacks or mangles the entry {exc}", meta) from exc
     if verify:
         verify_manifest(dataset)
     return dataset
 
 
+def _read_manifest(dataset: PreparedDataset) -> dict:
+    path = dataset.root / "manifest.json"
+    try:
+        manifest = read_json(path)
+    except FileNotFoundError as exc:
+        raise damaged(dataset.root, path, "is missing", dataset.meta) from exc
+    except (OSError, ValueError) as exc:
+        raise damaged(dataset.root, path, f"cannot be read as JSON ({exc})", dataset.meta) from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise damaged(dataset.root, path, "lacks the per-split entries", dataset.meta)
+    return manifest
+
+
+def _expected_arrays(dataset: PreparedDataset) -> list[str]:
+    names = ["images.npy"]
+    if dataset.meta.get("has_masks"):
+        names.append("masks.npy")
+    if dataset.meta.get("has_boxes"):
+        names += ["boxes.npy", "box_labels.npy", "box_offsets.npy"]
+    return names
+
+
+def _check_array(dataset: PreparedDataset, path: Path, record: dict | None, count: int) -> None:
+    """Cheap checks of one array: present, header readable, whole, recorded shape, consistent count."""
+    root, meta = dataset.root, dataset.meta
+    if not path.is_file():
+        raise damaged(root, path, "is missing", meta)
+    size = path.stat().st_size
+    if record is not None and size != record.get("bytes"):
+        raise damaged(root, path, f"holds {size} bytes, the manifest recorded {record.get('bytes')}", meta)
+    try:
+        shape, dtype, offset = npy_header(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise damaged(root, path, f"has no readable array header ({exc})", meta) from exc
+    expected_size = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected_size:
+        how = "is truncated" if size < expected_size else "has trailing bytes"
+        raise damaged(root, path, f"{how} ({size} bytes, its header needs {expected_size})", meta)
+    if record is not None and (list(shape) != record.get("shape") or dtype.str != record.get("dtype")):
+        raise damaged(
+            root,
+            path,
+            f"has shape {list(shape)} {dtype.str}, the manifest recorded "
+            f"{record.get('shape')} {record.get('dtype')}",
+            meta,
+        )
+    rows = {"box_offsets.npy": count + 1, "boxes.npy": None, "box_labels.npy": None}.get(path.name, count)
+    if rows is not None and (not shape or shape[0] != rows):
+        raise damaged(
+            root, path, f"holds {shape[0] if shape else 0} rows, the split has {count} images", meta
+        )
+
+
 def verify_manifest(dataset: PreparedDataset) -> None:
-    """Check counts, id hashes and array shapes of every split against manifest.json."""
-    manifest = read_json(dataset.root / "manifest.json")
+    """Cheap integrity check on open: ids and counts per split, every file present, whole and of its shape."""
+    manifest = _read_manifest(dataset)
     for name in dataset.splits:
         split = dataset.split(name)
         expected = manifest["splits"].get(name)
         if (
-            expected is None
-            or expected["count"] != len(split)
-            or expected["ids_sha256"] != ids_hash(split.image_ids)
+            not isinstance(expected, dict)
+            or expected.get("count") != len(split)
+            or expected.get("ids_sha256") != ids_hash(split.image_ids)
         ):
-            raise CxrbenchError(
-                f"{dataset.root}: split {name!r} does not match manifest.json; re-run `cxrbench prepare --force`"
+            raise damaged(
+                dataset.root,
+                dataset.root / name / "meta.json",
+                "does not match manifest.json (image ids or count differ)",
+                dataset.meta,
             )
-        n_images = np.load(dataset.root / name / "images.npy", mmap_mode="r").shape[0]
-        if n_images != len(split):
-            raise CxrbenchError(
-                f"{dataset.root}: {name}/images.npy holds {n_images} images, manifest says {len(split)}"
-            )
+        records = expected.get("files") or {}
+        for array in _expected_arrays(dataset):
+            _check_array(dataset, dataset.root / name / array, records.get(array), len(split))
+        meta_record = records.get("meta.json")
+        meta_path = dataset.root / name / "meta.json"
+        if meta_record is not None and meta_path.stat().st_size != meta_record.get("bytes"):
+            raise damaged(dataset.root, meta_path, "changed size since it was written", dataset.meta)
+
+
+def verify_prepared(path: str | Path) -> list[str]:
+    """Full check of a prepared cache: the cheap checks, then every file's sha256 against the manifest.
+
+    Raises DamagedCacheError for damage that stops the cache from opening; returns one line per
+    file whose contents changed (empty when the cache is intact).
+    """
+    dataset = open_prepared(path)
+    manifest = _read_manifest(dataset)
+    lines = []
+    for name in dataset.splits:
+        records = manifest["splits"][name].get("files")
+        if not records:
+            return [
+                f"{dataset.root / 'manifest.json'}: this cache was written before checksums were recorded, "
+                f"so its contents cannot be verified; rebuild it with `{rebuild_command(dataset.root, dataset.meta)}`"
+            ]
+        for file, record in sorted(records.items()):
+            file_path = dataset.root / name / file
+            if sha256_file(file_path) != record.get("sha256"):
+                lines.append(
+                    str(
+                        damaged(
+                            dataset.root,
+                            file_path,
+                            "contents changed since prepare (sha256 differs)",
+                            dataset.meta,
+                        )
+                    )
+                )
+    return lines

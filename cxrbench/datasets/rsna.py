@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
-from cxrbench.datasets.csv_rows import parse_float, read_rows
+from cxrbench.datasets.csv_rows import parse_float, read_rows, unique_rows
 from cxrbench.datasets.dicom_io import read_dicom_image
 
 LABELS = "stage_2_train_labels.csv"
@@ -34,6 +34,7 @@ class RSNAAdapter(DatasetAdapter):
     equalize = False
     subset_percents = (1, 10)
     expected_counts = {"train": 16010, "val": 5337, "test": 5337}
+    image_format = "dicom"
     layout = (
         "RAW_DIR/\n"
         f"  {LABELS}            patientId,x,y,width,height,Target (one row per box; Target 0 rows empty)\n"
@@ -50,7 +51,8 @@ class RSNAAdapter(DatasetAdapter):
         path = raw_root / LABELS
         samples: dict[str, RawSample] = {}
         boxes: dict[str, list[list[float]]] = {}
-        for number, row in read_rows(path, ["patientId", "x", "y", "width", "height", "Target"]):
+        columns = ["patientId", "x", "y", "width", "height", "Target"]
+        for number, row in unique_rows(read_rows(path, columns), path, problems):
             pid = row["patientId"]
             if not pid:
                 problems.add(path, "empty patientId; row skipped", row=number, expected="a patient id")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
-from cxrbench.datasets.csv_rows import read_rows
+from cxrbench.datasets.csv_rows import read_rows, unique_rows
 from cxrbench.datasets.dicom_io import read_dicom_header, read_dicom_image
 from cxrbench.datasets.rle import RLEError, rle_decode
 from cxrbench.errors import DataError
@@ -69,6 +69,7 @@ class SIIMAdapter(DatasetAdapter):
     masks_from_boxes = False
     equalize = True
     expected_counts: dict[str, int] = {}  # the reference's 7229/2409/2409 split by image, not patient
+    image_format = "dicom"
     layout = (
         "RAW_DIR/\n"
         f"  {LABELS}    ImageId, EncodedPixels (SIIM relative column-major RLE; -1 = empty;\n"
@@ -92,7 +93,7 @@ class SIIMAdapter(DatasetAdapter):
         csv_path = raw_root / LABELS
         rows: dict[str, list[tuple[int, str]]] = {}
         bad: set[str] = set()
-        for number, row in read_rows(csv_path, ["ImageId", "EncodedPixels"]):
+        for number, row in unique_rows(read_rows(csv_path, ["ImageId", "EncodedPixels"]), csv_path, problems):
             image_id, rle = row["ImageId"], row["EncodedPixels"]
             if not image_id:
                 problems.add(csv_path, "empty ImageId; row skipped", row=number, expected="an ImageId")

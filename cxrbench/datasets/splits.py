@@ -60,3 +60,12 @@ def _percent_key(pct: float) -> str:
 def ids_hash(ids: Sequence[str]) -> str:
     """Hash of the sorted ids of a split: what the manifest stores and checks on reload."""
     return sha256_text("\n".join(sorted(str(i) for i in ids)))
+
+
+def minimum_patients(fractions: Mapping[str, float], limit: int = 1000) -> int:
+    """Fewest patients (one image each) for which `split_by_patient` leaves no split empty."""
+    for n in range(len(fractions), limit):
+        parts = split_by_patient([str(i) for i in range(n)], fractions)
+        if all(len(indices) for indices in parts.values()):
+            return n
+    return limit

@@ -12,6 +12,11 @@ from pathlib import Path
 
 from cxrbench.datasets import DATASET_NAMES
 from cxrbench.errors import CxrbenchError
+from cxrbench.io_utils import atomic_write_text
+from cxrbench.output_dirs import OURS, claim_output_dir
+
+IN_PROGRESS = "phantom-in-progress.txt"  # marks `<out>.partial/` of a running or interrupted phantom write
+MAX_IMAGES = 100_000
 
 
 def phantom_module(name: str):
@@ -23,14 +28,19 @@ def phantom_module(name: str):
 def write_phantom(name: str, out_dir: str | Path, n_images: int | None = None, seed: int = 0) -> Path:
     """Write one phantom dataset to `out_dir` (empty or absent), via a .partial folder renamed at the end."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise CxrbenchError(f"{out_dir} is not empty; phantom data is written only into a new folder")
     module = phantom_module(name)
+    if n_images is not None and not 1 <= n_images <= MAX_IMAGES:
+        raise CxrbenchError(f"--n-images {n_images} is out of range: choose from 1 to {MAX_IMAGES} images")
+    if out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise CxrbenchError(f"{out_dir} is not empty; phantom data is written only into a new folder")
+    claim_output_dir(out_dir, marker=(), kind="phantom dataset")
     partial = out_dir.with_name(out_dir.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    if claim_output_dir(partial, marker=IN_PROGRESS, kind="partial phantom dataset").state == OURS:
+        shutil.rmtree(partial)  # an interrupted phantom write (its marker says so)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(partial / IN_PROGRESS, f"cxrbench phantom {name}\n")
     module.write(partial, module.DEFAULT_N if n_images is None else n_images, seed)
+    (partial / IN_PROGRESS).unlink()
     if out_dir.exists():
         out_dir.rmdir()
     partial.rename(out_dir)

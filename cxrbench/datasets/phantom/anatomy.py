@@ -110,13 +110,6 @@ def random_box_in(
     return (x1, y1, x1 + bw, y1 + bh)
 
 
-def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    x1, y1, x2, y2 = box
-    return (xx + 0.5 >= x1) & (xx + 0.5 < x2) & (yy + 0.5 >= y1) & (yy + 0.5 < y2)
-
-
 def paint_opacity(
     canvas: Canvas, rng: np.random.Generator, box: tuple[float, float, float, float], strength: float = 0.3
 ) -> None:
