@@ -9,6 +9,7 @@ import torch
 from torchvision.ops import box_iou
 
 from cxrbench.encoders import STRIDES, FeatureInfo, ResNetEncoder
+from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.heads import LinearHead, UNetHead, YoloV3Head, build_head
 from cxrbench.protocol.heads.yolo import ANCHORS_224
 
@@ -54,7 +55,7 @@ def test_unet_head_shapes(r18_features):
 
 
 def test_build_head_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="linear"):
+    with pytest.raises(CxrbenchError, match="linear"):
         build_head("fpn", SMALL, 1, 224)
 
 
