@@ -27,10 +27,10 @@ class Task:
 
     task_id: str
     dataset: str
-    head: str  # "yolo" | "linear" | "unet"
+    head: str  # a registered head: "yolo" | "linear" | "unet"
     mode: str  # "frozen" | "finetune"
     percent: float  # share of the train split (nested subsets)
-    metric: str  # "map" | "froc" | "dice"
+    metric: str  # a registered metric: "map" | "froc" | "dice"
     batch_size: int
     default_lr: float
     lr_grid: tuple[float, ...]
