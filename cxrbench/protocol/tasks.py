@@ -45,9 +45,10 @@ class Task:
             problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if not 0 < self.percent <= 100:
             problems.append(f"percent {self.percent} is not in (0, 100]")
-        for name in ("batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} {getattr(self, name)} is below 1")
+        if self.batch_size < 1 or self.patience < 1:
+            problems.append(f"batch_size {self.batch_size} and patience {self.patience} must be at least 1")
+        if self.max_epochs < 0:  # 0 scores the untrained head
+            problems.append(f"max_epochs {self.max_epochs} is negative")
         if not self.lr_grid or min(self.lr_grid) <= 0 or self.default_lr <= 0 or self.warmup_lr <= 0:
             problems.append("learning rates must be positive and the lr grid non-empty")
         if self.warmup_steps < 0 or (self.frozen and self.warmup_steps):

@@ -1,5 +1,6 @@
-"""docs/protocol.md against the task registry: the document's task and profile tables must state exactly
-what cxrbench.protocol.tasks runs, and every head and metric the tasks name must be described."""
+"""The protocol table: validated when it is read, and docs/protocol.md checked against it (the document's
+task and profile tables must state exactly what cxrbench.protocol.tasks runs, and every head and metric
+the tasks name must be described)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrbench.protocol.tasks import PROFILES, TASKS, Profile, Task
+from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.tasks import PROFILES, TASKS, Profile, Task, _parse_table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
@@ -38,6 +40,29 @@ PROFILE_COLUMNS = {  # document column -> (Profile field, words that stand for N
     "train images": ("max_train_images", ("all",)),
     "eval images": ("max_eval_images", ("all",)),
 }
+
+
+HEADER = "task_id dataset head mode % metric batch epochs pat warmup lr lr_grid"
+GOOD = "covid_linear covid_rural linear frozen 100 dice 8 100 20 0 3e-2 3e-2,1e-2"
+
+
+def test_table_rows_parse_to_tasks_and_bad_rows_fail_naming_the_row():
+    (task,) = _parse_table(f"{HEADER}\n{GOOD}")
+    assert (task.percent, task.batch_size, task.default_lr, task.lr_grid) == (100, 8, 3e-2, (3e-2, 1e-2))
+    bad = {
+        GOOD.replace(" 20 0 ", " 20 "): "row 1: 11 cells",
+        GOOD.replace(" frozen ", " frozn "): "mode 'frozn'",
+        GOOD.replace(" 20 0 ", " 20 5 "): "only fine-tune tasks warm up",
+        GOOD.replace(" 8 100 ", " x 100 "): r"row 1 \(covid_linear\)",
+        GOOD.replace(" 100 dice", " 0 dice"): "percent 0",
+    }
+    for row, message in bad.items():
+        with pytest.raises(CxrbenchError, match=message):
+            _parse_table(f"{HEADER}\n{row}")
+    with pytest.raises(CxrbenchError, match="repeats ids"):
+        _parse_table(f"{HEADER}\n{GOOD}\n{GOOD}")
+    with pytest.raises(CxrbenchError, match="header"):
+        _parse_table(f"{HEADER.replace('pat', 'patience')}\n{GOOD}")
 
 
 def _table(first_column: str) -> list[dict[str, str]]:
