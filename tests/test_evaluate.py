@@ -156,11 +156,11 @@ def test_plateau_schedule_really_reduces_lr(prepared_root):
 
 
 def test_nan_loss_is_recorded_as_failed_and_others_continue(prepared_root, tmp_path, monkeypatch):
-    import cxrbench.protocol.training as training
+    import cxrbench.protocol.heads.segmentation as segmentation
 
-    real = training.soft_dice_loss
+    real = segmentation.soft_dice_loss
     monkeypatch.setattr(
-        training, "soft_dice_loss", lambda logits, target: real(logits, target) * float("nan")
+        segmentation, "soft_dice_loss", lambda logits, target: real(logits, target) * float("nan")
     )
     outcomes = evaluate_checkpoint(
         "random", select_tasks("covid_linear,rsna_yolo_frozen_10"), _options(prepared_root, tmp_path)
@@ -171,7 +171,7 @@ def test_nan_loss_is_recorded_as_failed_and_others_continue(prepared_root, tmp_p
         and "loss became nan" in by_task["covid_linear"]["error"]
     )
     assert by_task["rsna_yolo_frozen_10"]["status"] == "ok"
-    monkeypatch.setattr(training, "soft_dice_loss", real)
+    monkeypatch.setattr(segmentation, "soft_dice_loss", real)
     again = evaluate_checkpoint("random", select_tasks("covid_linear"), _options(prepared_root, tmp_path))
     assert again[0].records[-1]["status"] == "ok"  # failed runs are retried, replacing the failed record
     assert len(list((tmp_path / "random" / "covid_linear").glob("*.json"))) == 1

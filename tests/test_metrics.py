@@ -483,3 +483,91 @@ def test_bootstrap_without_any_true_positive(kind, case):
     fast = M.bootstrap_aggregate(kind, prepared, indices, primary_only=True)[kind]
     slow = np.array([M.aggregate(kind, prepared, row)[kind] for row in indices])
     np.testing.assert_array_equal(fast, slow)
+
+
+# ---------------------------------------------------------------- the Metric contract and registry
+
+
+def test_builtin_metrics_describe_themselves():
+    assert {"dice", "map", "froc"} <= set(M.metric_names())
+    described = {n: (M.get_metric(n).display_name, M.get_metric(n).target) for n in ("dice", "map", "froc")}
+    assert described == {"dice": ("Dice", M.MASKS), "map": ("mAP", M.BOXES), "froc": ("FROC", M.BOXES)}
+    assert M.get_metric("dice").prediction_keys == ("pred_masks", "gt_masks", "mask_shape")
+    assert "pred_scores" in M.get_metric("froc").prediction_keys
+    for name in ("dice", "map", "froc"):
+        metric = M.get_metric(name)
+        empty = metric.empty_per_image_stats()
+        assert all(v == [] for v in empty.values())
+        assert np.isnan(metric.aggregate(empty)[name])
+
+
+class PixelRecall(M.Metric):
+    """Toy metric: share of foreground pixels found, pooled over images."""
+
+    name = "toy_pixel_recall"
+    display_name = "recall"
+    target = M.MASKS
+
+    def per_image_stats(self, predictions, targets):
+        stats = S.segmentation_stats(predictions, targets)
+        found, total = stats["intersection"].sum(1), stats["gt_sum"].sum(1)
+        rate = np.where(total > 0, found / np.maximum(total, 1), np.nan)
+        return {
+            "found": found.tolist(),
+            "total": total.tolist(),
+            self.name: [None if np.isnan(r) else r for r in rate],
+        }
+
+    def prepare(self, per_image):
+        return {k: np.asarray(per_image[k], dtype=np.int64) for k in ("found", "total")}
+
+    def is_prepared(self, data):
+        return isinstance(data.get("found"), np.ndarray)
+
+    def aggregate(self, data, indices=None):
+        d = self.prepared(data)
+        idx = np.arange(len(d["found"])) if indices is None else np.asarray(indices)
+        total = d["total"][idx].sum()
+        return {self.name: float(d["found"][idx].sum() / total) if total else float("nan")}
+
+    def bootstrap(self, prepared, indices, counts=None, primary_only=False):
+        d = self.prepared(prepared)
+        counts = np.stack([np.bincount(row, minlength=len(d["found"])) for row in indices])
+        return {self.name: (counts @ d["found"]) / (counts @ d["total"])}
+
+
+def test_a_metric_registered_from_outside_is_used_by_name():
+    from cxrbench.leaderboard.aggregate import BootstrapSettings
+
+    M.register_metric(PixelRecall())
+    try:
+        pred, gt = dice_case(3)
+        pi = M.per_image_stats("toy_pixel_recall", pred, gt, image_ids=list(range(len(gt))))
+        expected = (pred & gt).sum() / gt.sum()
+        assert M.aggregate("toy_pixel_recall", pi)["toy_pixel_recall"] == pytest.approx(expected)
+        idx = np.random.default_rng(0).integers(0, len(gt), (5, len(gt)))
+        boot = M.bootstrap_aggregate("toy_pixel_recall", M.prepare("toy_pixel_recall", pi), idx)
+        direct = [M.aggregate("toy_pixel_recall", pi, row)["toy_pixel_recall"] for row in idx]
+        assert boot["toy_pixel_recall"] == pytest.approx(direct)
+        assert M.primary_per_image_scores("toy_pixel_recall", pi).shape == (len(gt),)
+        assert BootstrapSettings(n_boot=7, n_boot_detection=3).replicates("toy_pixel_recall") == 7
+        with pytest.raises(CxrbenchError, match="already registered"):
+            M.register_metric(PixelRecall())
+    finally:
+        M.unregister_metric("toy_pixel_recall")
+    with pytest.raises(CxrbenchError, match="unknown metric kind 'toy_pixel_recall'"):
+        M.get_metric("toy_pixel_recall")
+
+
+def test_register_metric_validates_the_contract():
+    class NoBootstrap(M.Metric):
+        name, display_name, target = "no_bootstrap", "x", M.MASKS
+
+    with pytest.raises(CxrbenchError, match="not a complete Metric"):
+        M.register_metric(NoBootstrap)
+
+    class WrongTarget(PixelRecall):
+        target = "masks"
+
+    with pytest.raises(CxrbenchError, match="target"):
+        M.register_metric(WrongTarget())

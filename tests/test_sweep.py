@@ -144,11 +144,11 @@ def test_kill_and_resume_sweep(prepared_root, tmp_path):
 
 
 def test_failing_jobs_are_recorded_and_others_continue(prepared_root, tmp_path, monkeypatch):
-    import cxrbench.protocol.training as training
+    import cxrbench.protocol.heads.segmentation as segmentation
 
-    real_loss, real_split = training.soft_dice_loss, sweep.load_task_split
+    real_loss, real_split = segmentation.soft_dice_loss, sweep.load_task_split
     monkeypatch.setattr(
-        training, "soft_dice_loss", lambda logits, target: real_loss(logits, target) * float("nan")
+        segmentation, "soft_dice_loss", lambda logits, target: real_loss(logits, target) * float("nan")
     )
 
     def broken_split(dataset, task, split, profile):
@@ -170,7 +170,7 @@ def test_failing_jobs_are_recorded_and_others_continue(prepared_root, tmp_path, 
     assert "RuntimeError: unreadable image cache" in by_task["rsna_seg_linear_10"]["error"]
     assert by_task["rsna_yolo_frozen_10"]["status"] == "ok" and not summary.ok
     assert summary.count("failed") == 2 and summary.count("ok") == 1
-    monkeypatch.setattr(training, "soft_dice_loss", real_loss)
+    monkeypatch.setattr(segmentation, "soft_dice_loss", real_loss)
     monkeypatch.setattr(sweep, "load_task_split", real_split)
     again = run_sweep(config)  # failed runs are retried and replace their failed records
     assert again.ok and again.count("ok") == 2 and again.count("skipped") == 1

@@ -188,7 +188,9 @@ class BootstrapSettings:
     cache_dir: Path | None = None
 
     def replicates(self, kind: str) -> int:
-        return self.n_boot if kind == "dice" else self.n_boot_detection
+        from cxrbench.protocol.metrics import MASKS, get_metric
+
+        return self.n_boot if get_metric(kind).target is MASKS else self.n_boot_detection
 
     def describe(self) -> str:
         if self.n_boot == self.n_boot_detection:
@@ -461,7 +463,7 @@ def _replicate_values(kind: str, prepared: object, to_run: np.ndarray, resamples
     checked on the first replicate against `metrics.aggregate`."""
     from cxrbench.protocol import metrics
 
-    indices, counts = resamples.for_run(to_run, np.float64 if kind == "dice" else np.int64)
+    indices, counts = resamples.for_run(to_run, metrics.get_metric(kind).counts_dtype)
     fast = metrics.bootstrap_aggregate(kind, prepared, indices, counts, primary_only=True)[kind]
     check = metrics.aggregate(kind, prepared, indices[0])[kind]
     both_nan = math.isnan(fast[0]) and math.isnan(check)

@@ -66,13 +66,9 @@ def rescore_predictions(npz_path: Path, kind: str) -> tuple[dict[str, float], di
         arrays = {k: npz[k] for k in keys}  # each npz access decompresses: read every array once
         ids = [str(i) for i in npz["image_ids"]]
     parts = [metrics.per_image_stats(kind, p, t) for p, t in _chunks(arrays, kind, len(ids))]
-    per_image = metrics.merge_per_image(parts) if parts else metrics.per_image_stats(kind, *_empty(kind))
+    per_image = metrics.merge_per_image(parts) if parts else metrics.get_metric(kind).empty_per_image_stats()
     per_image["image_ids"] = ids
     return metrics.aggregate(kind, per_image), per_image
-
-
-def _empty(kind: str) -> tuple[object, object]:
-    return (np.zeros((0, 1, 1, 1), bool), np.zeros((0, 1, 1, 1), bool)) if kind == "dice" else ([], [])
 
 
 def _same(a: object, b: object) -> bool:

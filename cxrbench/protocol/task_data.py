@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from cxrbench.datasets import PreparedDataset, open_prepared
 from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.heads import get_head
+from cxrbench.protocol.metrics import MASKS
 from cxrbench.protocol.tasks import Profile, Task
 
 
@@ -78,7 +80,8 @@ def _limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
 
 
 def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: Profile) -> TaskSplit:
-    """Load one split for a task at the profile resolution (nested subset for the train split)."""
+    """Load one split for a task at the profile resolution (nested subset for the train split), with
+    the targets its head learns from (masks or boxes)."""
     source = dataset.split(split, task.percent if split == "train" else None)
     limit = profile.max_train_images if split == "train" else profile.max_eval_images
     keep = _limit(np.arange(len(source)), limit, seed=len(source))
@@ -87,7 +90,7 @@ def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: P
     images = resize_images(source.images(), resolution)
     scale = resolution / dataset.size
     masks = boxes = None
-    if task.target == "masks":
+    if get_head(task.head).target is MASKS:
         if not source.has_masks:
             raise CxrbenchError(f"{dataset.root}: task {task.task_id} needs masks but the cache has none")
         masks = torch.from_numpy(np.stack([source.masks(i) for i in range(len(source))]))

@@ -1,8 +1,9 @@
-"""The 18-task protocol (docs/protocol.md) as frozen dataclasses, and the profiles that scale it.
+"""The 18-task protocol as frozen dataclasses, and the profiles that scale it.
 
-The registry is the single source of the protocol: the CLI, the runner and the leaderboard read
-it. A profile scales images, epochs and resolution without forking code (`demo` runs every code
-path of `full` in minutes on a laptop CPU). The protocol hash identifies exact settings.
+The table below is the single source of the protocol (docs/protocol.md describes it and is checked
+against it): the CLI, the runner and the leaderboard read it. A profile scales images, epochs and
+resolution without forking code (`demo` runs every code path of `full` in minutes on a laptop CPU).
+The protocol hash identifies exact settings.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import stable_hash
 
 PROTOCOL_VERSION = 1
+MODES = ("frozen", "finetune")
 
 
 @dataclass(frozen=True)
 class Task:
-    """One evaluation task: dataset, head, training regime, metric and optimisation settings."""
+    """One evaluation task: dataset, head, training regime, metric and optimisation settings.
+
+    `head` and `metric` name entries of the head and metric registries (cxrbench.protocol.heads,
+    cxrbench.protocol.metrics).
+    """
 
     task_id: str
     dataset: str
-    head: str  # "yolo" | "linear" | "unet"
+    head: str  # a registered head: "yolo" | "linear" | "unet"
     mode: str  # "frozen" | "finetune"
     percent: float  # share of the train split (nested subsets)
-    metric: str  # "map" | "froc" | "dice"
+    metric: str  # a registered metric: "map" | "froc" | "dice"
     batch_size: int
     default_lr: float
     lr_grid: tuple[float, ...]
@@ -33,132 +39,94 @@ class Task:
     warmup_steps: int = 0  # fine-tune only: head-only steps with the encoder frozen
     warmup_lr: float = 1e-3
 
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if not 0 < self.percent <= 100:
+            problems.append(f"percent {self.percent} is not in (0, 100]")
+        if self.batch_size < 1 or self.patience < 1:
+            problems.append(f"batch_size {self.batch_size} and patience {self.patience} must be at least 1")
+        if self.max_epochs < 0:  # 0 scores the untrained head
+            problems.append(f"max_epochs {self.max_epochs} is negative")
+        if not self.lr_grid or min(self.lr_grid) <= 0 or self.default_lr <= 0 or self.warmup_lr <= 0:
+            problems.append("learning rates must be positive and the lr grid non-empty")
+        if self.warmup_steps < 0 or (self.frozen and self.warmup_steps):
+            problems.append(f"warmup_steps {self.warmup_steps}: only fine-tune tasks warm up, never < 0")
+        if problems:
+            raise CxrbenchError(f"task {self.task_id!r}: " + "; ".join(problems))
+
     @property
     def frozen(self) -> bool:
         return self.mode == "frozen"
 
-    @property
-    def target(self) -> str:
-        return "boxes" if self.head == "yolo" else "masks"
+
+# One row per task, in protocol order. Columns: task id, dataset, head, encoder mode, % of the train
+# split, primary metric, batch size, max epochs, early-stopping patience (pat), fine-tune warm-up steps,
+# default lr, lr grid (comma-separated). Every warm-up runs at lr 1e-3.
+# fmt: off
+_TABLE = """
+task_id                dataset     head   mode       % metric batch epochs pat warmup lr   lr_grid
+rsna_yolo_finetune_1   rsna        yolo   finetune   1 map        8    500  20    100 1e-4 3e-4,1e-4
+rsna_yolo_finetune_10  rsna        yolo   finetune  10 map       64    100  10    100 3e-4 3e-4,1e-3
+rsna_yolo_finetune_100 rsna        yolo   finetune 100 map       64     50  10    100 1e-4 3e-4,1e-4
+rsna_yolo_frozen_1     rsna        yolo   frozen     1 map        8    500  20      0 1e-3 1e-3,3e-4
+rsna_yolo_frozen_10    rsna        yolo   frozen    10 map       64    100  10      0 1e-3 1e-3
+rsna_yolo_frozen_100   rsna        yolo   frozen   100 map       64     50  10      0 1e-3 3e-4,1e-3
+rsna_seg_linear_1      rsna        linear frozen     1 dice       8    500  20      0 1e-2 3e-2,1e-2,3e-3,1e-4
+rsna_seg_linear_10     rsna        linear frozen    10 dice      64    100  10      0 3e-2 3e-2,1e-2,3e-3,1e-3
+rsna_seg_linear_100    rsna        linear frozen   100 dice      64     50  10      0 1e-2 3e-2,1e-2,3e-3,1e-3
+covid_unet_finetune    covid_rural unet   finetune 100 dice       8    100  20     20 1e-4 1e-4,3e-4
+covid_unet_frozen      covid_rural unet   frozen   100 dice       8    100  20      0 3e-4 1e-4,3e-4,1e-3
+covid_linear           covid_rural linear frozen   100 dice       8    100  20      0 3e-2 3e-2,1e-2,3e-3,1e-3
+siim_unet_finetune     siim        unet   finetune 100 dice      64     50  10    100 1e-3 3e-5,1e-5
+siim_unet_frozen       siim        unet   frozen   100 dice      64     50  10      0 1e-3 3e-5,1e-5
+object_yolo_finetune   object_cxr  yolo   finetune 100 froc      64    100  10    100 3e-4 1e-3,3e-4
+object_yolo_frozen     object_cxr  yolo   frozen   100 froc      64    100  10      0 1e-3 1e-3,3e-3
+object_seg_linear      object_cxr  linear frozen   100 dice      64    100  10      0 1e-2 3e-1,1e-1,3e-2,1e-2
+nih_seg_linear         nih         linear frozen   100 dice      64    100  10      0 1e-2 1e-1,3e-2,1e-2
+"""
+_COLUMNS = ["task_id", "dataset", "head", "mode", "%", "metric", "batch", "epochs", "pat", "warmup", "lr", "lr_grid"]
+# fmt: on
 
 
-def _t(task_id, dataset, head, mode, percent, metric, batch, lr, grid, epochs, patience, warmup=0) -> Task:
-    return Task(
-        task_id, dataset, head, mode, percent, metric, batch, lr, tuple(grid), epochs, patience, warmup
-    )
+def _parse_table(text: str) -> tuple[Task, ...]:
+    """The tasks of `_TABLE`; a malformed row fails at import, naming the row."""
+    header, *rows = text.strip().splitlines()
+    if header.split() != _COLUMNS:
+        raise CxrbenchError(f"task table header {header.split()} differs from {_COLUMNS}")
+    tasks = []
+    for number, row in enumerate(rows, start=1):
+        cells = row.split()
+        if len(cells) != len(_COLUMNS):
+            raise CxrbenchError(f"task table row {number}: {len(cells)} cells, expected {len(_COLUMNS)}")
+        task_id, dataset, head, mode, percent, metric, batch, epochs, patience, warmup, lr, grid = cells
+        try:
+            task = Task(
+                task_id=task_id,
+                dataset=dataset,
+                head=head,
+                mode=mode,
+                percent=int(percent),
+                metric=metric,
+                batch_size=int(batch),
+                default_lr=float(lr),
+                lr_grid=tuple(float(v) for v in grid.split(",")),
+                max_epochs=int(epochs),
+                patience=int(patience),
+                warmup_steps=int(warmup),
+            )
+        except ValueError as exc:
+            raise CxrbenchError(f"task table row {number} ({task_id}): {exc}") from None
+        tasks.append(task)
+    ids = [t.task_id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise CxrbenchError(f"task table repeats ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return tuple(tasks)
 
 
-TASKS: tuple[Task, ...] = (
-    _t("rsna_yolo_finetune_1", "rsna", "yolo", "finetune", 1, "map", 8, 1e-4, (3e-4, 1e-4), 500, 20, 100),
-    _t("rsna_yolo_finetune_10", "rsna", "yolo", "finetune", 10, "map", 64, 3e-4, (3e-4, 1e-3), 100, 10, 100),
-    _t("rsna_yolo_finetune_100", "rsna", "yolo", "finetune", 100, "map", 64, 1e-4, (3e-4, 1e-4), 50, 10, 100),
-    _t("rsna_yolo_frozen_1", "rsna", "yolo", "frozen", 1, "map", 8, 1e-3, (1e-3, 3e-4), 500, 20),
-    _t("rsna_yolo_frozen_10", "rsna", "yolo", "frozen", 10, "map", 64, 1e-3, (1e-3,), 100, 10),
-    _t("rsna_yolo_frozen_100", "rsna", "yolo", "frozen", 100, "map", 64, 1e-3, (3e-4, 1e-3), 50, 10),
-    _t(
-        "rsna_seg_linear_1", "rsna", "linear", "frozen", 1, "dice", 8, 1e-2, (3e-2, 1e-2, 3e-3, 1e-4), 500, 20
-    ),
-    _t(
-        "rsna_seg_linear_10",
-        "rsna",
-        "linear",
-        "frozen",
-        10,
-        "dice",
-        64,
-        3e-2,
-        (3e-2, 1e-2, 3e-3, 1e-3),
-        100,
-        10,
-    ),
-    _t(
-        "rsna_seg_linear_100",
-        "rsna",
-        "linear",
-        "frozen",
-        100,
-        "dice",
-        64,
-        1e-2,
-        (3e-2, 1e-2, 3e-3, 1e-3),
-        50,
-        10,
-    ),
-    _t(
-        "covid_unet_finetune",
-        "covid_rural",
-        "unet",
-        "finetune",
-        100,
-        "dice",
-        8,
-        1e-4,
-        (1e-4, 3e-4),
-        100,
-        20,
-        20,
-    ),
-    _t(
-        "covid_unet_frozen",
-        "covid_rural",
-        "unet",
-        "frozen",
-        100,
-        "dice",
-        8,
-        3e-4,
-        (1e-4, 3e-4, 1e-3),
-        100,
-        20,
-    ),
-    _t(
-        "covid_linear",
-        "covid_rural",
-        "linear",
-        "frozen",
-        100,
-        "dice",
-        8,
-        3e-2,
-        (3e-2, 1e-2, 3e-3, 1e-3),
-        100,
-        20,
-    ),
-    _t("siim_unet_finetune", "siim", "unet", "finetune", 100, "dice", 64, 1e-3, (3e-5, 1e-5), 50, 10, 100),
-    _t("siim_unet_frozen", "siim", "unet", "frozen", 100, "dice", 64, 1e-3, (3e-5, 1e-5), 50, 10),
-    _t(
-        "object_yolo_finetune",
-        "object_cxr",
-        "yolo",
-        "finetune",
-        100,
-        "froc",
-        64,
-        3e-4,
-        (1e-3, 3e-4),
-        100,
-        10,
-        100,
-    ),
-    _t("object_yolo_frozen", "object_cxr", "yolo", "frozen", 100, "froc", 64, 1e-3, (1e-3, 3e-3), 100, 10),
-    _t(
-        "object_seg_linear",
-        "object_cxr",
-        "linear",
-        "frozen",
-        100,
-        "dice",
-        64,
-        1e-2,
-        (3e-1, 1e-1, 3e-2, 1e-2),
-        100,
-        10,
-    ),
-    _t("nih_seg_linear", "nih", "linear", "frozen", 100, "dice", 64, 1e-2, (1e-1, 3e-2, 1e-2), 100, 10),
-)
-
+TASKS: tuple[Task, ...] = _parse_table(_TABLE)
 TASKS_BY_ID: dict[str, Task] = {t.task_id: t for t in TASKS}
-BASIC_TASK = "rsna_yolo_frozen_10"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """One training run of one task: head (and, for fine-tune tasks, encoder) on the train split,
 early stopping and best-checkpoint selection on the validation metric, test scored once.
 
-Protocol (docs/protocol.md, optimisation and selection): Adam with weight decay 1e-6;
+Protocol (docs/protocol.md, "Optimisation and selection"): Adam with weight decay 1e-6;
 ReduceLROnPlateau on the validation loss (patience 3, factor 0.5), stepped once per epoch and
 never overridden afterwards (the reference reset the lr every batch, silently disabling it);
 early stopping (min_delta 1e-5) and selection on the validation metric; frozen encoders stay in
 eval mode with only head parameters optimised; fine-tune tasks first train the head for
 `warmup_steps` with the encoder frozen, then unfreeze it.
+
+Everything head- or metric-specific (feature stages, loss, decoding, scoring) is looked up in the
+head and metric registries by the task's names, so this loop is the same for every task.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torch import Tensor, nn
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, encode_all
-from cxrbench.protocol.heads import build_head
+from cxrbench.protocol.heads import Head, get_head
+from cxrbench.protocol.metrics import BOXES, Metric, get_metric
 from cxrbench.protocol.task_data import TaskSplit
 from cxrbench.protocol.tasks import Task
 
@@ -57,16 +61,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
-    """1 - soft Dice per class over the batch (sigmoid probabilities), averaged over classes."""
-    probs = logits.float().sigmoid()
-    target = target.float()
-    dims = (0, 2, 3)
-    intersection = (probs * target).sum(dims)
-    denominator = probs.sum(dims) + target.sum(dims)
-    return (1.0 - (2.0 * intersection + eps) / (denominator + eps)).mean()
-
-
 def autocast_factory(device: torch.device, amp: bool) -> Callable[[], contextlib.AbstractContextManager]:
     """Mixed precision (bfloat16) on CUDA when enabled; a no-op elsewhere."""
     if amp and device.type == "cuda":
@@ -91,10 +85,15 @@ class _Batches:
             return self.encoder(self.images(index).to(self.device, non_blocking=True))
 
 
-def _loss(task: Task, head: nn.Module, output, targets) -> Tensor:
-    if task.head == "yolo":
-        return head.loss(output, targets)["total"]
-    return soft_dice_loss(output, targets)
+def head_and_metric(task: Task) -> tuple[type[Head], Metric]:
+    """The registered head class and metric a task names, checked to agree on the form of targets."""
+    head, metric = get_head(task.head), get_metric(task.metric)
+    if head.target is not metric.target:
+        raise CxrbenchError(
+            f"{task.task_id}: head {task.head!r} predicts {head.target.name} but metric "
+            f"{task.metric!r} scores {metric.target.name}"
+        )
+    return head, metric
 
 
 def _to_device(targets, device):
@@ -116,14 +115,14 @@ def train_run(
     use_feature_cache: bool = True,
     cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
     on_epoch: Callable[[dict], None] | None = None,
-    on_step: Callable[[], None] | None = None,
 ) -> RunResult:
     """Train and evaluate one (task, lr, seed) run; `encoder` is modified only for fine-tune tasks."""
+    head_class, _ = head_and_metric(task)
     seed_everything(seed)
     t0 = time.perf_counter()
     autocast = autocast_factory(device, amp)
     encoder = encoder.to(device)
-    head = build_head(task.head, encoder.feature_info, n_classes, resolution).to(device)
+    head = head_class.build(encoder.feature_info, n_classes, resolution).to(device)
     stages = head.required_stages
     out_size = (resolution, resolution)
     generator = torch.Generator().manual_seed(seed)
@@ -144,20 +143,18 @@ def train_run(
     }
     t_cache = time.perf_counter()
 
-    def train_step(index: Tensor, optimizer: torch.optim.Optimizer, train_encoder: bool) -> float:
+    def train_step(index: Tensor, optimizer: torch.optim.Optimizer) -> float:
         feeder = batches["train"]
         targets = _to_device(data["train"].targets(index), device)
         with autocast():
             feats = feeder.features(index)
             output = head(feats, out_size)
-            loss = _loss(task, head, output, targets)
+            loss = head.training_loss(output, targets)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"{task.task_id}: loss became {loss.item()} (lr {lr:g}, seed {seed})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if on_step:
-            on_step()
         return float(loss.detach())
 
     # Fine-tune warm-up: head only, encoder frozen and in eval mode.
@@ -167,7 +164,7 @@ def train_run(
         while step < task.warmup_steps:
             for index in data["train"].batches(task.batch_size, shuffle=True, generator=generator):
                 head.train()
-                train_step(index, warm, False)
+                train_step(index, warm)
                 step += 1
                 if step >= task.warmup_steps:
                     break
@@ -196,7 +193,7 @@ def train_run(
             encoder.train()
         losses = []
         for index in data["train"].batches(task.batch_size, shuffle=True, generator=generator):
-            losses.append(train_step(index, optimizer, not task.frozen))
+            losses.append(train_step(index, optimizer))
         val_metrics, val_loss, _, _ = evaluate_split(
             task, head, encoder, batches["val"], data["val"], out_size, device, autocast
         )
@@ -247,20 +244,17 @@ def train_run(
 
 
 @torch.no_grad()
-def predict(task: Task, head: nn.Module, feeder: _Batches, index: Tensor, out_size, autocast):
-    """Head output for a batch: (raw output, predictions as bool masks or [(boxes, scores)])."""
+def predict(head: Head, feeder: _Batches, index: Tensor, out_size, autocast):
+    """Head output for a batch: (raw output, predictions in the metrics API form)."""
     with autocast():
         output = head(feeder.features(index), out_size)
-    if task.head == "yolo":
-        detections = head.decode(output)
-        return output, [(b.float().cpu().numpy(), s.float().cpu().numpy()) for b, s, _ in detections]
-    return output, (output.float() >= 0).cpu().numpy()
+    return output, head.to_predictions(output)
 
 
 @torch.no_grad()
 def evaluate_split(
     task: Task,
-    head: nn.Module,
+    head: Head,
     encoder: nn.Module,
     feeder: _Batches,
     split: TaskSplit,
@@ -270,25 +264,23 @@ def evaluate_split(
     keep_predictions: bool = False,
 ) -> tuple[dict[str, float], float, dict, dict[str, np.ndarray]]:
     """Metrics, mean loss, per-image statistics and (optionally) predictions of one split."""
+    metric = get_metric(task.metric)
     head.eval()
     encoder.eval()
     parts, losses, weights = [], [], []
     kept_preds: list = []
     for index in split.batches(64):
         targets = split.targets(index)
-        output, preds = predict(task, head, feeder, index, out_size, autocast)
-        losses.append(float(_loss(task, head, output, _to_device(targets, device))))
+        output, preds = predict(head, feeder, index, out_size, autocast)
+        losses.append(float(head.training_loss(output, _to_device(targets, device))))
         weights.append(len(index))
-        if task.head == "yolo":
-            gt = [t.numpy() for t in targets]
-        else:
-            gt = targets.numpy()
-        parts.append(metrics.per_image_stats(task.metric, preds, gt))
+        gt = metric.target.to_numpy(targets)
+        parts.append(metric.per_image_stats(preds, gt))
         if keep_predictions:
             kept_preds.append((preds, gt))
     per_image = metrics.merge_per_image(parts)
     per_image["image_ids"] = list(split.image_ids)
-    values = metrics.aggregate(task.metric, per_image)
+    values = metric.aggregate(per_image)
     mean_loss = float(np.average(losses, weights=weights)) if losses else float("nan")
     predictions = _predictions_arrays(task, split, kept_preds) if keep_predictions else {}
     return values, mean_loss, per_image, predictions
@@ -297,7 +289,7 @@ def evaluate_split(
 def _predictions_arrays(task: Task, split: TaskSplit, kept: list) -> dict[str, np.ndarray]:
     """The predictions file content (docs/formats.md): for re-scoring and qualitative overlays."""
     out: dict[str, np.ndarray] = {"image_ids": np.array(split.image_ids), "kind": np.array(task.metric)}
-    if task.head == "yolo":
+    if get_metric(task.metric).target is BOXES:
         preds = [p for batch, _ in kept for p in batch]
         gts = [g for _, batch in kept for g in batch]
         out["pred_boxes"] = (

@@ -1,33 +1,40 @@
-"""Task heads on encoder features; heads never call the encoder, so frozen features can be cached.
+"""Task heads on encoder features, registered by name (see base.py for the `Head` contract).
 
-Every head has `required_stages` and `forward(features, out_size=None)`; segmentation heads return
-B x n_classes x H x W logits at `out_size`, the YOLO head raw per-scale maps (see yolo.py).
+Built-in heads: "linear" (1x1 conv on conv5), "unet" (U-Net decoder over conv1..conv5), "yolo"
+(three-scale YOLOv3). Segmentation heads return B x n_classes x H x W logits at `out_size`, the YOLO
+head raw per-scale maps (see yolo.py). A new head: a `Head` subclass in its own module and one
+`register_head` line below (or a call from outside the package).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from torch import nn
-
-from cxrbench.encoders import FeatureInfo
+from cxrbench.protocol.heads.base import (
+    Head,
+    build_head,
+    get_head,
+    head_names,
+    register_head,
+    unregister_head,
+)
 from cxrbench.protocol.heads.linear import LinearHead
+from cxrbench.protocol.heads.segmentation import MaskHead, soft_dice_loss
 from cxrbench.protocol.heads.unet import UNetHead
 from cxrbench.protocol.heads.yolo import YoloV3Head
 
-HEAD_KINDS = ("linear", "unet", "yolo")
+register_head(LinearHead)
+register_head(UNetHead)
+register_head(YoloV3Head)
 
-__all__ = ["HEAD_KINDS", "LinearHead", "UNetHead", "YoloV3Head", "build_head"]
-
-
-def build_head(
-    kind: Literal["linear", "unet", "yolo"], feature_info: FeatureInfo, n_classes: int, image_size: int = 224
-) -> nn.Module:
-    """Construct the head a task names; `image_size` only matters for YOLO anchors and box clipping."""
-    if kind == "linear":
-        return LinearHead(feature_info.channels["conv5"], n_classes)
-    if kind == "unet":
-        return UNetHead(feature_info, n_classes)
-    if kind == "yolo":
-        return YoloV3Head(feature_info, n_classes, image_size)
-    raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+__all__ = [
+    "Head",
+    "LinearHead",
+    "MaskHead",
+    "UNetHead",
+    "YoloV3Head",
+    "build_head",
+    "get_head",
+    "head_names",
+    "register_head",
+    "soft_dice_loss",
+    "unregister_head",
+]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
-from torch import Tensor, nn
+from torch import Tensor
 
 from cxrbench.encoders import FeatureInfo
+from cxrbench.protocol.heads.segmentation import MaskHead
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 
-class UNetHead(nn.Module):
+class UNetHead(MaskHead):
     """smp UnetDecoder over conv5 with skips conv4..conv1, then a 1x1 classifier at input resolution.
 
     smp's decoder uses the input-resolution stage only for its spatial size (its first feature is
@@ -19,7 +20,8 @@ class UNetHead(nn.Module):
     frozen features suffice.
     """
 
-    required_stages: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
+    name = "unet"
+    required_stages = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
     def __init__(self, feature_info: FeatureInfo, n_classes: int, decoder_channels=DECODER_CHANNELS):
         super().__init__()
@@ -28,6 +30,10 @@ class UNetHead(nn.Module):
             encoder_channels=[3, *skips], decoder_channels=decoder_channels, n_blocks=len(decoder_channels)
         )
         self.segmentation_head = SegmentationHead(decoder_channels[-1], n_classes, kernel_size=1)
+
+    @classmethod
+    def build(cls, feature_info: FeatureInfo, n_classes: int, image_size: int) -> UNetHead:
+        return cls(feature_info, n_classes)
 
     def forward(self, features: dict[str, Tensor], out_size: tuple[int, int] | None = None) -> Tensor:
         """B x n_classes x H x W logits; `out_size` defaults to 2 x the conv1 grid (the input size)."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from cxrbench.encoders import FeatureInfo
+from cxrbench.protocol.heads.base import Head
+from cxrbench.protocol.metrics.targets import BOXES
 
 # Output order: coarse to fine, as in the classic YOLOv3 implementations.
 SCALES = ("conv5", "conv4", "conv3")
@@ -66,14 +69,16 @@ class Assignment(NamedTuple):
     label: Tensor  # n
 
 
-class YoloV3Head(nn.Module):
+class YoloV3Head(Head):
     """Three-scale YOLOv3 head; `forward` returns raw B x 3 x H x W x (5 + C) maps in SCALES order.
 
     The last dimension is (tx, ty, tw, th, objectness, class logits...). Box coordinates everywhere are
     xyxy pixels of the (square) `image_size` input.
     """
 
-    required_stages: tuple[str, ...] = ("conv3", "conv4", "conv5")
+    name = "yolo"
+    target = BOXES
+    required_stages = ("conv3", "conv4", "conv5")
 
     def __init__(
         self,
@@ -100,6 +105,18 @@ class YoloV3Head(nn.Module):
         for branch in (self.branch5, self.branch4, self.branch3):
             bias = branch.predict[-1].bias.data.view(3, 5 + n_classes)
             bias[:, 4] = math.log(OBJ_PRIOR / (1 - OBJ_PRIOR))
+
+    @classmethod
+    def build(cls, feature_info: FeatureInfo, n_classes: int, image_size: int) -> YoloV3Head:
+        return cls(feature_info, n_classes, image_size)
+
+    def training_loss(self, output: list[Tensor], targets: list[Tensor]) -> Tensor:
+        """The weighted sum of the loss terms (see `loss`); single-class tasks pass no labels."""
+        return self.loss(output, targets)["total"]
+
+    def to_predictions(self, output: list[Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(boxes, scores) per image after the confidence threshold and NMS of `decode`."""
+        return [(b.float().cpu().numpy(), s.float().cpu().numpy()) for b, s, _ in self.decode(output)]
 
     def forward(self, features: dict[str, Tensor], out_size: tuple[int, int] | None = None) -> list[Tensor]:
         """Raw predictions per scale (`out_size` is accepted for a uniform head interface and unused)."""

@@ -1,10 +1,12 @@
-"""Task metrics behind one interface for training, run records, bootstrap intervals and re-scoring.
+"""Task metrics: a registry of `Metric` objects keyed by name, and functions that look them up.
 
 ``per_image_stats`` turns a split's predictions into JSON-ready per-image sufficient statistics (the
 run record's ``test_per_image``); ``aggregate`` reduces any list of image indices, duplicates included,
-to the metric values. The per-image scalar shown in displays sits under the metric's own key.
+to the metric values; ``bootstrap_aggregate`` does so for every bootstrap replicate at once. The
+per-image scalar shown in displays sits under the metric's own key.
 
-kinds: "dice" (segmentation masks), "map" (RSNA boxes), "froc" (Object-CXR boxes).
+Built-in metrics: "dice" (segmentation masks), "map" (RSNA boxes), "froc" (Object-CXR boxes). A new
+metric is a `Metric` subclass plus one `register_metric` call.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import numpy as np
 
 from cxrbench.errors import CxrbenchError
 
-from . import detection, dice, froc
-from .ragged import check_counts, float_array, json_floats
+from .base import Metric, get_metric, metric_names, register_metric, unregister_metric
+from .detection import MapMetric
+from .dice import DiceMetric
+from .froc import FrocMetric
+from .targets import BOXES, MASKS, TARGET_KINDS, TargetKind
 
-KINDS = ("dice", "map", "froc")
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise CxrbenchError(f"unknown metric kind {kind!r}; expected one of {', '.join(KINDS)}")
+register_metric(DiceMetric())
+register_metric(MapMetric())
+register_metric(FrocMetric())
 
 
 def per_image_stats(
@@ -36,13 +38,7 @@ def per_image_stats(
     map / froc: ``predictions`` is a list of (boxes N x 4 xyxy, scores N) per image and ``targets`` a
     list of GT boxes M x 4. ``image_ids``, when given, is stored under "image_ids".
     """
-    _check_kind(kind)
-    if kind == "dice":
-        stats = dice.segmentation_stats(predictions, targets)
-        out: dict = {k: v.tolist() for k, v in stats.items()}
-        out["dice"] = json_floats(dice.per_image_dice(stats))
-    else:
-        out = (detection if kind == "map" else froc).per_image_stats(predictions, targets)
+    out = get_metric(kind).per_image_stats(predictions, targets)
     if image_ids is not None:
         ids = list(image_ids)
         if len(ids) != len(out[kind]):
@@ -63,10 +59,7 @@ def merge_per_image(parts: Sequence[dict]) -> dict:
 
 def prepare(kind: str, per_image: dict) -> object:
     """Arrays built once from the JSON form; ``aggregate`` accepts them in place of the dict (bootstrap)."""
-    _check_kind(kind)
-    if kind == "dice":
-        return {k: np.asarray(per_image[k], dtype=np.int64) for k in dice.STAT_KEYS}
-    return (detection if kind == "map" else froc).prepare(per_image)
+    return get_metric(kind).prepare(per_image)
 
 
 def aggregate(
@@ -77,10 +70,7 @@ def aggregate(
     The primary metric is under ``kind``; secondary keys: dice_per_image, dice_<k> (dice); map50,
     map75, kaggle_map (map); sens@0.125 ... sens@8 (froc). Values are floats in [0, 1] or NaN.
     """
-    _check_kind(kind)
-    if kind == "dice":
-        return dice.aggregate_dice(per_image, indices)
-    return (detection if kind == "map" else froc).aggregate(per_image, indices)
+    return get_metric(kind).aggregate(per_image, indices)
 
 
 def bootstrap_aggregate(
@@ -100,42 +90,30 @@ def bootstrap_aggregate(
     summation order); Dice sums integer pixel counts, exact below 2**53. ``primary_only`` returns just
     the primary key (for mAP it skips the Kaggle score's work; the values are the same).
     """
-    _check_kind(kind)
-    data = _prepared(kind, prepared)
-    if kind == "dice":
-        stacked = np.concatenate([data[k] for k in dice.STAT_KEYS], axis=1).astype(np.float64)
-        counts = check_counts(counts, indices, len(stacked), np.float64)
-        sums = np.split(counts @ stacked, len(dice.STAT_KEYS), axis=1)  # one pass over the counts
-        return {"dice": dice.dice_from_sums(*sums).mean(axis=1)}
-    if kind == "map":
-        return detection.bootstrap_metrics(data, indices, counts, primary_only)
-    out = froc.bootstrap_froc(data, indices, counts)
-    return {kind: out[kind]} if primary_only else out
-
-
-def _prepared(kind: str, per_image: object) -> object:
-    """``per_image`` as `prepare` returns it (the JSON form is prepared, prepared data passes through)."""
-    if kind == "dice":
-        ready = all(isinstance(per_image.get(k), np.ndarray) for k in dice.STAT_KEYS)
-    else:
-        ready = isinstance(per_image, detection.DetectionTable if kind == "map" else froc.FrocTable)
-    return per_image if ready else prepare(kind, per_image)
+    return get_metric(kind).bootstrap(prepared, indices, counts, primary_only)
 
 
 def primary_per_image_scores(kind: str, per_image: dict) -> np.ndarray:
     """Per-image scalar for displays (NaN where undefined): Dice of the image (mean over classes) for
     dice; Kaggle RSNA score for map (NaN: no GT and no box); hit rate of GT boxes at score 0.5 for froc
     (NaN: no GT box)."""
-    _check_kind(kind)
-    return float_array(per_image[kind])
+    return get_metric(kind).per_image_scores(per_image)
 
 
 __all__ = [
-    "KINDS",
+    "BOXES",
+    "MASKS",
+    "TARGET_KINDS",
+    "Metric",
+    "TargetKind",
     "aggregate",
     "bootstrap_aggregate",
+    "get_metric",
     "merge_per_image",
+    "metric_names",
     "per_image_stats",
     "prepare",
     "primary_per_image_scores",
+    "register_metric",
+    "unregister_metric",
 ]

@@ -15,7 +15,9 @@ import torch
 
 from cxrbench.errors import CxrbenchError
 
+from .base import Metric
 from .ragged import Ragged, check_counts, float_array, json_floats, resolve_indices, row_chunks
+from .targets import BOXES
 
 IOU_THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools recThrs
@@ -390,3 +392,32 @@ def bootstrap_metrics(
     total = counts @ np.where(scored, table.kaggle, 0.0)
     out["kaggle_map"] = np.where(n_scored > 0, total / np.maximum(n_scored, 1), np.nan)
     return out
+
+
+class MapMetric(Metric):
+    """RSNA box mAP: COCO AP averaged over IoU 0.40:0.05:0.75, plus AP@0.5, AP@0.75 and the Kaggle score."""
+
+    name = "map"
+    display_name = "mAP"
+    target = BOXES
+
+    def per_image_stats(self, predictions: object, targets: object) -> dict:
+        return per_image_stats(predictions, targets)
+
+    def prepare(self, per_image: dict) -> DetectionTable:
+        return prepare(per_image)
+
+    def is_prepared(self, data: object) -> bool:
+        return isinstance(data, DetectionTable)
+
+    def aggregate(self, data: object, indices: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
+        return aggregate(data, indices)
+
+    def bootstrap(
+        self,
+        prepared: object,
+        indices: np.ndarray,
+        counts: np.ndarray | None = None,
+        primary_only: bool = False,
+    ) -> dict[str, np.ndarray]:
+        return bootstrap_metrics(self.prepared(prepared), indices, counts, primary_only)

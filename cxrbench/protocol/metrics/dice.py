@@ -13,7 +13,9 @@ import torch
 
 from cxrbench.errors import CxrbenchError
 
-from .ragged import resolve_indices
+from .base import Metric
+from .ragged import check_counts, json_floats, resolve_indices
+from .targets import MASKS
 
 STAT_KEYS = ("intersection", "pred_sum", "gt_sum")
 
@@ -110,3 +112,43 @@ def aggregate_dice(
     out = {"dice": float(per_class.mean()), "dice_per_image": float(dice_from_sums(inter, ps, gs).mean())}
     out.update({f"dice_{k}": float(v) for k, v in enumerate(per_class)})
     return out
+
+
+class DiceMetric(Metric):
+    """Micro Dice over all pixels of the chosen images, averaged over classes (mean Dice for NIH)."""
+
+    name = "dice"
+    display_name = "Dice"
+    target = MASKS
+    counts_dtype = np.float64  # the bootstrap is one float matrix product with the counts
+
+    def per_image_stats(self, predictions: object, targets: object) -> dict:
+        """``intersection``, ``pred_sum``, ``gt_sum`` (B x C) and ``dice`` (per image) from boolean masks
+        B x C x H x W (threshold logits with `binarize_logits` first)."""
+        stats = segmentation_stats(predictions, targets)
+        out: dict = {k: v.tolist() for k, v in stats.items()}
+        out["dice"] = json_floats(per_image_dice(stats))
+        return out
+
+    def prepare(self, per_image: dict) -> dict[str, np.ndarray]:
+        return {k: np.asarray(per_image[k], dtype=np.int64) for k in STAT_KEYS}
+
+    def is_prepared(self, data: object) -> bool:
+        return all(isinstance(data.get(k), np.ndarray) for k in STAT_KEYS)
+
+    def aggregate(self, data: object, indices: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
+        return aggregate_dice(data, indices)
+
+    def bootstrap(
+        self,
+        prepared: object,
+        indices: np.ndarray,
+        counts: np.ndarray | None = None,
+        primary_only: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """``dice`` per replicate: the counts-weighted sums of the integer statistics (exact below 2**53)."""
+        data = self.prepared(prepared)
+        stacked = np.concatenate([data[k] for k in STAT_KEYS], axis=1).astype(np.float64)
+        counts = check_counts(counts, indices, len(stacked), np.float64)
+        sums = np.split(counts @ stacked, len(STAT_KEYS), axis=1)  # one pass over the counts
+        return {"dice": dice_from_sums(*sums).mean(axis=1)}

@@ -24,8 +24,10 @@ import numpy as np
 
 from cxrbench.errors import CxrbenchError
 
+from .base import Metric
 from .detection import as_boxes, as_scores
 from .ragged import Ragged, check_counts, float_array, json_floats, resolve_indices, row_chunks
+from .targets import BOXES
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DISPLAY_SCORE_THRESHOLD = 0.5  # per-image hit rate shown in displays (not part of the FROC)
@@ -211,3 +213,33 @@ def _sensitivity_rows(fps: np.ndarray, sens: np.ndarray, x: np.ndarray) -> np.nd
     span = f_right - f_left
     w = np.where(span > 0, (x - f_left) / np.where(span > 0, span, 1.0), 0.0)
     return s_left + w * (s_right - s_left)
+
+
+class FrocMetric(Metric):
+    """Object-CXR FROC: mean sensitivity at 0.125 ... 8 false positives per image (interpolated curve)."""
+
+    name = "froc"
+    display_name = "FROC"
+    target = BOXES
+
+    def per_image_stats(self, predictions: object, targets: object) -> dict:
+        return per_image_stats(predictions, targets)
+
+    def prepare(self, per_image: dict) -> FrocTable:
+        return prepare(per_image)
+
+    def is_prepared(self, data: object) -> bool:
+        return isinstance(data, FrocTable)
+
+    def aggregate(self, data: object, indices: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
+        return aggregate(data, indices)
+
+    def bootstrap(
+        self,
+        prepared: object,
+        indices: np.ndarray,
+        counts: np.ndarray | None = None,
+        primary_only: bool = False,
+    ) -> dict[str, np.ndarray]:
+        out = bootstrap_froc(self.prepared(prepared), indices, counts)
+        return {self.name: out[self.name]} if primary_only else out
