@@ -36,6 +36,7 @@ from cxrbench.encoders import (
     LoadedEncoder,
     LoadReport,
     ResNetEncoder,
+    is_builtin,
     load_encoder,
     read_checkpoint,
 )
@@ -51,6 +52,7 @@ from cxrbench.representation import (
     spatial_smoothness,
     within_sample_uniformity,
 )
+from cxrbench.runtime import resolve_device
 
 if TYPE_CHECKING:
     from cxrbench.baselines.training import LoadedPretrainModel
@@ -179,7 +181,7 @@ def _to_input(images: np.ndarray, resolution: int, mean: float, std: float) -> T
 def _folder_source(checkpoint: str | Path) -> str | Path:
     """A pre-training output folder without checkpoint.pt (random / imagenet exports): its encoder file."""
     path = Path(checkpoint)
-    if str(checkpoint) in ("random", "imagenet") or not path.is_dir() or (path / "checkpoint.pt").is_file():
+    if is_builtin(checkpoint) or not path.is_dir() or (path / "checkpoint.pt").is_file():
         return checkpoint
     exported = path / "encoder.safetensors"
     if not exported.is_file():
@@ -192,7 +194,7 @@ def _folder_source(checkpoint: str | Path) -> str | Path:
 
 def _open_pretrained(checkpoint: str | Path, device: torch.device) -> LoadedPretrainModel | None:
     """The rebuilt pre-training run when `checkpoint` is one (folder or checkpoint.pt), else None."""
-    if str(checkpoint) in ("random", "imagenet"):
+    if is_builtin(checkpoint):
         return None
     from cxrbench.baselines.training import is_pretrain_checkpoint, load_pretrained_model
 
@@ -240,7 +242,7 @@ def _pair_alignment(
         return {"global_alignment": None, "local_alignment": None, "alignment_note": reason}, None
 
     if pretrained is None:
-        if str(checkpoint) in ("random", "imagenet") or not Path(checkpoint).is_file():
+        if is_builtin(checkpoint) or not Path(checkpoint).is_file():
             return missing(f"{checkpoint!r} is not a checkpoint file (no report encoder)")
         return missing(
             "not an image-report checkpoint (alignment needs a `cxrbench pretrain` output folder or its "
@@ -324,8 +326,6 @@ def analyze_encoder(
     `resolution` defaults to 224 (conv5 is 7 x 7). Returns a JSON-able record with statistics and
     provenance.
     """
-    from cxrbench.protocol.runner import resolve_device
-
     start = time.perf_counter()
     resolution = DEFAULT_RESOLUTION if resolution is None else int(resolution)
     if resolution < 32:
@@ -341,7 +341,6 @@ def analyze_encoder(
     if pretrained is not None:
         loaded = _best_backbone(pretrained, checkpoint)
     else:
-        torch.manual_seed(0)  # the same 'random' weights as cxrbench evaluate
         loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
     encoder = loaded.encoder.to(torch_device).eval()
     encoder.requires_grad_(False)
@@ -402,7 +401,7 @@ def default_name(checkpoint: str | Path) -> str:
     """The encoder name an analysis is stored under when none is given: the spec, the file stem, or the
     folder name for a pre-training output folder or its checkpoint.pt."""
     text = str(checkpoint)
-    if text in ("random", "imagenet"):
+    if is_builtin(text):
         return text
     path = Path(text)
     if path.is_dir():

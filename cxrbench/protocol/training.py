@@ -11,7 +11,6 @@ eval mode with only head parameters optimised; fine-tune tasks first train the h
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -28,6 +27,7 @@ from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, e
 from cxrbench.protocol.heads import build_head
 from cxrbench.protocol.task_data import TaskSplit
 from cxrbench.protocol.tasks import Task
+from cxrbench.runtime import autocast_factory, seed_everything
 
 WEIGHT_DECAY = 1e-6
 PLATEAU_PATIENCE = 3
@@ -52,11 +52,6 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     """1 - soft Dice per class over the batch (sigmoid probabilities), averaged over classes."""
     probs = logits.float().sigmoid()
@@ -65,13 +60,6 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     intersection = (probs * target).sum(dims)
     denominator = probs.sum(dims) + target.sum(dims)
     return (1.0 - (2.0 * intersection + eps) / (denominator + eps)).mean()
-
-
-def autocast_factory(device: torch.device, amp: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    """Mixed precision (bfloat16) on CUDA when enabled; a no-op elsewhere."""
-    if amp and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 class _Batches:
