@@ -84,7 +84,7 @@ def load_encoder(
 def format_load_report(report: LoadReport) -> str:
     """Human-readable summary of a LoadReport for the CLI."""
     if report.path is None:
-        return f"encoder: {report.arch}, random initialisation (torchvision init, seeded by the run)"
+        return f"encoder: {report.arch}, random initialisation (torchvision init from a fixed seed)"
     digest = f", sha256 {report.sha256[:12]}" if report.sha256 else ""
     lines = [
         f"encoder: {report.arch} from {report.source} ({report.path}{digest})",
