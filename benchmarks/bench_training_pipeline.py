@@ -29,10 +29,10 @@ from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
 from cxrbench.encoders import ResNetEncoder
 from cxrbench.protocol.heads import build_head, soft_dice_loss
-from cxrbench.protocol.runner import resolve_device
 from cxrbench.protocol.task_data import load_task_split, open_task_dataset
 from cxrbench.protocol.tasks import TASKS_BY_ID, get_profile
-from cxrbench.protocol.training import autocast_factory, train_run
+from cxrbench.protocol.training import train_run
+from cxrbench.runtime import autocast_factory, resolve_device
 
 
 def sync(device: torch.device) -> None:

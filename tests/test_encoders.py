@@ -1,6 +1,10 @@
-"""Encoders: feature shapes, and loading of the checkpoint layouts users actually have."""
+"""Encoders: the registry, feature shapes, seeded random init, and loading of the checkpoint layouts
+users actually have."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pytest
 import timm
@@ -11,12 +15,19 @@ from torch import nn
 
 from cxrbench.encoders import (
     ARCHS,
+    BUILTIN_ENCODERS,
     IMAGENET_ENV,
+    FeatureInfo,
     ResNetEncoder,
+    create_encoder,
     detect_arch,
     format_load_report,
+    is_builtin,
+    list_encoders,
     load_encoder,
+    register_encoder,
 )
+from cxrbench.encoders import registry as encoder_registry
 from cxrbench.errors import CheckpointError, CxrbenchError
 
 
@@ -218,10 +229,8 @@ def test_explicit_arch_mismatch_is_refused(tmp_path, tv18):
 
 
 def test_random_init(tmp_path):
-    torch.manual_seed(3)
-    a = load_encoder("random", arch="resnet18")
-    torch.manual_seed(3)
-    b = load_encoder("random", arch="resnet18")
+    a = load_encoder("random", arch="resnet18", seed=3)
+    b = load_encoder("random", arch="resnet18", seed=3)
     assert a.report.source == "random" and a.report.sha256 is None and a.report.n_loaded == 0
     assert torch.equal(a.encoder.conv1.weight, b.encoder.conv1.weight)
     assert "random" in format_load_report(a.report)
@@ -260,3 +269,96 @@ def test_foreign_bytes_are_a_checkpoint_error(tmp_path):
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_encoder(path)
+
+
+def test_registry_lists_and_builds_every_resnet():
+    assert (
+        list_encoders()[: len(ARCHS)]
+        == ARCHS
+        == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    )
+    with torch.device("meta"):
+        encoder = create_encoder("resnet34")
+    assert isinstance(encoder, ResNetEncoder) and encoder.arch == "resnet34"
+
+
+def test_unknown_registry_name_lists_the_valid_ones():
+    with pytest.raises(
+        CxrbenchError, match=r"unknown encoder architecture 'vit_b16'; choose one of resnet18, "
+    ):
+        create_encoder("vit_b16")
+    with pytest.raises(CxrbenchError, match="choose one of resnet18"):
+        load_encoder("random", arch="vit_b16")
+
+
+def test_registered_family_is_loadable_by_name(monkeypatch, tmp_path, tv18):
+    """A new family is a decorated builder: load_encoder then builds it (here: a resnet18 under a new name)."""
+    monkeypatch.setattr(encoder_registry, "_BUILDERS", dict(encoder_registry._BUILDERS))
+
+    @register_encoder
+    def tiny_resnet() -> ResNetEncoder:
+        return ResNetEncoder("resnet18")
+
+    assert "tiny_resnet" in list_encoders()
+    path = tmp_path / "tv.pth"
+    torch.save(tv18, path)
+    loaded = load_encoder(path, arch="tiny_resnet")
+    assert loaded.report.arch == "tiny_resnet" and loaded.report.fraction_loaded == 1.0
+    assert _same_weights(loaded.encoder, tv18)
+    with pytest.raises(CxrbenchError, match="registered twice"):
+        register_encoder(tiny_resnet)
+
+
+def test_random_weights_are_seeded_by_the_loader_and_unchanged():
+    """The default seed reproduces what callers got by seeding torch with 0 before building the encoder."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = load_encoder("random").encoder.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is left alone
+    b = load_encoder("random").encoder.state_dict()
+    torch.manual_seed(0)
+    reference = ResNetEncoder("resnet50").state_dict()
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], reference[k]) for k in reference)
+    other = load_encoder("random", seed=1).encoder.state_dict()
+    assert not torch.equal(other["conv1.weight"], a["conv1.weight"])
+
+
+def test_tensors_a_checkpoint_lacks_are_seeded(tmp_path, tv18):
+    partial = {k: v for k, v in tv18.items() if k != "layer4.1.conv2.weight"}
+    path = tmp_path / "partial.pth"
+    torch.save(partial, path)
+    torch.manual_seed(99)
+    loaded = load_encoder(path, seed=4)
+    assert loaded.report.missing == ("layer4.1.conv2.weight",)
+    torch.manual_seed(4)
+    reference = ResNetEncoder("resnet18")
+    assert torch.equal(loaded.encoder.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert torch.equal(loaded.encoder.conv1.weight, tv18["conv1.weight"])
+
+
+def test_builtin_names():
+    assert BUILTIN_ENCODERS == ("random", "imagenet")
+    assert is_builtin("random") and is_builtin("imagenet") and is_builtin(Path("imagenet"))
+    assert not is_builtin("random.pt") and not is_builtin("runs/random/encoder.safetensors")
+
+
+def test_builtin_names_are_spelled_once():
+    """("random", "imagenet") lives in encoders/load.py only; every other module asks is_builtin."""
+    root = Path(__file__).resolve().parents[1] / "cxrbench"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "encoders" / "load.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Tuple | ast.List | ast.Set) and {
+                getattr(e, "value", None) for e in node.elts
+            } == set(BUILTIN_ENCODERS):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders
+
+
+def test_feature_info_needs_one_width_per_stage():
+    info = FeatureInfo.from_channels([64, 256, 512, 1024, 2048])
+    assert info.strides == {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+    with pytest.raises(ValueError, match="5 channel widths"):
+        FeatureInfo.from_channels([64, 128])

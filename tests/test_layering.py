@@ -45,9 +45,6 @@ CLI_ONLY_LIBRARIES = frozenset({"typer", "rich", "click"})
 # after merging them. Keyed by (file, imported module), not by line, so that edits elsewhere in the
 # file keep the entry valid. An entry that no longer occurs fails the test, so the list cannot rot.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("cxrbench/baselines/training.py", "cxrbench.protocol.runner"): (
-        "resolve_device moves to cxrbench/runtime.py (branch `encoders`)"
-    ),
     ("cxrbench/protocol/rescore.py", "cxrbench.leaderboard.aggregate"): (
         "rescore reads records through protocol's own reader (branch `runpath`)"
     ),

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from cxrbench.analysis.statistics import finite_or_none, sample_indices
 from cxrbench.datasets.splits import ids_hash
-from cxrbench.encoders import LoadedEncoder, LoadReport, ResNetEncoder, read_checkpoint
+from cxrbench.encoders import LoadedEncoder, LoadReport, ResNetEncoder, is_builtin, read_checkpoint
 from cxrbench.errors import CheckpointError, CxrbenchError
 from cxrbench.io_utils import sha256_file
 from cxrbench.protocol.task_data import open_task_dataset
@@ -50,7 +50,7 @@ def local_alignment(regions: Tensor, attended: Tensor, mask: Tensor | None = Non
 def folder_source(checkpoint: str | Path) -> str | Path:
     """A pre-training output folder without checkpoint.pt (random / imagenet exports): its encoder file."""
     path = Path(checkpoint)
-    if str(checkpoint) in ("random", "imagenet") or not path.is_dir() or (path / "checkpoint.pt").is_file():
+    if is_builtin(checkpoint) or not path.is_dir() or (path / "checkpoint.pt").is_file():
         return checkpoint
     exported = path / "encoder.safetensors"
     if not exported.is_file():
@@ -63,7 +63,7 @@ def folder_source(checkpoint: str | Path) -> str | Path:
 
 def open_pretrained(checkpoint: str | Path, device: torch.device) -> LoadedPretrainModel | None:
     """The rebuilt pre-training run when `checkpoint` is one (folder or checkpoint.pt), else None."""
-    if str(checkpoint) in ("random", "imagenet"):
+    if is_builtin(checkpoint):
         return None
     from cxrbench.baselines.training import is_pretrain_checkpoint, load_pretrained_model
 
@@ -111,7 +111,7 @@ def pair_alignment(
         return {"global_alignment": None, "local_alignment": None, "alignment_note": reason}, None
 
     if pretrained is None:
-        if str(checkpoint) in ("random", "imagenet") or not Path(checkpoint).is_file():
+        if is_builtin(checkpoint) or not Path(checkpoint).is_file():
             return missing(f"{checkpoint!r} is not a checkpoint file (no report encoder)")
         return missing(
             "not an image-report checkpoint (alignment needs a `cxrbench pretrain` output folder or its "

@@ -18,11 +18,12 @@ from cxrbench.analysis.alignment import best_backbone, folder_source, open_pretr
 from cxrbench.analysis.statistics import TEMPERATURE, feature_statistics, sample_indices
 from cxrbench.datasets import open_prepared
 from cxrbench.datasets.splits import ids_hash
-from cxrbench.encoders import load_encoder
+from cxrbench.encoders import is_builtin, load_encoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json
 from cxrbench.protocol.task_data import TaskSplit, resize_images
 from cxrbench.provenance import provenance
+from cxrbench.runtime import resolve_device
 
 ANALYSIS_SCHEMA_VERSION = 1
 DEFAULT_RESOLUTION = 224  # the full protocol's resolution: conv5 is a 7 x 7 grid
@@ -50,7 +51,6 @@ def analyze_encoder(
     `resolution` defaults to 224 (conv5 is 7 x 7). Returns a JSON-able record with statistics and
     provenance.
     """
-    from cxrbench.protocol.runner import resolve_device
 
     start = time.perf_counter()
     resolution = DEFAULT_RESOLUTION if resolution is None else int(resolution)
@@ -67,7 +67,6 @@ def analyze_encoder(
     if pretrained is not None:
         loaded = best_backbone(pretrained, checkpoint)
     else:
-        torch.manual_seed(0)  # the same 'random' weights as cxrbench evaluate
         loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
     encoder = loaded.encoder.to(torch_device).eval()
     encoder.requires_grad_(False)
@@ -133,7 +132,7 @@ def default_name(checkpoint: str | Path) -> str:
     """The encoder name an analysis is stored under when none is given: the spec, the file stem, or the
     folder name for a pre-training output folder or its checkpoint.pt."""
     text = str(checkpoint)
-    if text in ("random", "imagenet"):
+    if is_builtin(text):
         return text
     path = Path(text)
     if path.is_dir():

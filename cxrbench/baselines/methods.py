@@ -24,13 +24,14 @@ from cxrbench.baselines.losses import (
     global_infonce,
     lovt_local_terms,
 )
+from cxrbench.encoders import BUILTIN_ENCODERS
 from cxrbench.errors import CxrbenchError
 
 if TYPE_CHECKING:
     from cxrbench.baselines.models import PretrainOutputs
 
 POOLINGS = ("attention", "avg")
-INIT_METHODS = ("random", "imagenet")
+INIT_METHODS = BUILTIN_ENCODERS  # methods that only export an initial encoder
 
 
 @dataclass(frozen=True)

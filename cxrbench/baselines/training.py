@@ -30,10 +30,11 @@ from cxrbench.baselines.data import PairCollator, PretrainPairs, build_offline_t
 from cxrbench.baselines.methods import MethodConfig, get_method, method_loss
 from cxrbench.baselines.models import ImageModel, PretrainModel, ReportModel
 from cxrbench.datasets import open_prepared
-from cxrbench.encoders import ResNetEncoder, find_imagenet_weights, load_encoder
+from cxrbench.encoders import ResNetEncoder, find_imagenet_weights, load_encoder, read_checkpoint
 from cxrbench.errors import CheckpointError, CxrbenchError
 from cxrbench.io_utils import atomic_path, atomic_write_json
 from cxrbench.provenance import provenance
+from cxrbench.runtime import autocast, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 ENCODER_FILES = ("encoder.safetensors", "encoder.pt")
@@ -169,8 +170,6 @@ def _dist_from_env(device_spec: str) -> _Dist:
 
 
 def _device(spec: str, ctx: _Dist) -> torch.device:
-    from cxrbench.protocol.runner import resolve_device
-
     device = resolve_device(spec)
     if device.type == "cuda" and ctx.active:
         device = torch.device("cuda", ctx.local_rank)
@@ -195,11 +194,7 @@ def save_encoder(encoder: ResNetEncoder | dict[str, Tensor], out: Path) -> Path:
 
 def export_init(config: MethodConfig, out: Path, profile: PretrainProfile) -> PretrainResult:
     """`random` / `imagenet`: export the initial backbone without training."""
-    torch.manual_seed(profile.seed)
-    if config.name == "imagenet":
-        encoder = load_encoder("imagenet", arch=profile.arch).encoder
-    else:
-        encoder = ResNetEncoder(profile.arch)
+    encoder = load_encoder(config.name, arch=profile.arch, seed=profile.seed).encoder
     path = save_encoder(encoder, out)
     atomic_write_json(
         out / HISTORY,
@@ -312,7 +307,7 @@ def load_pretrained_model(
     path = pretrain_checkpoint_file(source)
     if not path.is_file():
         raise CheckpointError(f"{source}: no pre-training checkpoint ({CHECKPOINT}) found there")
-    state = _read_checkpoint(path) if state is None else state
+    state = read_checkpoint(path) if state is None else state
     if not is_pretrain_checkpoint(state):
         keys = ", ".join(map(repr, PRETRAIN_CHECKPOINT_KEYS))
         raise CheckpointError(f"{path}: not a pre-training checkpoint (needs the keys {keys})")
@@ -394,13 +389,6 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterator[dict[str, Ten
         yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
@@ -444,13 +432,6 @@ def pretrain(
             torch_dist.destroy_process_group()
 
 
-def _read_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from exc
-
-
 def _train(
     config: MethodConfig,
     data: Path,
@@ -462,7 +443,7 @@ def _train(
     reporter: PretrainReporter,
     ctx: _Dist,
 ) -> PretrainResult:
-    state = _read_checkpoint(out / CHECKPOINT) if resume else None
+    state = read_checkpoint(out / CHECKPOINT) if resume else None
     if state is not None and state.get("method", {}).get("name") != config.name:
         raise CxrbenchError(f"{out} holds a {state.get('method', {}).get('name')!r} run, not {config.name!r}")
     bert = bert if bert is not None else (state["bert"] if state is not None else prof.bert)
@@ -503,8 +484,7 @@ def _train(
     total_steps = steps_per_epoch * prof.max_epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=prof.lr, weight_decay=prof.weight_decay, foreach=True)
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 autocast needs none; kept for checkpoint.pt
     history: list[dict] = []
     epoch = step = bad_epochs = 0
     best_val, best_epoch, stopped = math.inf, None, False
@@ -527,7 +507,7 @@ def _train(
         generator = torch.Generator(device=device).manual_seed(prof.seed)
         totals: dict[str, float] = {}
         n = 0
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             for batch in _batches(val_loader, device):
                 losses = method_loss(config, model(batch), generator)
                 for k, v in losses.items():
@@ -605,7 +585,7 @@ def _train(
             sync = (i + 1) % prof.accumulation == 0 or i + 1 == len(train_loader)
             no_sync = trainable.no_sync() if ctx.active and not sync else contextlib.nullcontext()
             with no_sync:
-                with _autocast(device):
+                with autocast(device):
                     losses = method_loss(config, trainable(batch))
                 loss = losses["loss"]
                 if not torch.isfinite(loss):

@@ -103,11 +103,11 @@ def evaluate_cmd(
 ) -> None:
     """Score one encoder checkpoint on the protocol tasks; one JSON record per training run."""
     from cxrbench.cli.reporters import RichReporter
-    from cxrbench.encoders import format_load_report, load_encoder
+    from cxrbench.encoders import format_load_report, is_builtin, load_encoder
     from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
     from cxrbench.protocol.tasks import get_profile, select_tasks
 
-    label = name or (checkpoint if checkpoint in ("random", "imagenet") else Path(checkpoint).stem)
+    label = name or (checkpoint if is_builtin(checkpoint) else Path(checkpoint).stem)
     selected = select_tasks(tasks)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
     console.print(format_load_report(loaded.report), highlight=False)

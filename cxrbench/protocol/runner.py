@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from cxrbench.encoders import LoadedEncoder, load_encoder
-from cxrbench.errors import CxrbenchError
+from cxrbench.encoders import LoadedEncoder, is_builtin, load_encoder
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES
 from cxrbench.protocol.records import new_run_id, read_record, record_path, run_key, write_record
 from cxrbench.protocol.task_data import TaskSplit, load_task_split, open_task_dataset
 from cxrbench.protocol.tasks import Profile, Task, protocol_hash
 from cxrbench.protocol.training import train_run
 from cxrbench.provenance import provenance
+from cxrbench.runtime import resolve_device
 
 
 @dataclass
@@ -62,18 +61,6 @@ class TaskOutcome:
     records: list[dict] = field(default_factory=list)
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise CxrbenchError(f"invalid --device {spec!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CxrbenchError("--device cuda requested but CUDA is not available on this machine")
-    return device
-
-
 def checkpoint_identity(spec: str | Path, loaded: LoadedEncoder) -> str:
     """What identifies the encoder weights: the file's sha256, or the name and arch (random/imagenet)."""
     return loaded.report.sha256 or f"{spec}:{loaded.report.arch}"
@@ -87,7 +74,6 @@ def evaluate_checkpoint(
     device = resolve_device(options.device)
     profile = options.profile
     datasets = {t.dataset: open_task_dataset(options.data_root, t.dataset) for t in tasks}  # fail early
-    torch.manual_seed(0)  # 'random' weights are the same for every evaluation
     loaded = load_encoder(checkpoint, arch=options.arch, prefix=options.prefix)
     base_state = copy.deepcopy(loaded.encoder.state_dict())
     identity = checkpoint_identity(checkpoint, loaded)
@@ -150,7 +136,7 @@ def best_lr(task: Task, records: list[dict]) -> float:
 def new_run_record(
     options, task, dataset_name, key, identity, checkpoint, phase, lr, seed, p_hash, device
 ) -> dict:
-    ckpt_path = None if str(checkpoint) in ("random", "imagenet") else str(Path(checkpoint).resolve())
+    ckpt_path = None if is_builtin(checkpoint) else str(Path(checkpoint).resolve())
     return {
         "run_id": new_run_id(),
         "run_key": key,

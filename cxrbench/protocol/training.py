@@ -14,7 +14,6 @@ head and metric registries by the task's names, so this loop is the same for eve
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -32,6 +31,7 @@ from cxrbench.protocol.heads import Head, get_head
 from cxrbench.protocol.metrics import BOXES, Metric, get_metric
 from cxrbench.protocol.task_data import TaskSplit
 from cxrbench.protocol.tasks import Task
+from cxrbench.runtime import autocast_factory, seed_everything
 
 WEIGHT_DECAY = 1e-6
 PLATEAU_PATIENCE = 3
@@ -54,18 +54,6 @@ class RunResult:
     predictions: dict[str, np.ndarray]
     used_feature_cache: bool
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-def autocast_factory(device: torch.device, amp: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    """Mixed precision (bfloat16) on CUDA when enabled; a no-op elsewhere."""
-    if amp and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 class _Batches:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from cxrbench.encoders import load_encoder
+from cxrbench.encoders import is_builtin, load_encoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.records import read_record, record_path, run_key, write_record
 from cxrbench.protocol.runner import (
@@ -42,10 +42,10 @@ from cxrbench.protocol.runner import (
     execute_run,
     new_run_record,
     record_failure,
-    resolve_device,
 )
 from cxrbench.protocol.task_data import load_task_split, open_task_dataset
 from cxrbench.protocol.tasks import TASKS_BY_ID, Profile, Task, get_profile, protocol_hash, select_tasks
+from cxrbench.runtime import resolve_device
 
 EXECUTORS = ("local", "submitit-local", "slurm", "debug")
 STAGE_NAMES = ("lr search", "final seeds")
@@ -63,7 +63,7 @@ class CheckpointSpec:
 
     @property
     def label(self) -> str:
-        return self.name or (self.spec if self.spec in ("random", "imagenet") else Path(self.spec).stem)
+        return self.name or (self.spec if is_builtin(self.spec) else Path(self.spec).stem)
 
 
 @dataclass(frozen=True)
@@ -330,9 +330,8 @@ def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
         open_task_dataset(config.data_root, dataset)
     checkpoints = []
     for ckpt in config.checkpoints:
-        torch.manual_seed(0)
         loaded = load_encoder(ckpt.spec, arch=ckpt.arch, prefix=ckpt.prefix)
-        spec = ckpt.spec if ckpt.spec in ("random", "imagenet") else str(Path(ckpt.spec).resolve())
+        spec = ckpt.spec if is_builtin(ckpt.spec) else str(Path(ckpt.spec).resolve())
         resolved = replace(ckpt, spec=spec, name=ckpt.label, arch=ckpt.arch or loaded.report.arch)
         checkpoints.append((resolved, checkpoint_identity(ckpt.spec, loaded)))
     names = [c.label for c, _ in checkpoints]
@@ -445,7 +444,6 @@ def run_single(job: Job) -> JobOutcome:
         data = {
             split: load_task_split(dataset, task, split, job.profile) for split in ("train", "val", "test")
         }
-        torch.manual_seed(0)  # the same 'random' weights as `evaluate`
         loaded = load_encoder(job.checkpoint.spec, arch=job.checkpoint.arch, prefix=job.checkpoint.prefix)
         record["encoder_load"] = {
             "arch": loaded.report.arch,

@@ -1,0 +1,28 @@
+"""The feature contract between encoders and heads: five stages conv1..conv5 at strides 2..32.
+
+Every encoder returns a dict {stage: B x C x H/stride x W/stride} and describes it with a FeatureInfo,
+so heads (and the feature cache) can be built from the description alone, whatever the family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Channels and strides (relative to the input) of each feature stage conv1..conv5."""
+
+    channels: dict[str, int]
+    strides: dict[str, int]
+
+    @classmethod
+    def from_channels(cls, widths: Sequence[int]) -> FeatureInfo:
+        """The contract's strides with one channel width per stage, conv1 first."""
+        if len(widths) != len(STAGES):
+            raise ValueError(f"need {len(STAGES)} channel widths (one per stage), got {len(widths)}")
+        return cls(channels=dict(zip(STAGES, widths)), strides=dict(STRIDES))
