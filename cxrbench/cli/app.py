@@ -247,7 +247,7 @@ def evaluate_cmd(
     options = EvaluateOptions(
         data_root=data,
         runs_dir=runs_dir,
-        name=label,
+        encoder=label,
         profile=get_profile(profile),
         seeds=seeds,
         device=device,

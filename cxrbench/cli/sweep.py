@@ -1,4 +1,4 @@
-"""`cxrbench sweep`: the command-line face of `cxrbench.sweep.engine` (progress, dry run, summary).
+"""`cxrbench sweep`: the command-line face of `cxrbench.sweep` (progress, dry run, summary).
 
 Registered by the main CLI as `app.command("sweep")(sweep_command)`; also runnable on its own as
 `python -m cxrbench.cli.sweep CONFIG.yaml`.
@@ -17,7 +17,7 @@ from rich.table import Table
 from cxrbench.cli.errors import user_error_exit
 from cxrbench.cli.progress import make_progress
 from cxrbench.errors import CxrbenchError
-from cxrbench.sweep.engine import (
+from cxrbench.sweep import (
     EXECUTORS,
     STAGE_NAMES,
     JobOutcome,
