@@ -19,7 +19,7 @@ import re
 import traceback as tb
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.provenance import provenance
@@ -66,8 +66,8 @@ class RescoreNote(TypedDict):
     old_test: dict[str, float] | None
 
 
-class RunRecord(TypedDict):
-    """One training run (one JSON file); see docs/formats.md for the meaning of every field."""
+class _RunRecordFields(TypedDict):
+    """The fields every run record has."""
 
     schema_version: int
     run_id: str  # unique per execution (uuid4 hex)
@@ -103,7 +103,12 @@ class RunRecord(TypedDict):
     n_images: dict[str, int] | None
     predictions: str | None  # file name of the predictions .npz beside the record
     sweep: SweepInfo | None  # where a `cxrbench sweep` job ran (null for `cxrbench evaluate`)
-    rescored: NotRequired[list[RescoreNote]]  # appended by `cxrbench rescore`
+
+
+class RunRecord(_RunRecordFields, total=False):
+    """One training run, one JSON file (the comments above say what each field holds)."""
+
+    rescored: list[RescoreNote]  # appended by `cxrbench rescore`, one note per re-scoring that changed values
 
 
 class RecordError(CxrbenchError):

@@ -24,6 +24,7 @@ from cxrbench.protocol.predictions import write_predictions
 from cxrbench.protocol.record_schema import (
     FINAL,
     PHASES,
+    READABLE_VERSIONS,
     UPGRADE_HINT,
     RecordError,
     RunRecord,
@@ -217,9 +218,10 @@ def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
     if unreadable:
         shown = "\n".join(f"  {u}" for u in unreadable[:10])
         more = f"\n  and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
-        raise RecordError(
-            f"run records of a schema version this cxrbench cannot read:\n{shown}{more}\n{UPGRADE_HINT}; "
-            "newer versions need a newer cxrbench"
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise UnsupportedVersion(
+            f"run records of a schema version this cxrbench cannot read (it reads {readable}):\n{shown}{more}\n"
+            f"{UPGRADE_HINT}; newer versions need a newer cxrbench"
         )
     return RecordScan(records, skipped, upgraded)
 
