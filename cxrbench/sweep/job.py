@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cxrbench.protocol.record_schema import is_ok
+from cxrbench.protocol.record_schema import SweepInfo, is_ok
 from cxrbench.protocol.records import RunSpec, read_record
 from cxrbench.protocol.runner import (
     RunInputs,
@@ -96,11 +96,9 @@ def run_single(job: Job) -> JobOutcome:
         loaded = load_run_encoder(job.checkpoint.spec, job.checkpoint.arch, job.checkpoint.prefix)
         return RunInputs(loaded, data, len(dataset.classes), device)
 
-    sweep = {
-        "executor": job.executor,
-        "host": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-    }
+    sweep = SweepInfo(
+        executor=job.executor, host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID")
+    )
     outcome = run_one(
         spec,
         job.runs_dir,
@@ -109,7 +107,7 @@ def run_single(job: Job) -> JobOutcome:
         device=job.device,
         amp=job.amp,
         use_feature_cache=job.feature_cache,
-        sweep=sweep,  # type: ignore[arg-type]
+        sweep=sweep,
     )
     record = outcome.record
     if outcome.skipped:
