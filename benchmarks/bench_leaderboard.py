@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.io_utils import atomic_write_json
-from cxrbench.leaderboard.aggregate import scan_records, summarize_records
+from cxrbench.leaderboard.aggregate import summarize_records
 from cxrbench.leaderboard.compare import add_ranks, count_wins
 from cxrbench.leaderboard.report import build_leaderboard
 from cxrbench.protocol import metrics
+from cxrbench.protocol.records import scan_records
 from cxrbench.protocol.tasks import TASKS
 
 TEST_IMAGES = {"rsna": 5337, "siim": 2409, "object_cxr": 1000, "nih": 196, "covid_rural": 44}
@@ -81,11 +82,11 @@ def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) ->
                 test = metrics.aggregate(task.metric, per_image)
                 run_id = uuid.uuid4().hex
                 record = {
-                    "schema_version": 1,
+                    "schema_version": 2,
                     "run_id": run_id,
                     "run_key": run_id[:24],
                     "encoder": encoder,
-                    "checkpoint": {"path": f"{encoder}.pt", "sha256": f"sha-{encoder}"},
+                    "checkpoint": {"path": f"{encoder}.pt", "identity": f"sha-{encoder}", "sha256": None},
                     "task_id": task.task_id,
                     "dataset": task.dataset,
                     "metric": task.metric,

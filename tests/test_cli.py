@@ -79,6 +79,6 @@ def test_every_command_turns_a_user_error_into_exit_code_2(monkeypatch) -> None:
 
 def test_sweep_help_names_the_engine_executors() -> None:
     from cxrbench.cli.sweep import EXECUTOR_NAMES
-    from cxrbench.sweep.engine import EXECUTORS
+    from cxrbench.sweep import EXECUTORS
 
     assert tuple(EXECUTOR_NAMES) == tuple(EXECUTORS)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cxrbench.cli.app import app
 from cxrbench.encoders import ResNetEncoder
+from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.task_data import load_task_split, open_task_dataset
 from cxrbench.protocol.tasks import PROFILES, TASKS, TASKS_BY_ID, get_profile, protocol_hash, select_tasks
@@ -269,3 +270,33 @@ def test_cli_error_keeps_bracketed_paths_readable(tmp_path):
     )
     assert result.exit_code == 2
     assert "data [v2]" in result.output.replace("\n", "")
+
+
+def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_root, tmp_path):
+    from cxrbench.protocol.record_schema import RunRecord
+    from cxrbench.protocol.records import scan_records
+    from cxrbench.protocol.rescore import rescore_runs
+
+    opts = _options(prepared_root, tmp_path)
+    (first,) = evaluate_checkpoint("random", select_tasks("covid_linear"), opts)[0].records
+    assert first["checkpoint"]["identity"] == "random:resnet18" and first["checkpoint"]["sha256"] is None
+    assert set(first) == set(RunRecord.__required_keys__) and first["sweep"] is None
+    path = next((tmp_path / "random" / "covid_linear").glob("run-*.json"))
+    old = json.loads(path.read_text())  # rewrite it as version 1 wrote it
+    for key in ("traceback", "sweep"):
+        del old[key]
+    old["checkpoint"]["sha256"] = old["checkpoint"].pop("identity")
+    old["schema_version"] = 1
+    path.write_text(json.dumps(old))
+    (again,) = evaluate_checkpoint("random", select_tasks("covid_linear"), opts)[0].records
+    assert again["run_id"] == first["run_id"] and json.loads(path.read_text()) == old  # skipped, untouched
+    assert scan_records(tmp_path).upgraded == [path]
+    assert rescore_runs(tmp_path) == 1
+    upgraded = json.loads(path.read_text())
+    assert upgraded["schema_version"] == 2 and upgraded["checkpoint"] == first["checkpoint"]
+    assert upgraded["test"] == first["test"] and "rescored" not in upgraded
+    upgraded["schema_version"] = 3  # a newer cxrbench's record is refused, never overwritten
+    path.write_text(json.dumps(upgraded))
+    with pytest.raises(CxrbenchError, match="newer cxrbench"):
+        evaluate_checkpoint("random", select_tasks("covid_linear"), opts)
+    assert json.loads(path.read_text())["schema_version"] == 3

@@ -24,10 +24,11 @@ from typer.testing import CliRunner
 from cxrbench.cli.leaderboard import leaderboard_command, rescore_command
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json
-from cxrbench.leaderboard.aggregate import load_records, scan_records, summarize_records
+from cxrbench.leaderboard.aggregate import summarize_records
 from cxrbench.leaderboard.compare import add_ranks, count_wins, mean_ranks
 from cxrbench.leaderboard.report import build_leaderboard, load_published
 from cxrbench.protocol import metrics
+from cxrbench.protocol.records import load_records, scan_records
 from cxrbench.protocol.rescore import rescore_runs
 
 N_BOOT = 200
@@ -126,11 +127,11 @@ def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
     run_id = overrides.pop("run_id", uuid.uuid4().hex)
     kind = KIND[run.task_id]
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "run_id": run_id,
         "run_key": f"key-{run_id[:8]}",
         "encoder": run.encoder,
-        "checkpoint": {"path": f"/ckpt/{run.encoder}.pt", "sha256": f"sha-{run.encoder}"},
+        "checkpoint": {"path": f"/ckpt/{run.encoder}.pt", "identity": f"sha-{run.encoder}", "sha256": None},
         "task_id": run.task_id,
         "dataset": DATASET[run.task_id],
         "metric": kind,
@@ -600,7 +601,12 @@ def test_mixed_protocol_hashes_refused_or_flagged(tmp_path):
 
 def test_mixed_checkpoints_under_one_name_refused(tmp_path):
     runs_dir, _ = _small_world(tmp_path, {"enc": (0.1, 1)})
-    write_record(runs_dir, make_run("enc", SEG_TASK, 0.1, 5), 5, checkpoint={"path": "x", "sha256": "other"})
+    write_record(
+        runs_dir,
+        make_run("enc", SEG_TASK, 0.1, 5),
+        5,
+        checkpoint={"path": "x", "identity": "other", "sha256": None},
+    )
     with pytest.raises(CxrbenchError, match="different checkpoints"):
         summarize_records(load_records(runs_dir))
 

@@ -18,14 +18,17 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-import cxrbench.sweep.engine as sweep
+import cxrbench.protocol.runner as runner
+import cxrbench.sweep as sweep
+import cxrbench.sweep.job as sweep_job
+import cxrbench.sweep.planning as planning
 from cxrbench.cli.sweep import sweep_command
 from cxrbench.encoders import ResNetEncoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import sha256_file
 from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.tasks import get_profile, select_tasks
-from cxrbench.sweep.engine import (
+from cxrbench.sweep import (
     CheckpointSpec,
     ClusterOptions,
     SweepConfig,
@@ -75,7 +78,7 @@ def _cli() -> typer.Typer:
 
 def test_debug_sweep_runs_lr_search_then_seeds_with_evaluate_keys(prepared_root, tmp_path, saved_checkpoint):
     profile = dataclasses.replace(TINY, max_lrs=None, max_train_images=8, max_eval_images=8)  # full 4-lr grid
-    mine = CheckpointSpec(str(saved_checkpoint), name="mine")
+    mine = CheckpointSpec(str(saved_checkpoint), encoder="mine")
     config = _config(
         prepared_root, tmp_path, checkpoints=(mine,), tasks="rsna_seg_linear_10", profile=profile
     )
@@ -146,7 +149,7 @@ def test_kill_and_resume_sweep(prepared_root, tmp_path):
 def test_failing_jobs_are_recorded_and_others_continue(prepared_root, tmp_path, monkeypatch):
     import cxrbench.protocol.heads.segmentation as segmentation
 
-    real_loss, real_split = segmentation.soft_dice_loss, sweep.load_task_split
+    real_loss, real_split = segmentation.soft_dice_loss, runner.load_task_split
     monkeypatch.setattr(
         segmentation, "soft_dice_loss", lambda logits, target: real_loss(logits, target) * float("nan")
     )
@@ -156,7 +159,7 @@ def test_failing_jobs_are_recorded_and_others_continue(prepared_root, tmp_path, 
             raise RuntimeError("unreadable image cache")
         return real_split(dataset, task, split, profile)
 
-    monkeypatch.setattr(sweep, "load_task_split", broken_split)
+    monkeypatch.setattr(runner, "load_task_split", broken_split)
     config = _config(
         prepared_root, tmp_path, tasks="covid_linear,rsna_seg_linear_10,rsna_yolo_frozen_10", seeds=1
     )
@@ -171,7 +174,7 @@ def test_failing_jobs_are_recorded_and_others_continue(prepared_root, tmp_path, 
     assert by_task["rsna_yolo_frozen_10"]["status"] == "ok" and not summary.ok
     assert summary.count("failed") == 2 and summary.count("ok") == 1
     monkeypatch.setattr(segmentation, "soft_dice_loss", real_loss)
-    monkeypatch.setattr(sweep, "load_task_split", real_split)
+    monkeypatch.setattr(runner, "load_task_split", real_split)
     again = run_sweep(config)  # failed runs are retried and replace their failed records
     assert again.ok and again.count("ok") == 2 and again.count("skipped") == 1
     assert len(_records(tmp_path)) == 3
@@ -194,8 +197,8 @@ def test_unwritable_runs_dir_is_one_clear_error_before_any_job(
     def refuse(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(sweep, "run_single", _never_run)
-    monkeypatch.setattr(sweep.os, "write", refuse)
+    monkeypatch.setattr(sweep_job, "run_single", _never_run)
+    monkeypatch.setattr(planning.os, "write", refuse)
     with pytest.raises(CxrbenchError, match=message) as info:
         run_sweep(_config(prepared_root, tmp_path / "runs"))
     assert str(tmp_path / "runs") in str(info.value)

@@ -89,17 +89,12 @@ def load_analyses(analysis_dir: str | Path) -> pd.DataFrame:
 
 def _task_scores(runs_dirs: Path | Iterable[Path]) -> dict[str, dict[str, float]]:
     """{encoder: {task_id: mean primary test score over its final ok runs}} from the run records."""
-    from cxrbench.leaderboard.aggregate import load_records
-    from cxrbench.protocol.records import safe_name
+    from cxrbench.protocol.record_schema import primary_value, usable_runs
+    from cxrbench.protocol.records import load_records, safe_name
 
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for rec in load_records(runs_dirs):
-        if rec.get("status") != "ok" or rec.get("phase") != "final":
-            continue
-        value = (rec.get("test") or {}).get(rec.get("metric"))
-        if value is None or not math.isfinite(float(value)):
-            continue
-        values[(str(rec["encoder"]), str(rec["task_id"]))].append(float(value))
+    for rec in usable_runs(load_records(runs_dirs)):
+        values[(str(rec["encoder"]), str(rec["task_id"]))].append(primary_value(rec))
     scores: dict[str, dict[str, float]] = defaultdict(dict)
     for (encoder, task), vals in values.items():
         scores[encoder][task] = float(np.mean(vals))

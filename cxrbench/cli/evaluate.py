@@ -103,18 +103,19 @@ def evaluate_cmd(
 ) -> None:
     """Score one encoder checkpoint on the protocol tasks; one JSON record per training run."""
     from cxrbench.cli.reporters import RichReporter
-    from cxrbench.encoders import format_load_report, is_builtin, load_encoder
+    from cxrbench.encoders import format_load_report, load_encoder
+    from cxrbench.protocol.records import default_encoder_name
     from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
     from cxrbench.protocol.tasks import get_profile, select_tasks
 
-    label = name or (checkpoint if is_builtin(checkpoint) else Path(checkpoint).stem)
+    label = name or default_encoder_name(checkpoint)
     selected = select_tasks(tasks)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
     console.print(format_load_report(loaded.report), highlight=False)
     options = EvaluateOptions(
         data_root=data,
         runs_dir=runs_dir,
-        name=label,
+        encoder=label,
         profile=get_profile(profile),
         seeds=seeds,
         device=device,

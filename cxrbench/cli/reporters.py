@@ -16,7 +16,7 @@ from cxrbench.cli.console import console as default_console
 from cxrbench.cli.progress import make_progress
 from cxrbench.protocol.runner import Reporter
 from cxrbench.protocol.tasks import Task
-from cxrbench.sweep.engine import STAGE_NAMES, JobOutcome, SweepReporter
+from cxrbench.sweep import STAGE_NAMES, JobOutcome, SweepReporter
 
 
 class RichReporter(Reporter):

@@ -16,7 +16,7 @@ from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
 
 if TYPE_CHECKING:
-    from cxrbench.sweep.engine import SweepPlan, SweepSummary
+    from cxrbench.sweep import SweepPlan, SweepSummary
 
 # The executors of `cxrbench.sweep` (written out so that --help need not import the sweep engine; a test
 # checks this list against the engine's).
@@ -25,7 +25,7 @@ _MAX_ERRORS_SHOWN = 20
 
 
 def summary_table(summary: SweepSummary) -> Table:
-    from cxrbench.sweep.engine import group_outcomes
+    from cxrbench.sweep import group_outcomes
 
     table = Table(title="sweep summary (runs per encoder and task)")
     for col in ("encoder", "task", "lr (final)", "done", "skipped", "failed"):
@@ -41,7 +41,7 @@ def summary_table(summary: SweepSummary) -> Table:
 
 
 def dry_run_table(plan: SweepPlan) -> Table:
-    from cxrbench.sweep.engine import describe_jobs
+    from cxrbench.sweep import describe_jobs
 
     rows = describe_jobs(plan)
     table = Table(title=f"sweep plan: {sum(r[0] is not None for r in rows)} runs (dry run, nothing executed)")
@@ -94,7 +94,7 @@ def sweep_command(
 ) -> None:
     """Run checkpoints x tasks x lr grid x seeds as independent jobs (local pool, submitit or Slurm)."""
     from cxrbench.cli.reporters import RichSweepReporter
-    from cxrbench.sweep.engine import config_from_mapping, load_config, plan_sweep, run_sweep
+    from cxrbench.sweep import config_from_mapping, load_config, plan_sweep, run_sweep
 
     mapping = load_config(config) if config is not None else {}
     flags = {

@@ -20,13 +20,12 @@ Rules (they are also written into the table footers by `cxrbench.leaderboard.rep
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,10 +35,10 @@ from scipy import stats
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_save_npy, sha256_file, sha256_text, stable_hash
+from cxrbench.protocol.record_schema import FINAL, is_ok, primary_value
+from cxrbench.protocol.records import SOURCE_KEY, check_records
 from cxrbench.protocol.tasks import TASKS
 
-SOURCE_KEY = "_source"
-REQUIRED_KEYS = ("run_id", "encoder", "task_id", "metric", "phase", "status", "protocol_hash")
 MIN_BOOT_FINITE = 0.9
 MATCH_TOL = 1e-6
 
@@ -54,108 +53,6 @@ class TaskInfo:
 def protocol_tasks() -> tuple[TaskInfo, ...]:
     """The 18 tasks in protocol order (task id, dataset, primary metric), from the task registry."""
     return tuple(TaskInfo(t.task_id, t.dataset, t.metric) for t in TASKS)
-
-
-@dataclass(frozen=True)
-class RecordScan:
-    """Records found under the runs directories, and the files skipped (path, reason)."""
-
-    records: list[dict]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
-    """Read every ``*.json`` run record below the directories; warn about and skip unreadable ones.
-
-    JSON files that do not look like run records at all (no ``run_id``/``schema_version``) are
-    ignored silently; files that do but cannot be parsed or miss keys are skipped with a warning.
-    Each returned record carries its file path under ``"_source"``.
-    """
-    dirs = [Path(runs_dirs)] if isinstance(runs_dirs, str | Path) else [Path(d) for d in runs_dirs]
-    records: list[dict] = []
-    skipped: list[tuple[Path, str]] = []
-    seen: set[Path] = set()  # the same file reached twice (a directory given twice, or nested) is read once
-    for root in dirs:
-        if not root.is_dir():
-            raise CxrbenchError(
-                f"runs directory {root} does not exist (pass the --runs-dir of cxrbench evaluate)"
-            )
-        for path in sorted(root.rglob("*.json")):
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            reason = None
-            try:
-                obj = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                reason = f"not valid JSON ({exc})"
-            else:
-                if not isinstance(obj, dict) or not ({"run_id", "schema_version"} & obj.keys()):
-                    continue
-                missing = [k for k in REQUIRED_KEYS if k not in obj]
-                if missing:
-                    reason = f"run record without {', '.join(missing)}"
-            if reason is not None:
-                warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
-                skipped.append((path, reason))
-                continue
-            obj[SOURCE_KEY] = str(path)
-            records.append(obj)
-    return RecordScan(records, skipped)
-
-
-def load_records(runs_dirs: Path | str | Iterable[Path | str]) -> list[dict]:
-    """The run records below the runs directories (see `scan_records` for what is skipped)."""
-    return scan_records(runs_dirs).records
-
-
-def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[str]:
-    """Refuse duplicate run ids, and mixed protocols/checkpoints unless allowed; return table notes."""
-    by_id: dict[str, list[str]] = defaultdict(list)
-    for rec in records:
-        by_id[str(rec["run_id"])].append(rec.get(SOURCE_KEY, "<in memory>"))
-    dups = {rid: files for rid, files in by_id.items() if len(files) > 1}
-    if dups:
-        lines = [f"  {rid}: {', '.join(files)}" for rid, files in sorted(dups.items())]
-        raise CxrbenchError(
-            "duplicate run ids (copied run records are not independent runs):\n" + "\n".join(lines)
-        )
-    final = [r for r in records if r.get("phase") == "final"]
-    problems = []
-    # The protocol hash covers all tasks and the profile, so one table must hold a single hash.
-    hashes = sorted({_hash_of(r) for r in final})
-    if len(hashes) > 1:
-        problems.append(("protocol hashes", "the table: " + _listing(final, _hash_of, hashes)))
-    for encoder in sorted({str(r["encoder"]) for r in final}):
-        mine = [r for r in final if str(r["encoder"]) == encoder]
-        sums = sorted({_checkpoint_of(r) for r in mine})
-        if len(sums) > 1:
-            problems.append(("checkpoints", f"encoder {encoder}: " + _listing(mine, _checkpoint_of, sums)))
-    if problems and not allow_mixed:
-        detail = "\n".join(f"  different {label} in {where}" for label, where in problems)
-        raise CxrbenchError(
-            f"records that are not comparable:\n{detail}\nRe-run them under one protocol and checkpoint, "
-            "or pass allow_mixed (--allow-mixed) to flag them instead"
-        )
-    return [f"mixed {label} allowed in {where}" for label, where in problems]
-
-
-def _hash_of(rec: dict) -> str:
-    return str(rec["protocol_hash"])
-
-
-def _checkpoint_of(rec: dict) -> str:
-    return str((rec.get("checkpoint") or {}).get("sha256"))
-
-
-def _listing(records: Sequence[dict], value_of, values: Sequence[str], limit: int = 3) -> str:
-    """Each value with a few of the encoder/task pairs whose records carry it (for messages)."""
-    parts = []
-    for value in values:
-        pairs = sorted({f"{r['encoder']}/{r['task_id']}" for r in records if value_of(r) == value})
-        more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
-        parts.append(f"{value} ({', '.join(pairs[:limit])}{more})")
-    return "; ".join(parts)
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
@@ -250,7 +147,7 @@ def summarize_records(
     catalogue = {t.task_id: t for t in protocol_tasks()}
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for rec in records:
-        if rec.get("phase") == "final":
+        if rec.get("phase") == FINAL:
             groups[(str(rec["encoder"]), str(rec["task_id"]))].append(rec)
     rows, replicates, image_sets, resamples = [], {}, {}, {}
     order = {t: i for i, t in enumerate(catalogue)}
@@ -280,20 +177,12 @@ def summarize_records(
     return Summary(table, replicates, image_sets, notes, settings)
 
 
-def _primary_value(rec: dict) -> float:
-    value = (rec.get("test") or {}).get(rec["metric"])
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _summarize_group(
     encoder: str, info: TaskInfo, recs: list[dict], settings: BootstrapSettings, resamples: dict
 ) -> tuple[dict, np.ndarray | None, tuple[str, ...]]:
-    ok = sorted((r for r in recs if r.get("status") == "ok"), key=lambda r: (r.get("seed", 0), r["run_id"]))
+    ok = sorted((r for r in recs if is_ok(r)), key=lambda r: (r.get("seed", 0), r["run_id"]))
     n_failed = len(recs) - len(ok)
-    values = np.array([_primary_value(r) for r in ok], dtype=float)
+    values = np.array([primary_value(r) for r in ok], dtype=float)
     finite = np.isfinite(values)
     used = [r for r, f in zip(ok, finite, strict=True) if f]
     mean, sd, low, high = t_interval(values[finite])
@@ -371,7 +260,7 @@ def _group_bootstrap(
             reps, full = _run_replicates(info.metric, rec, per_image, to_run, resamples[key], settings)
         except (CxrbenchError, KeyError, TypeError, ValueError) as exc:
             return None, (), [f"unreadable per-image stats ({exc}): no bootstrap interval"]
-        if not flags and not math.isclose(full, _primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
+        if not flags and not math.isclose(full, primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
             flags.append("test value differs from its per-image stats (run cxrbench rescore)")
         per_run.append(reps)
     return np.mean(per_run, axis=0), ids, flags

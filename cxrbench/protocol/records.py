@@ -1,27 +1,45 @@
-"""Run records: one JSON file per training run, written atomically, found again by run key.
+"""Run records on disk: where a run's record lives (its `RunSpec`), writing one, reading them back.
 
-The file name is derived from the run key (encoder name, checkpoint hash, task, profile,
-protocol hash, phase, lr, seed), so re-running a command finds finished runs and skips them, and
-a crashed or repeated run can never leave two records for the same run. Each record still carries
-its own unique `run_id`.
+A record's file name is derived from its run key (encoder name, checkpoint identity, task,
+profile, protocol hash, phase, lr, seed), so re-running a command finds finished runs and skips
+them, and a crashed or repeated run can never leave two records for the same run. Each record
+still carries its own unique `run_id`. What a record holds is defined in `record_schema`.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from cxrbench.io_utils import atomic_path, atomic_write_json, stable_hash
+from cxrbench.errors import CxrbenchError
+from cxrbench.io_utils import atomic_write_json, stable_hash
+from cxrbench.protocol.predictions import write_predictions
+from cxrbench.protocol.record_schema import (
+    FINAL,
+    PHASES,
+    READABLE_VERSIONS,
+    UPGRADE_HINT,
+    RecordError,
+    RunRecord,
+    UnsupportedVersion,
+    parse_record,
+    validate_record,
+)
+from cxrbench.protocol.tasks import TASKS_BY_ID, Profile, Task, protocol_hash
 
-SCHEMA_VERSION = 1
+SOURCE_KEY = "_source"  # where a record read by `scan_records` came from (never written to disk)
 
 
 def run_key(
     encoder: str,
-    checkpoint_sha256: str | None,
+    checkpoint_identity: str | None,
     task_id: str,
     profile: str,
     protocol_hash: str,
@@ -32,7 +50,7 @@ def run_key(
     return stable_hash(
         {
             "encoder": encoder,
-            "checkpoint": checkpoint_sha256,
+            "checkpoint": checkpoint_identity,
             "task": task_id,
             "profile": profile,
             "protocol": protocol_hash,
@@ -52,27 +70,218 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "encoder"
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex
+def default_encoder_name(spec: str | Path) -> str:
+    """The encoder's name when none is given: "random"/"imagenet", or the checkpoint file's stem."""
+    from cxrbench.encoders import is_builtin
+
+    return str(spec) if is_builtin(spec) else Path(spec).stem
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None when absent/unreadable (a half-written file never exists)."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the protocol: what identifies it, hence its run key and record file.
+
+    `encoder` is the encoder's name in tables; `identity` what identifies its weights (the
+    checkpoint's sha256, or "random:<arch>"); `phase` is "lr_search" or "final"."""
+
+    encoder: str
+    identity: str
+    task_id: str
+    phase: str
+    lr: float
+    seed: int
+    profile: Profile
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+        if self.task_id not in TASKS_BY_ID:
+            raise CxrbenchError(f"unknown task {self.task_id!r}")
+
+    @cached_property
+    def protocol_hash(self) -> str:
+        return protocol_hash(self.profile)
+
+    @property
+    def task(self) -> Task:
+        """The task with the profile's scaling applied (what the run trains)."""
+        return self.profile.apply(TASKS_BY_ID[self.task_id])
+
+    @cached_property
+    def key(self) -> str:
+        return run_key(
+            self.encoder,
+            self.identity,
+            self.task_id,
+            self.profile.name,
+            self.protocol_hash,
+            self.phase,
+            self.lr,
+            self.seed,
+        )
+
+    def record_path(self, runs_dir: Path) -> Path:
+        return record_path(runs_dir, self.encoder, self.task_id, self.key)
+
+    def describe(self) -> str:
+        return f"{self.encoder} {self.task_id} {self.phase} lr={self.lr:g} seed={self.seed}"
+
+
+def write_record(path: Path, record: RunRecord, predictions: dict[str, np.ndarray] | None = None) -> None:
+    """Write the predictions file first, then the record (so a record never points at nothing)."""
+    path = Path(path)
+    record.pop(SOURCE_KEY, None)  # type: ignore[misc]
+    if predictions:
+        pred_path = path.with_suffix(".npz")
+        write_predictions(pred_path, predictions)
+        record["predictions"] = pred_path.name
+    validate_record(record, str(path))
+    atomic_write_json(path, record)
+
+
+def read_record(path: Path) -> RunRecord | None:
+    """The record at `path` (upgraded to the current version), or None when absent or unusable (the
+    run is then re-run and its record replaced). A record of a schema version this cxrbench cannot
+    read is refused (UnsupportedVersion), never overwritten."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    try:
+        return parse_record(obj, str(path))[0]
+    except UnsupportedVersion:
+        raise
+    except RecordError:
         return None
 
 
-def write_record(path: Path, record: dict, predictions: dict[str, np.ndarray] | None = None) -> None:
-    """Write the predictions file first, then the record (so a record never points at nothing)."""
-    path = Path(path)
-    if predictions:
-        pred_path = path.with_suffix(".npz")
-        with atomic_path(pred_path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **predictions)
-        record["predictions"] = pred_path.name
-    else:
-        record.setdefault("predictions", None)
-    record["schema_version"] = SCHEMA_VERSION
-    atomic_write_json(path, record)
+def predictions_file(record: dict) -> Path | None:
+    """The predictions .npz of a record read by `scan_records` (None when it has none)."""
+    name = record.get("predictions")
+    if not name or SOURCE_KEY not in record:
+        return None
+    return Path(record[SOURCE_KEY]).parent / name
+
+
+@dataclass(frozen=True)
+class RecordScan:
+    """Records found under the runs directories, the files skipped (path, reason), and the files
+    read from an older schema version (upgraded in memory; `cxrbench rescore` rewrites them)."""
+
+    records: list[RunRecord]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    upgraded: list[Path] = field(default_factory=list)
+
+
+def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
+    """Read every ``*.json`` run record below the directories; warn about and skip unreadable ones.
+
+    JSON files that do not look like run records at all (no ``run_id``/``schema_version``) are
+    ignored silently; files that do but cannot be parsed or miss keys are skipped with a warning;
+    records of a schema version this cxrbench cannot read are refused (one error naming them all).
+    Each returned record carries its file path under ``"_source"``.
+    """
+    dirs = [Path(runs_dirs)] if isinstance(runs_dirs, str | Path) else [Path(d) for d in runs_dirs]
+    records: list[RunRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    upgraded: list[Path] = []
+    unreadable: list[str] = []
+    seen: set[Path] = set()  # the same file reached twice (a directory given twice, or nested) is read once
+    for root in dirs:
+        if not root.is_dir():
+            raise CxrbenchError(
+                f"runs directory {root} does not exist (pass the --runs-dir of cxrbench evaluate)"
+            )
+        for path in sorted(root.rglob("*.json")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                _skip(skipped, path, f"not valid JSON ({exc})")
+                continue
+            if not isinstance(obj, dict) or not ({"run_id", "schema_version"} & obj.keys()):
+                continue
+            try:
+                record, was_upgraded = parse_record(obj, str(path))
+            except UnsupportedVersion:
+                unreadable.append(f"{path} (schema_version {obj['schema_version']!r})")
+                continue
+            except RecordError as exc:
+                _skip(skipped, path, str(exc).removeprefix(f"{path}: "))
+                continue
+            if was_upgraded:
+                upgraded.append(path)
+            record[SOURCE_KEY] = str(path)  # type: ignore[literal-required]
+            records.append(record)
+    if unreadable:
+        shown = "\n".join(f"  {u}" for u in unreadable[:10])
+        more = f"\n  and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise UnsupportedVersion(
+            f"run records of a schema version this cxrbench cannot read (it reads {readable}):\n{shown}{more}\n"
+            f"{UPGRADE_HINT}; newer versions need a newer cxrbench"
+        )
+    return RecordScan(records, skipped, upgraded)
+
+
+def _skip(skipped: list[tuple[Path, str]], path: Path, reason: str) -> None:
+    warnings.warn(f"skipping {path}: {reason}", stacklevel=3)
+    skipped.append((path, reason))
+
+
+def load_records(runs_dirs: Path | str | Iterable[Path | str]) -> list[RunRecord]:
+    """The run records below the runs directories (see `scan_records` for what is skipped)."""
+    return scan_records(runs_dirs).records
+
+
+def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[str]:
+    """Refuse duplicate run ids, and mixed protocols/checkpoints unless allowed; return table notes."""
+    by_id: dict[str, list[str]] = defaultdict(list)
+    for rec in records:
+        by_id[str(rec["run_id"])].append(rec.get(SOURCE_KEY, "<in memory>"))
+    dups = {rid: files for rid, files in by_id.items() if len(files) > 1}
+    if dups:
+        lines = [f"  {rid}: {', '.join(files)}" for rid, files in sorted(dups.items())]
+        raise CxrbenchError(
+            "duplicate run ids (copied run records are not independent runs):\n" + "\n".join(lines)
+        )
+    final = [r for r in records if r.get("phase") == FINAL]
+    problems = []
+    # The protocol hash covers all tasks and the profile, so one table must hold a single hash.
+    hashes = sorted({_hash_of(r) for r in final})
+    if len(hashes) > 1:
+        problems.append(("protocol hashes", "the table: " + _listing(final, _hash_of, hashes)))
+    for encoder in sorted({str(r["encoder"]) for r in final}):
+        mine = [r for r in final if str(r["encoder"]) == encoder]
+        identities = sorted({_checkpoint_of(r) for r in mine})
+        if len(identities) > 1:
+            problems.append(
+                ("checkpoints", f"encoder {encoder}: " + _listing(mine, _checkpoint_of, identities))
+            )
+    if problems and not allow_mixed:
+        detail = "\n".join(f"  different {label} in {where}" for label, where in problems)
+        raise CxrbenchError(
+            f"records that are not comparable:\n{detail}\nRe-run them under one protocol and checkpoint, "
+            "or pass allow_mixed (--allow-mixed) to flag them instead"
+        )
+    return [f"mixed {label} allowed in {where}" for label, where in problems]
+
+
+def _hash_of(rec: dict) -> str:
+    return str(rec["protocol_hash"])
+
+
+def _checkpoint_of(rec: dict) -> str:
+    return str((rec.get("checkpoint") or {}).get("identity"))
+
+
+def _listing(records: Sequence[dict], value_of, values: Sequence[str], limit: int = 3) -> str:
+    """Each value with a few of the encoder/task pairs whose records carry it (for messages)."""
+    parts = []
+    for value in values:
+        pairs = sorted({f"{r['encoder']}/{r['task_id']}" for r in records if value_of(r) == value})
+        more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
+        parts.append(f"{value} ({', '.join(pairs[:limit])}{more})")
+    return "; ".join(parts)

@@ -28,7 +28,8 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, encode_all
 from cxrbench.protocol.heads import Head, get_head
-from cxrbench.protocol.metrics import BOXES, Metric, get_metric
+from cxrbench.protocol.metrics import Metric, get_metric
+from cxrbench.protocol.predictions import encode_predictions
 from cxrbench.protocol.task_data import TaskSplit
 from cxrbench.protocol.tasks import Task
 from cxrbench.runtime import autocast_factory, seed_everything
@@ -37,7 +38,6 @@ WEIGHT_DECAY = 1e-6
 PLATEAU_PATIENCE = 3
 PLATEAU_FACTOR = 0.5
 MIN_DELTA = 1e-5
-N_OVERLAYS = 4
 
 
 class TrainingDiverged(CxrbenchError):
@@ -270,39 +270,11 @@ def evaluate_split(
     per_image["image_ids"] = list(split.image_ids)
     values = metric.aggregate(per_image)
     mean_loss = float(np.average(losses, weights=weights)) if losses else float("nan")
-    predictions = _predictions_arrays(task, split, kept_preds) if keep_predictions else {}
-    return values, mean_loss, per_image, predictions
-
-
-def _predictions_arrays(task: Task, split: TaskSplit, kept: list) -> dict[str, np.ndarray]:
-    """The predictions file content (docs/formats.md): for re-scoring and qualitative overlays."""
-    out: dict[str, np.ndarray] = {"image_ids": np.array(split.image_ids), "kind": np.array(task.metric)}
-    if get_metric(task.metric).target is BOXES:
-        preds = [p for batch, _ in kept for p in batch]
-        gts = [g for _, batch in kept for g in batch]
-        out["pred_boxes"] = (
-            np.concatenate([b for b, _ in preds]).astype(np.float32).reshape(-1, 4)
-            if preds
-            else np.zeros((0, 4), np.float32)
+    predictions = (
+        encode_predictions(
+            task.metric, split.image_ids, kept_preds, lambda at: split.images[torch.from_numpy(at)].numpy()
         )
-        out["pred_scores"] = (
-            np.concatenate([s for _, s in preds]).astype(np.float32) if preds else np.zeros(0, np.float32)
-        )
-        out["pred_offsets"] = np.concatenate([[0], np.cumsum([len(s) for _, s in preds])]).astype(np.int64)
-        out["gt_boxes"] = (
-            np.concatenate(gts).astype(np.float32).reshape(-1, 4) if gts else np.zeros((0, 4), np.float32)
-        )
-        out["gt_offsets"] = np.concatenate([[0], np.cumsum([len(g) for g in gts])]).astype(np.int64)
-    else:
-        pred = np.concatenate([p for p, _ in kept])
-        gt = np.concatenate([g for _, g in kept])
-        out["pred_masks"] = np.packbits(pred, axis=-1)
-        out["gt_masks"] = np.packbits(gt, axis=-1)
-        out["mask_shape"] = np.array(pred.shape, dtype=np.int64)
-    n = len(split)
-    overlay = (
-        np.linspace(0, n - 1, num=min(N_OVERLAYS, n)).round().astype(np.int64) if n else np.zeros(0, np.int64)
+        if keep_predictions
+        else {}
     )
-    out["overlay_index"] = overlay
-    out["overlay_images"] = split.images[torch.from_numpy(overlay)].numpy()
-    return out
+    return values, mean_loss, per_image, predictions

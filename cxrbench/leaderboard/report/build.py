@@ -10,7 +10,7 @@ import pandas as pd
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_text
-from cxrbench.leaderboard.aggregate import RecordScan, Summary, scan_records, summarize_records
+from cxrbench.leaderboard.aggregate import Summary, summarize_records
 from cxrbench.leaderboard.compare import Wins, add_ranks, count_wins
 from cxrbench.leaderboard.published import load_published
 from cxrbench.leaderboard.report.html import render_html
@@ -19,6 +19,7 @@ from cxrbench.leaderboard.report.layout import Layout, build_layout
 from cxrbench.leaderboard.report.markdown import render_markdown
 from cxrbench.leaderboard.report.overlays import plot_overlays
 from cxrbench.leaderboard.report.plots import plot_bars, plot_rank_heatmap
+from cxrbench.protocol.records import RecordScan, scan_records
 
 CACHE_DIR = Path(".cache") / "bootstrap"  # per-run bootstrap replicates, inside the output directory
 CSV_COLUMNS = (

@@ -20,7 +20,6 @@ from cxrbench.leaderboard.published import CITATION
 DATASET_NAMES = {
     "rsna": "RSNA Pneumonia",
     "covid_rural": "COVID Rural",
-    "covid": "COVID Rural",
     "siim": "SIIM-ACR Pneumothorax",
     "object_cxr": "Object-CXR",
     "nih": "NIH ChestX-ray8",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cxrbench.io_utils import atomic_path
-from cxrbench.leaderboard.aggregate import SOURCE_KEY
+from cxrbench.protocol.predictions import PredictionsError, is_segmentation, read_predictions
+from cxrbench.protocol.record_schema import primary_value, usable_runs
+from cxrbench.protocol.records import predictions_file
 
 GT_COLOR = np.array([0, 200, 0], dtype=np.float64)
 PRED_COLOR = np.array([230, 30, 30], dtype=np.float64)
@@ -30,35 +31,12 @@ MIN_TILE = 160
 def best_runs(records: Sequence[dict]) -> dict[tuple[str, str], dict]:
     """The ok final run with the highest finite primary test value per (encoder, task)."""
     best: dict[tuple[str, str], tuple[float, dict]] = {}
-    for rec in records:
-        if rec.get("phase") != "final" or rec.get("status") != "ok":
-            continue
-        value = (rec.get("test") or {}).get(rec["metric"])
-        if value is None or not math.isfinite(float(value)):
-            continue
+    for rec in usable_runs(records):
+        value = primary_value(rec)
         key = (str(rec["encoder"]), str(rec["task_id"]))
-        if key not in best or float(value) > best[key][0]:
-            best[key] = (float(value), rec)
+        if key not in best or value > best[key][0]:
+            best[key] = (value, rec)
     return {k: v[1] for k, v in best.items()}
-
-
-def predictions_path(rec: dict) -> Path | None:
-    name = rec.get("predictions")
-    if not name or SOURCE_KEY not in rec:
-        return None
-    return Path(rec[SOURCE_KEY]).parent / name
-
-
-def _masks(packed: np.ndarray, shape: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Union over classes of the unpacked masks of the chosen images (k x H x W bool)."""
-    _, c, h, w = (int(v) for v in shape)
-    bits = np.unpackbits(packed[rows], axis=-1, count=w).astype(bool)
-    return bits.reshape(len(rows), c, h, w).any(axis=1)
-
-
-def _boxes(data: dict, key: str, i: int) -> np.ndarray:
-    off = data[key.split("_")[0] + "_offsets"]
-    return np.asarray(data[key], dtype=np.float64).reshape(-1, 4)[off[i] : off[i + 1]]
 
 
 def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -91,18 +69,17 @@ def _draw_box(rgb: np.ndarray, box: np.ndarray, color: np.ndarray, width: int = 
 
 def overlay_tiles(npz_path: Path) -> list[np.ndarray]:
     """RGB uint8 tiles (one per stored overlay image) with GT and prediction drawn on them."""
-    with np.load(npz_path, allow_pickle=False) as npz:
-        if "overlay_images" not in npz.files or "overlay_index" not in npz.files:
-            return []
-        data = {k: npz[k] for k in npz.files if k not in ("image_ids", "kind")}  # decompress each array once
-    images = np.asarray(data["overlay_images"])
+    predictions = read_predictions(npz_path)
+    if not predictions.has_overlays:
+        return []
+    images = np.asarray(predictions.arrays["overlay_images"])
     if images.ndim == 4:  # k x 1 x H x W
         images = images[:, 0]
-    index = np.asarray(data["overlay_index"], dtype=np.int64)
-    seg = "pred_masks" in data
-    if seg:
-        pred = _masks(data["pred_masks"], data["mask_shape"], index)
-        gt = _masks(data["gt_masks"], data["mask_shape"], index)
+    index = np.asarray(predictions.arrays["overlay_index"], dtype=np.int64)
+    seg = is_segmentation(predictions.kind)
+    if seg:  # union over classes
+        pred = predictions.masks("pred", index).any(axis=1)
+        gt = predictions.masks("gt", index).any(axis=1)
     tiles = []
     for k, (img, i) in enumerate(zip(images, index, strict=True)):
         rgb = np.repeat(img[..., None].astype(np.float64), 3, axis=2)
@@ -111,9 +88,9 @@ def overlay_tiles(npz_path: Path) -> list[np.ndarray]:
             rgb[p] = (1 - ALPHA) * rgb[p] + ALPHA * PRED_COLOR
             rgb[_edge(_resize_nearest(gt[k], img.shape))] = GT_COLOR
         else:
-            for box in _boxes(data, "gt_boxes", i):
+            for box in predictions.boxes("gt", i):
                 _draw_box(rgb, box, GT_COLOR)
-            for box in _boxes(data, "pred_boxes", i):
+            for box in predictions.boxes("pred", i):
                 _draw_box(rgb, box, PRED_COLOR, width=1)
         tiles.append(rgb.astype(np.uint8))
     return tiles
@@ -138,13 +115,13 @@ def plot_overlays(records: Sequence[dict], out_dir: Path, encoder_order: Sequenc
     for (encoder, task), rec in sorted(
         best_runs(records).items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0])
     ):
-        path = predictions_path(rec)
+        path = predictions_file(rec)
         if path is None:
             continue
         try:
             tiles = overlay_tiles(path)
-        except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as exc:
-            warnings.warn(f"no overlays for {encoder}/{task}: cannot read {path} ({exc})", stacklevel=2)
+        except (PredictionsError, KeyError, ValueError, IndexError) as exc:
+            warnings.warn(f"no overlays for {encoder}/{task}: {exc}", stacklevel=2)
             continue
         if tiles:
             by_task[task].append((encoder, tiles))

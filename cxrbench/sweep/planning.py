@@ -1,0 +1,202 @@
+"""What a sweep runs: up-front checks, the resolved plan, and its two stages of jobs.
+
+The final seeds of a task need the lr chosen by its lr search, so stage 1 holds every lr-search
+job and stage 2 the final-seed jobs at the best lr read back from the stage-1 records (chosen as
+`cxrbench evaluate` chooses it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from cxrbench.encoders import load_encoder
+from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.record_schema import FINAL, LR_SEARCH
+from cxrbench.protocol.records import read_record
+from cxrbench.protocol.runner import best_lr, checkpoint_identity, checkpoint_path
+from cxrbench.protocol.task_data import open_task_dataset
+from cxrbench.protocol.tasks import Profile, Task, select_tasks
+from cxrbench.sweep.config import CheckpointSpec, SweepConfig
+from cxrbench.sweep.job import Job, JobOutcome
+
+STAGE_NAMES = ("lr search", "final seeds")
+
+
+@dataclass
+class SweepPlan:
+    """The checked inputs of a sweep: resolved checkpoints with identities, tasks as run, seeds."""
+
+    config: SweepConfig
+    profile: Profile
+    checkpoints: list[tuple[CheckpointSpec, str]]
+    tasks: list[Task]
+    seeds: int
+    workers: int
+    threads: int | None
+
+
+@dataclass
+class SweepSummary:
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    chosen_lr: dict[tuple[str, str], float] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)  # "<encoder> <task>": lr search incomplete
+
+    def count(self, *statuses: str) -> int:
+        return sum(o.status in statuses for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed", "error") == 0 and not self.blocked
+
+
+def visible_gpus() -> list[str]:
+    """CUDA device ids as the parent sees them (honouring an inherited CUDA_VISIBLE_DEVICES)."""
+    if not torch.cuda.is_available():
+        return []
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited:
+        return [d.strip() for d in inherited.split(",") if d.strip()][: torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """Create RUNS_DIR and probe-write a file in it, so an unusable one fails before any job runs."""
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cxrbench-write-probe.", dir=runs_dir)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except PermissionError:
+        raise CxrbenchError(
+            f"runs directory {runs_dir} is not writable (permission denied): "
+            "check its owner and mode, or pick another with --runs-dir"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise CxrbenchError(
+                f"no space left on device for the runs directory {runs_dir}: free disk space and re-run"
+            ) from None
+        if isinstance(exc, (NotADirectoryError, FileExistsError)):
+            blocker = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), runs_dir)
+            raise CxrbenchError(
+                f"runs directory {runs_dir} cannot be created: {blocker} is a file, not a directory"
+            ) from None
+        raise CxrbenchError(f"runs directory {runs_dir} is not writable: {exc.strerror or exc}") from None
+
+
+def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
+    """Check everything that can fail up front (runs dir, data, checkpoints) and resolve the sweep."""
+    if check_writable:
+        check_runs_dir(config.runs_dir)
+    profile = config.resolved_profile()
+    tasks = [profile.apply(t) for t in select_tasks(config.tasks)]
+    for dataset in sorted({t.dataset for t in tasks}):
+        open_task_dataset(config.data_root, dataset)
+    checkpoints = []
+    for ckpt in config.checkpoints:
+        loaded = load_encoder(ckpt.spec, arch=ckpt.arch, prefix=ckpt.prefix)
+        spec = checkpoint_path(ckpt.spec) or ckpt.spec
+        resolved = replace(ckpt, spec=spec, arch=ckpt.arch or loaded.report.arch)
+        checkpoints.append((resolved, checkpoint_identity(ckpt.spec, loaded)))
+    names = [c.encoder for c, _ in checkpoints]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise CxrbenchError(f"checkpoint name(s) used twice: {', '.join(duplicated)}; give each a `name`")
+    workers = 1 if config.executor == "debug" else (config.workers or max(1, len(visible_gpus())))
+    threads = {"debug": None, "slurm": config.cluster.cpus_per_job}.get(
+        config.executor, max(1, cpu_count() // workers)
+    )
+    seeds = config.seeds if config.seeds is not None else profile.default_seeds
+    return SweepPlan(config, profile, checkpoints, tasks, seeds, workers, threads)
+
+
+def make_job(
+    plan: SweepPlan, ckpt: CheckpointSpec, identity: str, task: Task, phase: str, lr: float, seed: int
+) -> Job:
+    config = plan.config
+    return Job(
+        ckpt,
+        identity,
+        task.task_id,
+        phase,
+        float(lr),
+        seed,
+        Path(config.data_root).resolve(),
+        Path(config.runs_dir).resolve(),
+        plan.profile,
+        config.device,
+        config.amp,
+        config.feature_cache,
+        plan.threads,
+        config.executor,
+    )
+
+
+def stage1_jobs(plan: SweepPlan) -> list[Job]:
+    """Every lr-search run (seed 0, one per lr of a grid with more than one lr)."""
+    return [
+        make_job(plan, ckpt, identity, task, LR_SEARCH, lr, 0)
+        for ckpt, identity in plan.checkpoints
+        for task in plan.tasks
+        if len(task.lr_grid) > 1
+        for lr in task.lr_grid
+    ]
+
+
+def chosen_lr(plan: SweepPlan, ckpt: CheckpointSpec, identity: str, task: Task) -> float | None:
+    """The task's lr for the final seeds, as `evaluate` picks it; None while a search run has no record."""
+    if len(task.lr_grid) == 1:
+        return task.lr_grid[0]
+    records = [
+        read_record(make_job(plan, ckpt, identity, task, LR_SEARCH, lr, 0).path) for lr in task.lr_grid
+    ]
+    if any(r is None for r in records):
+        return None
+    return best_lr(task, records)  # type: ignore[arg-type]
+
+
+def stage2_jobs(plan: SweepPlan, summary: SweepSummary | None = None) -> list[Job]:
+    """Final-seed runs at each task's chosen lr; tasks whose lr search is incomplete are blocked."""
+    jobs = []
+    for ckpt, identity in plan.checkpoints:
+        for task in plan.tasks:
+            lr = chosen_lr(plan, ckpt, identity, task)
+            if lr is None:
+                if summary is not None:
+                    summary.blocked.append(f"{ckpt.encoder} {task.task_id}")
+                continue
+            if summary is not None:
+                summary.chosen_lr[(ckpt.encoder, task.task_id)] = lr
+            jobs += [make_job(plan, ckpt, identity, task, FINAL, lr, seed) for seed in range(plan.seeds)]
+    return jobs
+
+
+def describe_jobs(plan: SweepPlan) -> list[tuple[Job | None, str, str, str]]:
+    """Dry-run listing: (job or None, encoder, task, phase) rows, the final ones only when their lr is known."""
+    rows: list[tuple[Job | None, str, str, str]] = [
+        (j, j.checkpoint.encoder, j.task_id, j.phase) for j in stage1_jobs(plan)
+    ]
+    summary = SweepSummary()
+    rows += [(j, j.checkpoint.encoder, j.task_id, j.phase) for j in stage2_jobs(plan, summary)]
+    for blocked in summary.blocked:
+        encoder, task_id = blocked.rsplit(" ", 1)
+        rows.append((None, encoder, task_id, FINAL))
+    return rows
