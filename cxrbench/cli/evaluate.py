@@ -132,18 +132,18 @@ def evaluate_cmd(
 
 def summary_table(encoder: str, outcomes: list[TaskOutcome]) -> Table:
     """Per task: the chosen lr, finished and failed final runs, mean and sd of the test metric."""
-    import math
-
     import numpy as np
+
+    from cxrbench.protocol.record_schema import FINAL, is_ok, primary_value, usable_runs
 
     table = Table(title=f"{encoder}: test metric over final runs")
     for col in ("task", "metric", "lr", "runs ok", "failed", "mean", "sd"):
         table.add_column(col)
     for outcome in outcomes:
-        finals = [r for r in outcome.records if r.get("phase") == "final"]
-        ok = [r["test"][outcome.task.metric] for r in finals if r.get("status") == "ok"]
-        values = np.array([v for v in ok if v is not None and not math.isnan(v)], dtype=float)
-        failed = sum(r.get("status") != "ok" for r in finals)
+        finals = [r for r in outcome.records if r.get("phase") == FINAL]
+        ok = [r for r in finals if is_ok(r)]
+        values = np.array([primary_value(r) for r in usable_runs(finals)], dtype=float)
+        failed = len(finals) - len(ok)
         mean = f"{values.mean():.4f}" if len(values) else "-"
         sd = f"{values.std(ddof=1):.4f}" if len(values) > 1 else "-"
         table.add_row(
