@@ -91,12 +91,19 @@ class RunSpec:
     lr: float
     seed: int
     profile: Profile
+    # The protocol task itself when it is not in the registry (a task built in a test or an
+    # experiment); None looks `task_id` up in the registry.
+    protocol_task: Task | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
-        if self.task_id not in TASKS_BY_ID:
+        if self.protocol_task is None and self.task_id not in TASKS_BY_ID:
             raise CxrbenchError(f"unknown task {self.task_id!r}")
+        if self.protocol_task is not None and self.protocol_task.task_id != self.task_id:
+            raise ValueError(
+                f"task id {self.task_id!r} does not match the task {self.protocol_task.task_id!r}"
+            )
 
     @cached_property
     def protocol_hash(self) -> str:
@@ -105,7 +112,7 @@ class RunSpec:
     @property
     def task(self) -> Task:
         """The task with the profile's scaling applied (what the run trains)."""
-        return self.profile.apply(TASKS_BY_ID[self.task_id])
+        return self.profile.apply(self.protocol_task or TASKS_BY_ID[self.task_id])
 
     @cached_property
     def key(self) -> str:
