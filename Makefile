@@ -33,5 +33,9 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cxrbench demo --out demo_out
 
+# Figures are printed, never asserted. Flags: bench_training_pipeline.py [--resolution 224] [--arch resnet50]
+# [--device auto] [--steps 20] [--batch 16] [--n-images 96] [--no-amp] [--work DIR]; bench_cli_startup.py [--runs 7];
+# benchmarks/bench_leaderboard.py times the leaderboard on synthetic records (run it by hand).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training_pipeline.py
+	$(BIN)/python benchmarks/bench_cli_startup.py
