@@ -24,11 +24,10 @@ import numpy as np
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_path
+from cxrbench.protocol.metrics import MASKS, get_metric
 
 FORMAT_VERSION = 1
 N_OVERLAYS = 4
-SEG_KEYS = ("pred_masks", "gt_masks", "mask_shape")
-BOX_KEYS = ("pred_boxes", "pred_scores", "pred_offsets", "gt_boxes", "gt_offsets")
 OVERLAY_KEYS = ("overlay_index", "overlay_images")
 
 
@@ -37,7 +36,8 @@ class PredictionsError(CxrbenchError):
 
 
 def is_segmentation(kind: str) -> bool:
-    return kind == "dice"
+    """Whether the metric `kind` scores masks (else boxes): its registered target decides."""
+    return get_metric(kind).target is MASKS
 
 
 def overlay_positions(n: int) -> np.ndarray:
@@ -173,7 +173,11 @@ def read_predictions(path: Path, kind: str | None = None) -> Predictions:
         raise PredictionsError(
             f"{path}: predictions are for metric {stored!r}, the record's metric is {kind!r}"
         )
-    missing = [k for k in (SEG_KEYS if is_segmentation(stored) else BOX_KEYS) if k not in arrays]
+    try:
+        keys = get_metric(stored).target.prediction_keys
+    except CxrbenchError as exc:
+        raise PredictionsError(f"{path}: {exc}") from None
+    missing = [k for k in keys if k not in arrays]
     if missing:
         raise PredictionsError(f"{path}: predictions file lacks {', '.join(missing)}")
     ids = [str(i) for i in arrays.pop("image_ids")]
