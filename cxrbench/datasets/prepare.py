@@ -29,6 +29,7 @@ from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
 from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes
 from cxrbench.datasets.imaging import equalize_histogram
 from cxrbench.datasets.prepared import (
+    FORMAT_VERSION,
     IN_PROGRESS,
     MARKER,
     array_record,
@@ -43,7 +44,6 @@ from cxrbench.io_utils import atomic_path, atomic_save_npy, atomic_write_json, r
 from cxrbench.output_dirs import OURS, claim_output_dir
 from cxrbench.provenance import provenance
 
-FORMAT_VERSION = 2  # 2: manifest checksums, split rule, strictness and raw fingerprint recorded
 CHUNK_SIZE = 64
 MIN_SIZE, MAX_SIZE = 32, 4096  # prepared side in pixels: below 32 the encoders' strides leave no map
 MAX_PROBLEMS_KEPT = 100  # problems stored in prepared.json (all are counted)

@@ -32,6 +32,10 @@ from cxrbench.datasets.splits import ids_hash
 from cxrbench.errors import CxrbenchError, DamagedCacheError
 from cxrbench.io_utils import read_json, sha256_file
 
+# The prepared-cache format this cxrbench writes; older formats still open (their arrays are checked
+# against their own headers), newer ones are refused.
+FORMAT_VERSION = 2  # 2: manifest checksums, split rule, strictness and raw fingerprint recorded
+
 SPLIT_ORDER = ("train", "val", "test")
 MARKER = "prepared.json"  # completion marker, written last
 IN_PROGRESS = "prepare-in-progress.json"  # marks `<out>.partial/` of a running or interrupted prepare
@@ -307,6 +311,12 @@ def open_prepared(path: str | Path, verify: bool = True) -> PreparedDataset:
             "Create it with `cxrbench prepare DATASET RAW_DIR OUT_DIR`."
         )
     meta = read_marker(root)
+    version = (meta.get("config") or {}).get("format_version") if isinstance(meta, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CxrbenchError(
+            f"{root} was prepared by a newer cxrbench (cache format {version}; this one reads up to "
+            f"{FORMAT_VERSION}): upgrade cxrbench or re-prepare it with `cxrbench prepare ... --force`"
+        )
     try:
         dataset = PreparedDataset(root, meta)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

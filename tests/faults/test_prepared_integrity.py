@@ -9,7 +9,7 @@ import pytest
 
 from cxrbench.datasets import open_prepared
 from cxrbench.datasets.prepared import verify_prepared
-from cxrbench.errors import DamagedCacheError
+from cxrbench.errors import CxrbenchError, DamagedCacheError
 from cxrbench.protocol.task_data import open_task_dataset
 
 from .helpers import assert_one_line_error, copy_tree, run_cli
@@ -87,4 +87,14 @@ def test_cache_written_before_checksums_still_opens(rsna_prepared, tmp_path, rsn
     assert_one_line_error(result, "another cxrbench version", "--force")
     _truncate(root / "val" / "images.npy")
     with pytest.raises(DamagedCacheError, match="truncated"):
+        open_prepared(root)
+
+
+def test_cache_of_a_newer_format_is_refused_with_the_upgrade_path(rsna_prepared, tmp_path):
+    root = copy_tree(rsna_prepared, tmp_path / "rsna")
+    marker = root / "prepared.json"
+    meta = json.loads(marker.read_text())
+    meta["config"]["format_version"] += 1
+    marker.write_text(json.dumps(meta))
+    with pytest.raises(CxrbenchError, match="prepared by a newer cxrbench"):
         open_prepared(root)
