@@ -36,7 +36,6 @@ FINAL = "final"
 PHASES = (LR_SEARCH, FINAL)
 STATUSES = ("ok", "failed")
 TASK_SETTINGS = ("batch_size", "max_epochs", "patience", "warmup_steps", "mode", "head", "percent")
-UPGRADE_HINT = "`cxrbench rescore RUNS_DIR` rewrites readable older records in the current version"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -238,7 +237,11 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
         raise UnsupportedVersion(
             f"{source}: run record schema_version {version!r} cannot be read by this cxrbench "
             f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}; "
-            + ("that record needs a newer cxrbench)" if newer else f"{UPGRADE_HINT})")
+            + (
+                "that record needs a newer cxrbench)"
+                if newer
+                else "no upgrade exists for it: re-run its task with `cxrbench evaluate`)"
+            )
         )
     upgraded = version == 1
     if upgraded:

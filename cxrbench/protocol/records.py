@@ -25,7 +25,6 @@ from cxrbench.protocol.record_schema import (
     FINAL,
     PHASES,
     READABLE_VERSIONS,
-    UPGRADE_HINT,
     RecordError,
     RunRecord,
     UnsupportedVersion,
@@ -228,7 +227,8 @@ def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise UnsupportedVersion(
             f"run records of a schema version this cxrbench cannot read (it reads {readable}):\n{shown}{more}\n"
-            f"{UPGRADE_HINT}; newer versions need a newer cxrbench"
+            "no upgrade exists for them: re-run their tasks with `cxrbench evaluate` (older versions) or "
+            "use a newer cxrbench (newer versions)"
         )
     return RecordScan(records, skipped, upgraded)
 
