@@ -96,7 +96,8 @@ def evaluate_cmd(
         str | None, typer.Option(help="State-dict key prefix of the encoder (auto-detected).")
     ] = None,
     arch: Annotated[
-        str | None, typer.Option(help="resnet18/34/50/101 (auto-detected from the checkpoint).")
+        str | None,
+        typer.Option(help="ResNet depth: resnet18/34/50/101/152 (auto-detected from the checkpoint)."),
     ] = None,
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
