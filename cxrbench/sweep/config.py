@@ -108,8 +108,8 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         raise CxrbenchError(f"{source}: `slurm:` takes the keys {', '.join(sorted(_CLUSTER_KEYS))}")
     for key in ("workers", "seeds"):
         value = mapping.get(key)
-        if value is not None and (not isinstance(value, int) or value < (1 if key == "workers" else 0)):
-            raise CxrbenchError(f"{source}: `{key}` must be a non-negative integer, got {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CxrbenchError(f"{source}: `{key}` must be an integer of 1 or more, got {value!r}")
     tasks = mapping.get("tasks", "all")
     select_tasks(tasks)  # unknown ids fail here
     return SweepConfig(
