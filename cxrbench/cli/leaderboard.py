@@ -59,10 +59,8 @@ def leaderboard_command(
     """Aggregate run records into the 18-task leaderboard (Markdown, CSV, LaTeX, HTML, PNG)."""
     from cxrbench.errors import check_count
     from cxrbench.leaderboard.report import build_leaderboard
-    from cxrbench.output_dirs import LEADERBOARD, check_name, take_folder
+    from cxrbench.output_dirs import LEADERBOARD, take_folder
 
-    for name in baseline or ():
-        check_name(name, "--baseline")
     check_count("--n-boot", n_boot, 0)
     check_count("--n-boot-detection", n_boot_detection, 0)
     take_folder(out, LEADERBOARD, inputs=runs_dir)  # before any bootstrap: refused or probed now

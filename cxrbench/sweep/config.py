@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.output_dirs import check_name
 from cxrbench.protocol.records import default_encoder_name
 from cxrbench.protocol.tasks import Profile, get_profile, select_tasks
 
@@ -157,4 +158,5 @@ def _profile(value: Any, source: str) -> Profile:
     base = get_profile(value.get("base", "full"))
     if overrides.keys() - {"name"} and overrides.get("name", base.name) == base.name:
         raise CxrbenchError(f"{source}: a modified profile needs its own `name` (not {base.name!r})")
+    check_name(str(overrides.get("name", base.name)), f"{source}: profile name")
     return replace(base, **overrides)

@@ -128,3 +128,11 @@ def test_negative_bootstrap_counts_are_one_line(tmp_path, no_training):
         result = run_cli("leaderboard", "--runs-dir", runs, "--out", tmp_path / "out", option, "-1")
         assert_one_line_error(result, f"{option} -1", "0 or more")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_profile_name_follows_the_same_rule():
+    from cxrbench.sweep import config_from_mapping
+
+    base = {"checkpoints": ["random"], "data": "prepared"}
+    with pytest.raises(CxrbenchError, match="profile name 'a/b' contains a path separator"):
+        config_from_mapping({**base, "profile": {"base": "demo", "name": "a/b", "max_epochs": 1}})
