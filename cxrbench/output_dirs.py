@@ -5,6 +5,10 @@ exist, is empty, or already holds what this command writes (recognised by a mark
 cxrbench creates). Anything else, an existing file, or an output that overlaps one of the command's
 inputs (inside it, around it or the same folder) is refused with a message, and no `--force`
 overrides that: `--force` may only replace cxrbench's own output.
+
+The run-side commands (evaluate, sweep, leaderboard, pretrain, analyze, demo) claim their folders with
+`take_folder`, which also probes them with a real write and leaves the kind's marker file, before any
+training. Names that become folder or file names pass `check_name`, the one rule for safe names.
 """
 
 from __future__ import annotations
