@@ -578,6 +578,9 @@ def _train(
         start = time.perf_counter()
         train.epoch = epoch
         train_sampler.set_epoch(epoch)
+        # The global RNG (dropout, loader seeds) restarts from (seed, epoch) each epoch, so a run resumed
+        # from an epoch checkpoint trains exactly as the uninterrupted run did.
+        torch.manual_seed(prof.seed * 1_000_003 + epoch)
         trainable.train()
         running, count = 0.0, 0
         optimizer.zero_grad(set_to_none=True)

@@ -103,3 +103,12 @@ def test_output_inside_its_input_is_refused(tmp_path):
     assert folder_digest(runs) == before
     with pytest.raises(OutputDirError, match="contains the input folder"):
         take_folder(tmp_path, RUNS, inputs=[runs])
+
+
+def test_a_probe_left_by_a_killed_command_does_not_block_a_re_run(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / ".cxrbench-write-probe.k1ll3d").write_bytes(b"probe")  # killed between probe and marker
+    assert claim_folder(runs, RUNS).state == EMPTY
+    take_folder(runs, RUNS)
+    assert claim_folder(runs, RUNS).marker == RUNS.marker
