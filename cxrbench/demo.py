@@ -17,6 +17,7 @@ from pathlib import Path
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.output_dirs import DEMO, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
 
 DEMO_ARCH = "resnet18"
@@ -149,6 +150,7 @@ def run_demo(
 
     section = section or log
     paths = DemoPaths(out)
+    take_folder(paths.root, DEMO)  # a new or empty folder, or an earlier demo's (its work is reused)
     profile = get_profile(profile) if isinstance(profile, str) else profile
     datasets = sorted({t.dataset for t in tasks} | ({"mimic_cxr"} if methods else set()))
     section("1/4 phantom data in real raw formats -> prepared caches")

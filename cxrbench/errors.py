@@ -25,6 +25,12 @@ class CxrbenchError(Exception):
         return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
+class RunFailedError(CxrbenchError):
+    """A training run that started and failed (e.g. its loss became NaN): not bad input, so exit code 1."""
+
+    exit_code = 1
+
+
 class DataError(CxrbenchError):
     """Malformed raw data: names the file, the row (when there is one) and what was expected."""
 
@@ -50,3 +56,10 @@ class DamagedCacheError(CxrbenchError):
 
 class OutputDirError(CxrbenchError):
     """An output location that cxrbench refuses to write into (it would overwrite the user's files)."""
+
+
+def check_count(option: str, value: int | None, minimum: int = 1) -> int | None:
+    """Refuse a count option below its minimum (e.g. `--seeds 0`, which would silently do nothing)."""
+    if value is not None and value < minimum:
+        raise CxrbenchError(f"{option} {value} is out of range: use {minimum} or more")
+    return value

@@ -5,17 +5,48 @@ exist, is empty, or already holds what this command writes (recognised by a mark
 cxrbench creates). Anything else, an existing file, or an output that overlaps one of the command's
 inputs (inside it, around it or the same folder) is refused with a message, and no `--force`
 overrides that: `--force` may only replace cxrbench's own output.
+
+The run-side commands (evaluate, sweep, leaderboard, pretrain, analyze, demo) claim their folders with
+`take_folder`, which also probes them with a real write and leaves the kind's marker file, before any
+training. Names that become folder or file names pass `check_name`, the one rule for safe names.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrbench.errors import OutputDirError
+from cxrbench.errors import CxrbenchError, OutputDirError
 
 ABSENT, EMPTY, OURS = "absent", "empty", "ours"
+PROBE_PREFIX = ".cxrbench-write-probe."  # the write probe's temporary file (never a user's file)
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """A kind of folder a command writes: its marker file, and the files that show a folder of this kind
+    written before cxrbench wrote markers (glob patterns allowed), so that existing output keeps working."""
+
+    kind: str
+    marker: str
+    legacy: tuple[str, ...] = ()
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return (self.marker, *self.legacy)
+
+
+RUNS = FolderKind("runs directory", ".cxrbench-runs.json", ("*/*/run-*.json",))
+LEADERBOARD = FolderKind("leaderboard folder", ".cxrbench-leaderboard.json", ("leaderboard.md",))
+PRETRAIN = FolderKind("pre-training folder", ".cxrbench-pretrain.json", ("checkpoint.pt", "history.json"))
+ANALYSIS = FolderKind("analysis folder", ".cxrbench-analysis.json", ("*__*.json",))
+DEMO = FolderKind("demo folder", ".cxrbench-demo.json", ("prepared/*/prepared.json",))
 
 
 @dataclass(frozen=True)
@@ -73,11 +104,96 @@ def claim_output_dir(
     if not entries:
         return ClaimedDir(path, EMPTY)
     for name in markers:
-        if (path / name).is_file():
+        if _has_marker(path, name):
             return ClaimedDir(path, OURS, name)
+    entries = [e for e in entries if not e.startswith(PROBE_PREFIX)]  # another process's probe
+    if not entries:
+        return ClaimedDir(path, EMPTY)
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     raise OutputDirError(
         f"output folder {path} already holds files that are not a cxrbench {kind} ({shown}); "
         f"cxrbench writes only into a new or empty folder or over its own {kind} (even with --force): "
         "choose another output folder"
     )
+
+
+def _has_marker(path: Path, name: str) -> bool:
+    if _GLOB_CHARS & set(name):
+        return any(p.is_file() for p in path.glob(name))
+    return (path / name).is_file()
+
+
+def probe_writable(path: str | Path, what: str) -> None:
+    """Create `path` (a folder) and write, sync and remove a temporary file in it, so that a folder that
+    cannot be written fails now, with one message, instead of after the first hour of training."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=path)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except PermissionError:
+        raise OutputDirError(
+            f"{what} {path} is not writable (permission denied): check its owner and mode, or choose another"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OutputDirError(f"no space left on device for the {what} {path}: free disk space") from None
+        if isinstance(exc, NotADirectoryError | FileExistsError):
+            blocker = next((p for p in (path, *path.parents) if p.exists()), path)
+            raise OutputDirError(
+                f"{what} {path} cannot be created: {blocker} is a file, not a directory"
+            ) from None
+        raise OutputDirError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
+
+
+def claim_folder(path: str | Path, kind: FolderKind, *, inputs: Sequence[str | Path] = ()) -> ClaimedDir:
+    """`claim_output_dir` for a FolderKind: check only (nothing created)."""
+    return claim_output_dir(path, marker=kind.markers, kind=kind.kind, inputs=inputs)
+
+
+def take_folder(path: str | Path, kind: FolderKind, *, inputs: Sequence[str | Path] = ()) -> ClaimedDir:
+    """Claim `path` as a `kind`, create it, probe that it is writable and leave the kind's marker in it.
+
+    The marker is created with O_EXCL directly under its name (no temporary file), so a concurrent
+    command claiming the same new folder sees either an empty folder or the marker, never a stranger.
+    """
+    claimed = claim_folder(path, kind, inputs=inputs)
+    probe_writable(claimed.path, kind.kind)
+    marker = claimed.path / kind.marker
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return claimed
+    except OSError as exc:
+        raise OutputDirError(f"cannot write {marker}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(
+            {"cxrbench": kind.kind, "note": "written by cxrbench; marks a folder it may write into"}, fh
+        )
+    return claimed
+
+
+def check_name(value: str, what: str = "--name") -> str:
+    """Refuse a name that is not a safe single path component (it names folders and files): empty,
+    '.', '..', a leading dot, a path separator or a control character. One rule for every name."""
+    problem = None
+    if not value or not value.strip():
+        problem = "is empty"
+    elif value.startswith("."):
+        problem = "starts with a dot (hidden, or a parent folder)"
+    elif "/" in value or "\\" in value:
+        problem = "contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        problem = "contains a control character"
+    elif len(value) > 128:
+        problem = "is longer than 128 characters"
+    if problem:
+        raise CxrbenchError(
+            f"{what} {value!r} {problem}; a name is one folder name, e.g. letters, digits, '-', '_', '.', '+'"
+        )
+    return value

@@ -31,7 +31,7 @@ from cxrbench.baselines.methods import MethodConfig, get_method, method_loss
 from cxrbench.baselines.models import ImageModel, PretrainModel, ReportModel
 from cxrbench.datasets import open_prepared
 from cxrbench.encoders import ResNetEncoder, find_imagenet_weights, load_encoder, read_checkpoint
-from cxrbench.errors import CheckpointError, CxrbenchError
+from cxrbench.errors import CheckpointError, CxrbenchError, RunFailedError
 from cxrbench.io_utils import atomic_path, atomic_write_json
 from cxrbench.provenance import provenance
 from cxrbench.runtime import autocast, resolve_device
@@ -578,6 +578,9 @@ def _train(
         start = time.perf_counter()
         train.epoch = epoch
         train_sampler.set_epoch(epoch)
+        # The global RNG (dropout, loader seeds) restarts from (seed, epoch) each epoch, so a run resumed
+        # from an epoch checkpoint trains exactly as the uninterrupted run did.
+        torch.manual_seed(prof.seed * 1_000_003 + epoch)
         trainable.train()
         running, count = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
@@ -589,7 +592,7 @@ def _train(
                     losses = method_loss(config, trainable(batch))
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
-                    raise CxrbenchError(
+                    raise RunFailedError(
                         f"{config.name}: the training loss became {float(loss)} in epoch {epoch + 1}"
                     )
                 scaler.scale(loss / prof.accumulation).backward()

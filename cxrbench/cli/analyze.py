@@ -128,7 +128,7 @@ def run_command(
     dataset: Annotated[
         str, typer.Option("--dataset", help="Prepared dataset whose test images are used.")
     ] = "rsna",
-    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Seeded sample of test images.")] = 64,
+    n_images: Annotated[int, typer.Option("--n-images", help="Seeded sample of test images.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample.")] = 0,
     resolution: Annotated[
         int | None, typer.Option("--resolution", help="Input size in pixels (default 224: 7x7 conv5 grid).")
@@ -156,7 +156,13 @@ def run_command(
 ) -> None:
     """Local uniformity/alignment statistics of one encoder on a seeded sample of test images."""
     from cxrbench.analysis import analyze_encoder, default_name, write_analysis
+    from cxrbench.errors import check_count
+    from cxrbench.output_dirs import ANALYSIS, check_name, claim_folder, take_folder
 
+    check_count("--n-images", n_images)
+    label = check_name(name) if name is not None else check_name(default_name(checkpoint), "encoder name")
+    analysis_dir = out if out is not None else default_analysis_dir(runs_dir)
+    claim_folder(analysis_dir, ANALYSIS)
     record = analyze_encoder(
         checkpoint,
         resolve_dataset_path(data, dataset),
@@ -167,8 +173,8 @@ def run_command(
         arch=arch,
         prefix=prefix,
     )
-    label = name or default_name(checkpoint)
-    written = write_analysis(record, out if out is not None else default_analysis_dir(runs_dir), label)
+    take_folder(analysis_dir, ANALYSIS)
+    written = write_analysis(record, analysis_dir, label)
     console.print(statistics_table({**record, "name": label}))
     console.print(f"analysis record: {written} ({record['wall_time_s']:.1f} s)", highlight=False)
 

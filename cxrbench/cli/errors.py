@@ -1,4 +1,5 @@
-"""How every command reports a user error: one red line on stderr (markup-escaped) and exit code 2."""
+"""How every command reports a user error: one red line on stderr (markup-escaped) and exit code 2
+(1 for a run that started and failed, `RunFailedError`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def user_error_exit(exc: CxrbenchError) -> typer.Exit:
     """Print `exc` as one clear line (paths with brackets survive) and return the Exit to raise."""
     error_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+    return typer.Exit(getattr(exc, "exit_code", 2))
 
 
 def reports_user_errors(fn: F) -> F:

@@ -105,14 +105,23 @@ def evaluate_cmd(
     """Score one encoder checkpoint on the protocol tasks; one JSON record per training run."""
     from cxrbench.cli.reporters import RichReporter
     from cxrbench.encoders import format_load_report, load_encoder
+    from cxrbench.errors import check_count
+    from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
+    from cxrbench.protocol.record_schema import is_ok
     from cxrbench.protocol.records import default_encoder_name
     from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
     from cxrbench.protocol.tasks import get_profile, select_tasks
 
-    label = name or default_encoder_name(checkpoint)
+    # Everything that can be refused is refused before any training (exit 2, one line).
+    label = (
+        check_name(name) if name is not None else check_name(default_encoder_name(checkpoint), "encoder name")
+    )
+    check_count("--seeds", seeds)
     selected = select_tasks(tasks)
+    claim_folder(runs_dir, RUNS)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
     console.print(format_load_report(loaded.report), highlight=False)
+    take_folder(runs_dir, RUNS)  # created, write-probed and marked before the first run
     options = EvaluateOptions(
         data_root=data,
         runs_dir=runs_dir,
@@ -129,6 +138,14 @@ def evaluate_cmd(
         outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)
     console.print(summary_table(label, outcomes))
     console.print(f"run records: {runs_dir / label}")
+    failed = [r for o in outcomes for r in o.records if not is_ok(r)]
+    if failed:
+        console.print(
+            f"[red]{len(failed)} run(s) failed[/] (see the records' `error` fields); "
+            "re-run the same command to retry them (finished runs are skipped)",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def summary_table(encoder: str, outcomes: list[TaskOutcome]) -> Table:

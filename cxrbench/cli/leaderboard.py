@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
@@ -30,11 +31,11 @@ def leaderboard_command(
     ] = True,
     n_boot: Annotated[
         int,
-        typer.Option("--n-boot", min=0, help="Bootstrap replicates over test images, Dice tasks (0: none)."),
+        typer.Option("--n-boot", help="Bootstrap replicates over test images, Dice tasks (0: none)."),
     ] = 1000,
     n_boot_detection: Annotated[
         int,
-        typer.Option("--n-boot-detection", min=0, help="Bootstrap replicates for mAP/FROC tasks (0: none)."),
+        typer.Option("--n-boot-detection", help="Bootstrap replicates for mAP/FROC tasks (0: none)."),
     ] = 200,
     cache: Annotated[
         bool,
@@ -56,8 +57,13 @@ def leaderboard_command(
     ] = True,
 ) -> None:
     """Aggregate run records into the 18-task leaderboard (Markdown, CSV, LaTeX, HTML, PNG)."""
+    from cxrbench.errors import check_count
     from cxrbench.leaderboard.report import build_leaderboard
+    from cxrbench.output_dirs import LEADERBOARD, take_folder
 
+    check_count("--n-boot", n_boot, 0)
+    check_count("--n-boot-detection", n_boot_detection, 0)
+    take_folder(out, LEADERBOARD, inputs=runs_dir)  # before any bootstrap: refused or probed now
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = build_leaderboard(
@@ -75,7 +81,7 @@ def leaderboard_command(
             overlays=overlays,
         )
     for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     console.print(Markdown(result.markdown))
     for name, path in result.paths.items():
         console.print(f"{name}: {path}", highlight=False)
@@ -90,11 +96,20 @@ def rescore_command(
     runs_dir: Annotated[Path, typer.Argument(help="Runs directory whose records are re-scored in place.")],
 ) -> None:
     """Recompute test metrics of stored runs from their predictions files (after a metric fix)."""
-    from cxrbench.protocol.rescore import rescore_runs
+    from cxrbench.protocol.rescore import rescore_all
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        n = rescore_runs(runs_dir)
+        result = rescore_all(runs_dir)
     for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-    console.print(f"{n} record(s) re-scored and rewritten under {runs_dir}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
+    for line in result.damaged:
+        console.print(f"[red]damaged[/] {escape(line)}", highlight=False, soft_wrap=True)
+    console.print(f"{result.rewritten} record(s) re-scored and rewritten under {runs_dir}", highlight=False)
+    if result.damaged:
+        console.print(
+            f"[red]{len(result.damaged)} run(s) not re-scored[/]: their predictions files are damaged "
+            "(re-run those runs, e.g. delete the record and re-run the same evaluate)",
+            highlight=False,
+        )
+        raise typer.Exit(1)

@@ -43,7 +43,11 @@ def pretrain_command(
     """Pre-train an image encoder on image-report pairs and export it for `cxrbench evaluate`."""
     from cxrbench.baselines.training import pretrain
     from cxrbench.cli.reporters import RichPretrainReporter
+    from cxrbench.errors import check_count
+    from cxrbench.output_dirs import PRETRAIN, take_folder
 
+    check_count("--epochs", epochs)
+    take_folder(out, PRETRAIN, inputs=[data])  # claimed, write-probed and marked before any training
     with RichPretrainReporter(console) as reporter:
         result = pretrain(
             method,

@@ -155,7 +155,7 @@ def read_predictions(path: Path, kind: str | None = None) -> Predictions:
     """Read and check a predictions file (of metric `kind` when given); PredictionsError otherwise."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:  # closed even when damaged
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise PredictionsError(f"predictions file {path} is missing") from None

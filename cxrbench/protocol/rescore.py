@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrbench.protocol import metrics
-from cxrbench.protocol.predictions import read_predictions
+from cxrbench.protocol.predictions import PredictionsError, read_predictions
 from cxrbench.protocol.record_schema import FINAL, RescoreNote, RunRecord, is_ok
 from cxrbench.protocol.records import SOURCE_KEY, predictions_file, scan_records, write_record
 from cxrbench.provenance import git_commit, utc_now
@@ -34,25 +36,52 @@ def _same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
+@dataclass
+class RescoreResult:
+    """What `rescore_all` did: records rewritten, and one line per run whose predictions file is damaged
+    (that run's record is left as it was; the other runs are still re-scored)."""
+
+    rewritten: int = 0
+    damaged: list[str] = field(default_factory=list)
+
+
 def rescore_runs(runs_dir: Path | str) -> int:
     """Re-score every ok final record with a predictions file under `runs_dir`, and rewrite every
-    record of an older schema version; return how many records were rewritten.
+    record of an older schema version; return how many records were rewritten (see `rescore_all`)."""
+    return rescore_all(runs_dir).rewritten
+
+
+def rescore_all(runs_dir: Path | str) -> RescoreResult:
+    """`rescore_runs`, also reporting damaged predictions files instead of stopping at the first one.
 
     Records whose recomputed values equal the stored ones (and are of the current version) are left
     untouched (no note). Records without a predictions file are skipped with a warning.
     """
     scan = scan_records(runs_dir)
     upgraded = {str(p) for p in scan.upgraded}
-    changed = 0
+    result = RescoreResult()
     for rec in scan.records:
         path = Path(rec[SOURCE_KEY])  # type: ignore[typeddict-item]
         rewrite = str(path) in upgraded
         if is_ok(rec) and rec.get("phase") == FINAL:
-            rewrite |= _rescore(rec, path)
+            try:
+                rewrite |= _rescore(rec, path)
+            except _DAMAGE as exc:
+                result.damaged.append(f"{path}: {_one_line(exc)}; the record is left as it was")
+                continue
         if rewrite:
             write_record(path, rec)
-            changed += 1
-    return changed
+            result.rewritten += 1
+    return result
+
+
+# What a damaged predictions file raises: read errors, and arrays that do not fit the record's metric.
+_DAMAGE = (PredictionsError, OSError, ValueError, IndexError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, PredictionsError) else f"damaged predictions file ({text})"
 
 
 def _rescore(rec: RunRecord, path: Path) -> bool:

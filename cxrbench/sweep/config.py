@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.output_dirs import check_name
 from cxrbench.protocol.records import default_encoder_name
 from cxrbench.protocol.tasks import Profile, get_profile, select_tasks
 
@@ -108,8 +109,8 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         raise CxrbenchError(f"{source}: `slurm:` takes the keys {', '.join(sorted(_CLUSTER_KEYS))}")
     for key in ("workers", "seeds"):
         value = mapping.get(key)
-        if value is not None and (not isinstance(value, int) or value < (1 if key == "workers" else 0)):
-            raise CxrbenchError(f"{source}: `{key}` must be a non-negative integer, got {value!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CxrbenchError(f"{source}: `{key}` must be an integer of 1 or more, got {value!r}")
     tasks = mapping.get("tasks", "all")
     select_tasks(tasks)  # unknown ids fail here
     return SweepConfig(
@@ -157,4 +158,5 @@ def _profile(value: Any, source: str) -> Profile:
     base = get_profile(value.get("base", "full"))
     if overrides.keys() - {"name"} and overrides.get("name", base.name) == base.name:
         raise CxrbenchError(f"{source}: a modified profile needs its own `name` (not {base.name!r})")
+    check_name(str(overrides.get("name", base.name)), f"{source}: profile name")
     return replace(base, **overrides)

@@ -7,9 +7,7 @@ job and stage 2 the final-seed jobs at the best lr read back from the stage-1 re
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 
 from cxrbench.encoders import load_encoder
 from cxrbench.errors import CxrbenchError
+from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
 from cxrbench.protocol.record_schema import FINAL, LR_SEARCH
 from cxrbench.protocol.records import read_record
 from cxrbench.protocol.runner import best_lr, checkpoint_identity, checkpoint_path
@@ -73,39 +72,19 @@ def cpu_count() -> int:
 
 
 def check_runs_dir(runs_dir: Path) -> None:
-    """Create RUNS_DIR and probe-write a file in it, so an unusable one fails before any job runs."""
-    runs_dir = Path(runs_dir)
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".cxrbench-write-probe.", dir=runs_dir)
-        try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except PermissionError:
-        raise CxrbenchError(
-            f"runs directory {runs_dir} is not writable (permission denied): "
-            "check its owner and mode, or pick another with --runs-dir"
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise CxrbenchError(
-                f"no space left on device for the runs directory {runs_dir}: free disk space and re-run"
-            ) from None
-        if isinstance(exc, (NotADirectoryError, FileExistsError)):
-            blocker = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), runs_dir)
-            raise CxrbenchError(
-                f"runs directory {runs_dir} cannot be created: {blocker} is a file, not a directory"
-            ) from None
-        raise CxrbenchError(f"runs directory {runs_dir} is not writable: {exc.strerror or exc}") from None
+    """Claim RUNS_DIR (new, empty or a runs directory of cxrbench), create it, probe-write a file in it
+    and mark it, so that an unusable or foreign one fails before any job runs."""
+    take_folder(runs_dir, RUNS)
 
 
 def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
     """Check everything that can fail up front (runs dir, data, checkpoints) and resolve the sweep."""
+    for ckpt in config.checkpoints:
+        check_name(ckpt.encoder, "checkpoint name")
     if check_writable:
         check_runs_dir(config.runs_dir)
+    else:
+        claim_folder(config.runs_dir, RUNS)
     profile = config.resolved_profile()
     tasks = [profile.apply(t) for t in select_tasks(config.tasks)]
     for dataset in sorted({t.dataset for t in tasks}):
