@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import socket
+import sys
 import warnings
 from pathlib import Path
 
@@ -358,3 +361,34 @@ def test_cli_percent_selects_the_fixed_train_subset(mimic, tmp_path):
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "c30" / "history.json").read_text())
     assert history["profile"]["percent"] == 30
+
+
+def test_offline_vocabulary_is_the_same_in_every_process(tmp_path):
+    """Ties in word frequency must not be broken by hash order (it differed between processes)."""
+    import subprocess
+
+    from cxrbench.baselines.data import SPECIAL_TOKENS, offline_vocabulary
+
+    texts = ["Small left effusion.", "Right effusion, small.", "No pneumothorax; left lung clear."]
+    script = (
+        "import sys, json; from cxrbench.baselines.data import offline_vocabulary; "
+        f"print(json.dumps(offline_vocabulary({texts!r}, 60)))"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2, 3)
+    ]
+    assert runs[0] == runs[1] == runs[2]
+    vocab = offline_vocabulary(texts, 60)
+    assert json.loads(runs[0]) == vocab and vocab[: len(SPECIAL_TOKENS)] == list(SPECIAL_TOKENS)
+    chars = [t for t in vocab[len(SPECIAL_TOKENS) :] if len(t) == 1]
+    assert vocab[len(SPECIAL_TOKENS) + len(chars) :][: len(chars)] == [f"##{c}" for c in chars]
+    words = vocab[len(SPECIAL_TOKENS) + 2 * len(chars) :]
+    assert words[:3] == ["effusion", "left", "small"]  # counts 2, 2, 2: alphabetical among ties
+    assert "effusion" not in offline_vocabulary(texts, 10)  # the cap keeps specials and characters first

@@ -10,6 +10,7 @@ can form a sentence as the max over its tokens.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cxrbench.datasets import PreparedSplit
+from cxrbench.io_utils import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -128,21 +130,39 @@ class PairCollator:
         }
 
 
+def offline_vocabulary(texts: Sequence[str], vocab_size: int = 2000) -> list[str]:
+    """A WordPiece vocabulary built deterministically from `texts` (no download).
+
+    The special tokens, every character seen (alone and as a "##" continuation, so any word can be
+    tokenised), then whole words by descending frequency with ties broken alphabetically. The
+    `tokenizers` WordPiece trainer breaks frequency ties by hash-map order, so two processes built
+    different vocabularies from the same reports, and so different encoders from the same seed.
+    """
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    taken = set(vocab)
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in taken]
+    return vocab + words[: max(0, vocab_size - len(vocab))]
+
+
 def build_offline_tokenizer(texts: Sequence[str], out_dir: Path, vocab_size: int = 2000):
-    """Train a lower-case WordPiece vocabulary on `texts` (no download) and return a BertTokenizerFast.
+    """A lower-case BertTokenizerFast over `offline_vocabulary(texts)`.
 
     Used by the demo profile and tests, whose report encoder is a small randomly initialised BERT;
     the vocabulary is saved in `out_dir` (vocab.txt) so a resumed run gets the identical tokenizer.
     """
-    from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not (out_dir / "vocab.txt").exists():
-        trainer = BertWordPieceTokenizer(lowercase=True)
-        trainer.train_from_iterator(
-            list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS)
-        )
-        trainer.save_model(str(out_dir))
+    vocab_file = out_dir / "vocab.txt"
+    if not vocab_file.exists():
+        atomic_write_text(vocab_file, "\n".join(offline_vocabulary(texts, vocab_size)) + "\n")
     return BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=True)
