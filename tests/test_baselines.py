@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 import typer
+from tiny_profiles import TINY_PRETRAIN
 from typer.testing import CliRunner
 
 from cxrbench.baselines import MethodConfig, get_method, method_names, register_method, unregister_method
 from cxrbench.baselines.data import PairCollator, PretrainPairs, build_offline_tokenizer
 from cxrbench.baselines.methods import method_loss
 from cxrbench.baselines.models import ImageModel, PretrainModel, ReportModel
-from cxrbench.baselines.training import CHECKPOINT, get_pretrain_profile, pretrain
+from cxrbench.baselines.training import CHECKPOINT, pretrain
 from cxrbench.cli.pretrain import pretrain_command
 from cxrbench.datasets import get_adapter, open_prepared
 from cxrbench.datasets.phantom import write_phantom
@@ -30,21 +31,7 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.tasks import get_profile, select_tasks
 
-TINY = dataclasses.replace(
-    get_pretrain_profile("demo"),
-    name="tiny",
-    resolution=64,
-    batch_size=8,
-    lr=1e-3,
-    max_epochs=2,
-    d_hidden=64,
-    d_z=32,
-    bert_hidden=32,
-    max_tokens=64,
-    vocab_size=300,
-    max_train_images=32,
-    max_val_images=16,
-)
+TINY = TINY_PRETRAIN
 TRAINED = [m for m in method_names() if get_method(m).trains]
 EVAL_FAST = dataclasses.replace(
     get_profile("demo"),

@@ -15,28 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_profiles import TINY_PRETRAIN
 
-from cxrbench.baselines.training import CHECKPOINT, HISTORY, get_pretrain_profile, pretrain
+from cxrbench.baselines.training import CHECKPOINT, HISTORY, pretrain
 from cxrbench.datasets import get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
 
-# A profile small enough for a CPU: three epochs of four batches.
-TINY = dataclasses.replace(
-    get_pretrain_profile("demo"),
-    name="tiny",
-    resolution=64,
-    batch_size=8,
-    lr=1e-3,
-    max_epochs=3,
-    d_hidden=64,
-    d_z=32,
-    bert_hidden=32,
-    max_tokens=64,
-    vocab_size=300,
-    max_train_images=32,
-    max_val_images=16,
-)
+# Three epochs of four batches: a kill can land after an epoch checkpoint and before the end.
+TINY = dataclasses.replace(TINY_PRETRAIN, max_epochs=3)
 
 # The child process pre-trains with TINY (passed as JSON) until it is killed.
 CHILD = """

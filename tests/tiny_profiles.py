@@ -1,0 +1,23 @@
+"""The tiny pre-training profile the tests share: small enough to train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cxrbench.baselines.training import get_pretrain_profile
+
+TINY_PRETRAIN = dataclasses.replace(
+    get_pretrain_profile("demo"),
+    name="tiny",
+    resolution=64,
+    batch_size=8,
+    lr=1e-3,
+    max_epochs=2,
+    d_hidden=64,
+    d_z=32,
+    bert_hidden=32,
+    max_tokens=64,
+    vocab_size=300,
+    max_train_images=32,
+    max_val_images=16,
+)
