@@ -189,6 +189,16 @@ def test_every_layout_is_detected_and_loads_completely(tmp_path, layout):
     assert again.report.arch == arch and again.report.sha256 == report.sha256
 
 
+def test_one_channel_vit_reads_the_grey_image(tmp_path):
+    model = _timm_vit(in_chans=1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "grey.safetensors"))
+    encoder = load_encoder(tmp_path / "grey.safetensors").encoder.eval()
+    assert encoder.config.in_chans == 1
+    grey = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(grey.repeat(1, 3, 1, 1))["block1"], _timm_grids(model, grey)[1])
+
+
 @pytest.mark.parametrize("size", [64, 128])
 def test_timm_and_open_clip_forward_equals_timm(tmp_path, size):
     """The same tensors as timm's own forward_intermediates (at 128 px: positional grid 4 -> 8)."""
@@ -282,7 +292,7 @@ def test_neck_belongs_to_the_head():
     assert unet.required_stages == ("block0", "block1")
     linear = build_head_with_neck(get_head("linear"), vit, 1, 64)
     assert linear.required_stages == ("block1",) and not list(linear.neck.parameters())
-    assert linear.head.required_stages == (PROBE_STAGE,)
+    assert linear.head.required_stages == (PROBE_STAGE,) and linear.classifier is linear.head.classifier
     yolo = build_head_with_neck(get_head("yolo"), vit, 1, 64)
     assert not hasattr(yolo.neck, "to_stride4") and hasattr(yolo.neck, "to_stride8")
     resnet = create_encoder("resnet18")
@@ -327,7 +337,15 @@ def test_frozen_vit_stays_frozen_and_cache_changes_nothing(prepared_root, tmp_pa
     assert cached.history[-1]["train_loss"] != cached.history[0]["train_loss"]  # the head (and neck) learn
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+# The timm-keyed layouts share one code path after loading: the default run keeps the two layouts
+# that are converted (OpenAI CLIP; HF DINOv2 with patch 14), `make test-all` runs all five.
+PROTOCOL_LAYOUTS = [
+    layout if layout in ("openai_clip", "hf_dinov2") else pytest.param(layout, marks=pytest.mark.slow)
+    for layout in LAYOUTS
+]
+
+
+@pytest.mark.parametrize("layout", PROTOCOL_LAYOUTS)
 def test_every_layout_runs_the_protocol(prepared_root, tmp_path, layout):
     path = _write_layout(layout, tmp_path)
     options = EvaluateOptions(prepared_root, tmp_path / "runs", layout, TINY, seeds=1)

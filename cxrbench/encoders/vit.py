@@ -161,9 +161,12 @@ class ViTEncoder(VisionTransformer):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """{"block<i>": B x width x H/16 x W/16} for each tapped block i.
 
-        An input that is not a multiple of the patch size is resized (bilinear) to the nearest one;
-        a grid that is not at stride 16 (patch 14 or 32) is resized (bilinear) to H/16 x W/16.
+        A 1-channel ViT gets the channel mean of a 3-channel input. An input that is not a multiple
+        of the patch size is resized (bilinear) to the nearest one; a grid that is not at stride 16
+        (patch 14 or 32) is resized (bilinear) to H/16 x W/16.
         """
+        if x.shape[1] != self.config.in_chans and self.config.in_chans == 1:
+            x = x.mean(dim=1, keepdim=True)  # a 1-channel ViT: the grey image the 3 channels repeat
         height, width = x.shape[-2:]
         patch = self.config.patch
         grid = (max(1, round(height / patch)), max(1, round(width / patch)))

@@ -23,6 +23,13 @@ class HeadWithNeck(nn.Module):
         self.name, self.target = head.name, head.target
         self.required_stages = tuple(neck.inputs)
 
+    def __getattr__(self, name: str):
+        """Anything else a head offers (e.g. a head-specific decoding option) is the inner head's."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["head"], name)
+
     def forward(self, features: dict[str, Tensor], out_size: tuple[int, int] | None = None) -> object:
         return self.head(self.neck(features), out_size)
 
