@@ -389,3 +389,16 @@ def test_load_errors_are_clear(tmp_path):
     save_file({k: v.contiguous() for k, v in half.items()}, str(tmp_path / "half.safetensors"))
     with pytest.raises(CheckpointError, match=r"only \d+/\d+ .* vit_w64_d2_h1_patch16 .*ViT checkpoint"):
         load_encoder(tmp_path / "half.safetensors", arch="vit_w64_d2_h1_patch16")
+
+
+def test_analysis_reads_a_vits_last_block(prepared_root, tmp_path):
+    from cxrbench.analysis.records import analyze_encoder
+
+    path = _write_layout("openai_clip", tmp_path)
+    record = analyze_encoder(path, prepared_root / "covid_rural", n_images=4, resolution=64)
+    assert record["features"] | {"temperature": None} == {
+        "stage": "block1",
+        "grid": [4, 4],
+        "channels": WIDTH,
+        "temperature": None,
+    }
