@@ -402,3 +402,19 @@ def test_analysis_reads_a_vits_last_block(prepared_root, tmp_path):
         "channels": WIDTH,
         "temperature": None,
     }
+
+
+def test_other_families_sharing_the_anchor_keys_are_not_vits(tmp_path):
+    """timm's Swin has a `patch_embed.proj.weight` too, HF's ViT and Swin the HF patch embedding."""
+    import timm
+    import transformers
+
+    from cxrbench.encoders.vit_layouts import choose_vit
+
+    with torch.device("meta"):
+        swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).state_dict()
+        hf_vit = transformers.ViTModel(
+            transformers.ViTConfig(hidden_size=64, num_hidden_layers=1)
+        ).state_dict()
+    assert choose_vit(swin, tmp_path) is None
+    assert choose_vit(hf_vit, tmp_path) is None

@@ -112,15 +112,23 @@ def _candidates(state: Mapping[str, Tensor], prefix: str | None) -> list[tuple[s
             cand = key[: -len(anchor)]
             if cand and not cand.endswith("."):
                 continue
-            if layout == TIMM and value.ndim != 4:
+            # The anchors alone are shared with other families (timm and HF Swin, HF ViT): a ViT also
+            # has its blocks where the layout puts them.
+            if layout == TIMM and (value.ndim != 4 or not _has(state, f"{cand}blocks.0.")):
                 continue
             if layout == OPENAI_CLIP and f"{cand}conv1.weight" not in state:
+                continue
+            if layout == HF_DINOV2 and not _has(state, f"{cand}encoder.layer.0.norm1."):
                 continue
             if prefix is not None and cand != prefix:
                 continue
             if (cand, layout) not in found:
                 found.append((cand, layout))
     return found
+
+
+def _has(state: Mapping[str, Tensor], key_prefix: str) -> bool:
+    return any(k.startswith(key_prefix) for k in state)
 
 
 def vit_shapes(config: ViTConfig) -> dict[str, torch.Size]:
