@@ -418,3 +418,16 @@ def test_other_families_sharing_the_anchor_keys_are_not_vits(tmp_path):
         ).state_dict()
     assert choose_vit(swin, tmp_path) is None
     assert choose_vit(hf_vit, tmp_path) is None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """timm's set_grad_checkpointing works through the tapped forward (for fine-tuning large ViTs)."""
+    grads = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        encoder = create_encoder(f"vit_w{WIDTH}_d{DEPTH}_h1_patch16").train()
+        encoder.set_grad_checkpointing(enabled)
+        out = encoder(torch.ones(1, 3, 64, 64))
+        sum(v.square().sum() for v in out.values()).backward()
+        grads.append(encoder.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
