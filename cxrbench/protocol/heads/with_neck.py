@@ -28,7 +28,10 @@ class HeadWithNeck(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["head"], name)
+            head = self.__dict__.get("_modules", {}).get("head")
+            if head is None:  # not built yet (or being copied)
+                raise
+            return getattr(head, name)
 
     def forward(self, features: dict[str, Tensor], out_size: tuple[int, int] | None = None) -> object:
         return self.head(self.neck(features), out_size)
