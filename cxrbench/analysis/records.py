@@ -27,7 +27,6 @@ from cxrbench.runtime import resolve_device
 
 ANALYSIS_SCHEMA_VERSION = 1
 DEFAULT_RESOLUTION = 224  # the full protocol's resolution: conv5 is a 7 x 7 grid
-STAGE = "conv5"
 BATCH_SIZE = 16
 
 
@@ -70,6 +69,7 @@ def analyze_encoder(
         loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
     encoder = loaded.encoder.to(torch_device).eval()
     encoder.requires_grad_(False)
+    stage = encoder.feature_info.probe  # conv5 of a ResNet, the last block's grid of a ViT
     ids = sample.image_ids
     inputs = TaskSplit(
         resize_images(sample.images(), resolution),
@@ -83,7 +83,7 @@ def analyze_encoder(
     with torch.no_grad():
         for index in inputs.batches(BATCH_SIZE):
             x = inputs.normalise(inputs.images[index])
-            maps.append(encoder(x.to(torch_device))[STAGE].float().cpu())
+            maps.append(encoder(x.to(torch_device))[stage].float().cpu())
     feature_map = torch.cat(maps)
     statistics = feature_statistics(feature_map)
     pair_statistics, pairs = pair_alignment(
@@ -115,7 +115,7 @@ def analyze_encoder(
             "resolution": resolution,
         },
         "features": {
-            "stage": STAGE,
+            "stage": stage,
             "grid": list(feature_map.shape[-2:]),
             "channels": feature_map.shape[1],
             "temperature": TEMPERATURE,

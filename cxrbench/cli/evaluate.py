@@ -97,7 +97,10 @@ def evaluate_cmd(
     ] = None,
     arch: Annotated[
         str | None,
-        typer.Option(help="ResNet depth: resnet18/34/50/101/152 (auto-detected from the checkpoint)."),
+        typer.Option(
+            help="Architecture (auto-detected from the checkpoint): resnet18/34/50/101/152, or a ViT "
+            "such as vit_base_patch16 or vit_w768_d12_h12_patch14 (width, depth, heads, patch)."
+        ),
     ] = None,
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,

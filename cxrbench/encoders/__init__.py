@@ -1,8 +1,10 @@
 """Encoder families behind one feature contract, and loading of any pre-training checkpoint.
 
-features: the stages/strides contract heads rely on; registry: architectures by name; resnet: the
-ResNet family; checkpoint: safe reading, unwrapping, prefix and depth detection; imagenet: local
-ImageNet weights; load: `load_encoder` and its LoadReport.
+features: the stages/strides contract heads rely on; neck: the trainable neck between an encoder's
+outputs and those stages (identity for ResNets); registry: architectures by name; resnet: the ResNet
+family; vit, pyramid, vit_layouts, hf_folder: the ViT family, its simple feature pyramid, its
+published key layouts and Hugging Face folders; checkpoint: safe reading, unwrapping, prefix and
+depth detection; imagenet: local ImageNet weights; load: `load_encoder` and its LoadReport.
 """
 
 from cxrbench.encoders.checkpoint import (
@@ -25,8 +27,10 @@ from cxrbench.encoders.load import (
     is_builtin,
     load_encoder,
 )
+from cxrbench.encoders.neck import IdentityNeck, build_neck, neck_feature_info
 from cxrbench.encoders.registry import create_encoder, list_encoders, register_encoder
 from cxrbench.encoders.resnet import ARCHS, DEFAULT_ARCH, ResNetEncoder
+from cxrbench.encoders.vit import ViTConfig, ViTEncoder
 
 __all__ = [
     "ARCHS",
@@ -40,10 +44,14 @@ __all__ = [
     "STRIDES",
     "WRAPPER_KEYS",
     "FeatureInfo",
+    "IdentityNeck",
     "LoadReport",
     "LoadedEncoder",
     "PrefixChoice",
     "ResNetEncoder",
+    "ViTConfig",
+    "ViTEncoder",
+    "build_neck",
     "choose_prefix",
     "create_encoder",
     "detect_arch",
@@ -53,6 +61,7 @@ __all__ = [
     "is_builtin",
     "list_encoders",
     "load_encoder",
+    "neck_feature_info",
     "read_checkpoint",
     "register_encoder",
 ]

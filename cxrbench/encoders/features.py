@@ -1,7 +1,9 @@
 """The feature contract between encoders and heads: five stages conv1..conv5 at strides 2..32.
 
 Every encoder returns a dict {stage: B x C x H/stride x W/stride} and describes it with a FeatureInfo,
-so heads (and the feature cache) can be built from the description alone, whatever the family.
+so heads (and the feature cache) can be built from the description alone, whatever the family. An
+encoder whose own outputs are not these stages (a ViT's tapped blocks) also provides a trainable
+neck that makes them (see neck.py); heads always read the neck's output.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """Channels and strides (relative to the input) of each feature stage conv1..conv5."""
+    """Channels and strides (relative to the input) of each feature stage conv1..conv5.
+
+    `probe` names the stage a linear probe reads: the encoder's last representation at its own
+    resolution (conv5 for a ResNet; a ViT's neck adds its last block's patch grid as "last").
+    """
 
     channels: dict[str, int]
     strides: dict[str, int]
+    probe: str = "conv5"
 
     @classmethod
     def from_channels(cls, widths: Sequence[int]) -> FeatureInfo:

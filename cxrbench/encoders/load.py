@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from cxrbench.encoders.checkpoint import choose_prefix, extract_state_dict, read_checkpoint, strip_prefix
+from cxrbench.encoders.hf_folder import read_hf_folder
 from cxrbench.encoders.imagenet import find_imagenet_weights
 from cxrbench.encoders.registry import create_encoder
 from cxrbench.encoders.resnet import DEFAULT_ARCH
+from cxrbench.encoders.vit_layouts import choose_vit, not_backbone
 from cxrbench.errors import CheckpointError
 from cxrbench.io_utils import sha256_file
 
@@ -37,8 +39,9 @@ class LoadReport:
     `source` is the user's spec ("random", "imagenet" or the file path), `path` the file actually read
     (None for random init). `missing`/`unexpected` exclude BatchNorm `num_batches_tracked` counters;
     `unexpected` holds keys under the prefix that do not fit the encoder (shape mismatches included),
-    except a classifier's `fc.*`. `alternatives` lists other prefixes that would have loaded as many
-    tensors (e.g. a momentum encoder): pass `prefix` to choose one of them.
+    except a classifier's or projection's tensors (`fc.*`; a ViT's `head.*`, CLIP's `proj`, ...); a
+    ViT's keys are timm's, whatever layout the file used. `alternatives` lists other prefixes that would
+    have loaded as many tensors (e.g. a momentum encoder): pass `prefix` to choose one of them.
     """
 
     source: str
@@ -63,7 +66,8 @@ class LoadedEncoder:
 def load_encoder(
     spec: str | Path, arch: str | None = None, prefix: str | None = None, seed: int = RANDOM_INIT_SEED
 ) -> LoadedEncoder:
-    """Build an encoder from "random", "imagenet" or a checkpoint file (never downloads anything).
+    """Build an encoder from "random", "imagenet", a checkpoint file or a Hugging Face model folder
+    (never downloads anything).
 
     The network is initialised from `seed` (torch's CPU generator, restored afterwards): this is the
     whole of "random", and the value of any backbone tensor a checkpoint lacks. `arch` and `prefix`
@@ -103,41 +107,52 @@ def format_load_report(report: LoadReport) -> str:
 
 
 def _load_file(path: Path, source: str, arch: str | None, prefix: str | None) -> LoadedEncoder:
-    state = extract_state_dict(read_checkpoint(path), path)
-    choice = choose_prefix(state, path, prefix=prefix, arch=arch)
-    encoder = create_encoder(choice.arch)
+    hf_config = None
+    weights = path
+    if path.is_dir():
+        folder = read_hf_folder(path)
+        state, hf_config, weights = folder.state, folder.config, folder.weights
+    else:
+        state = extract_state_dict(read_checkpoint(path), path)
+    vit = choose_vit(state, path, prefix=prefix, arch=arch, hf_config=hf_config)
+    if vit is not None:
+        family, encoder, sub = "ViT", vit.build(), vit.state
+        chosen_arch, chosen_prefix, alternatives = vit.arch, vit.prefix, vit.alternatives
+        ignored = not_backbone
+    else:
+        choice = choose_prefix(state, path, prefix=prefix, arch=arch)
+        family, encoder, sub = "ResNet", create_encoder(choice.arch), strip_prefix(state, choice.prefix)
+        chosen_arch, chosen_prefix, alternatives = choice.arch, choice.prefix, choice.alternatives
+        ignored = lambda k: k.startswith("fc.")  # noqa: E731
     target = encoder.state_dict()
-    sub = strip_prefix(state, choice.prefix)
     matched = {k: v for k, v in sub.items() if k in target and v.shape == target[k].shape}
     param_keys = _param_keys(encoder)
     loaded = [k for k in param_keys if k in matched]
     missing = tuple(k for k in param_keys if k not in matched)
     unexpected = tuple(
-        k
-        for k in sub
-        if k not in matched and not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+        k for k in sub if k not in matched and not ignored(k) and not k.endswith("num_batches_tracked")
     )
     fraction = len(loaded) / len(param_keys)
     if fraction < MIN_FRACTION:
         raise CheckpointError(
-            f"{path}: only {len(loaded)}/{len(param_keys)} ({100 * fraction:.0f}%) of the {choice.arch} "
-            f"backbone tensors were found under prefix {choice.prefix!r} (need {100 * MIN_FRACTION:.0f}%); "
-            f"missing e.g. {', '.join(missing[:4])}. Is this a ResNet checkpoint? Pass the prefix or arch "
+            f"{path}: only {len(loaded)}/{len(param_keys)} ({100 * fraction:.0f}%) of the {chosen_arch} "
+            f"backbone tensors were found under prefix {chosen_prefix!r} (need {100 * MIN_FRACTION:.0f}%); "
+            f"missing e.g. {', '.join(missing[:4])}. Is this a {family} checkpoint? Pass the prefix or arch "
             "explicitly if auto-detection picked the wrong one"
         )
     encoder.load_state_dict(matched, strict=False)
     report = LoadReport(
         source=source,
-        arch=choice.arch,
-        sha256=sha256_file(path),
-        prefix=choice.prefix,
+        arch=chosen_arch,
+        sha256=sha256_file(weights),
+        prefix=chosen_prefix,
         n_loaded=len(loaded),
         n_total=len(param_keys),
         missing=missing,
         unexpected=unexpected,
         fraction_loaded=fraction,
-        path=str(path),
-        alternatives=choice.alternatives,
+        path=str(weights),
+        alternatives=alternatives,
     )
     return LoadedEncoder(encoder, report)
 

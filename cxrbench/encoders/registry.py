@@ -14,6 +14,8 @@ from cxrbench.errors import CxrbenchError
 
 EncoderBuilder = Callable[..., nn.Module]
 _BUILDERS: dict[str, EncoderBuilder] = {}
+# Families whose names form a pattern (e.g. vit_w64_d2_h1_patch16): name -> builder, or None.
+_PATTERNS: list[Callable[[str], EncoderBuilder | None]] = []
 
 
 def register_encoder(builder: EncoderBuilder) -> EncoderBuilder:
@@ -25,6 +27,12 @@ def register_encoder(builder: EncoderBuilder) -> EncoderBuilder:
     return builder
 
 
+def register_encoder_pattern(resolve: Callable[[str], EncoderBuilder | None]):
+    """Register a resolver for names no single builder covers (it returns None for other names)."""
+    _PATTERNS.append(resolve)
+    return resolve
+
+
 def list_encoders() -> tuple[str, ...]:
     """Registered architecture names, in registration order."""
     return tuple(_BUILDERS)
@@ -32,7 +40,7 @@ def list_encoders() -> tuple[str, ...]:
 
 def create_encoder(name: str, **kwargs) -> nn.Module:
     """A freshly initialised encoder of architecture `name` (torch's global RNG draws its weights)."""
-    builder = _BUILDERS.get(name)
+    builder = _BUILDERS.get(name) or next((b for r in _PATTERNS if (b := r(name)) is not None), None)
     if builder is None:
         raise CxrbenchError(f"unknown encoder architecture {name!r}; choose one of {', '.join(_BUILDERS)}")
     return builder(**kwargs)

@@ -4,7 +4,8 @@ The protocol uses no augmentation and a frozen encoder stays in eval mode, so it
 image never change during a frozen task. Caching them turns every epoch after the first into
 head-only work. The cache lives in memory (float32, so predictions are identical to the uncached
 path) and is used only when it fits `budget_bytes`; otherwise training falls back to encoding
-each batch.
+each batch. It holds the encoder's outputs before the neck (encoders/neck.py), which trains with the
+head: a ViT's cache is its tapped patch grids, not the pyramid.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Protocol (docs/protocol.md, "Optimisation and selection"): Adam with weight deca
 ReduceLROnPlateau on the validation loss (patience 3, factor 0.5), stepped once per epoch and
 never overridden afterwards (the reference reset the lr every batch, silently disabling it);
 early stopping (min_delta 1e-5) and selection on the validation metric; frozen encoders stay in
-eval mode with only head parameters optimised; fine-tune tasks first train the head for
+eval mode with only head parameters optimised (the encoder's neck, e.g. a ViT's feature pyramid,
+is part of the head); fine-tune tasks first train the head for
 `warmup_steps` with the encoder frozen, then unfreeze it.
 
 Everything head- or metric-specific (feature stages, loss, decoding, scoring) is looked up in the
@@ -28,6 +29,7 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, encode_all
 from cxrbench.protocol.heads import Head, get_head
+from cxrbench.protocol.heads.with_neck import build_head_with_neck
 from cxrbench.protocol.metrics import Metric, get_metric
 from cxrbench.protocol.predictions import encode_predictions
 from cxrbench.protocol.task_data import TaskSplit
@@ -110,8 +112,8 @@ def train_run(
     t0 = time.perf_counter()
     autocast = autocast_factory(device, amp)
     encoder = encoder.to(device)
-    head = head_class.build(encoder.feature_info, n_classes, resolution).to(device)
-    stages = head.required_stages
+    head = build_head_with_neck(head_class, encoder, n_classes, resolution).to(device)
+    stages = head.required_stages  # encoder outputs the head's neck reads
     out_size = (resolution, resolution)
     generator = torch.Generator().manual_seed(seed)
 
