@@ -1,7 +1,7 @@
 """Encoder families behind one feature contract, and loading of any pre-training checkpoint.
 
-features: the stages/strides contract heads rely on; registry: architectures by name; resnet: the
-ResNet family; checkpoint: safe reading, unwrapping, prefix and depth detection; imagenet: local
+features: the stages/strides contract heads rely on; registry: architectures by name; families: how
+each family is recognised in a checkpoint; resnet, densenet, convnext, swin: the families; checkpoint: safe reading, unwrapping, prefix and depth detection; imagenet: local
 ImageNet weights; load: `load_encoder` and its LoadReport.
 """
 
@@ -13,6 +13,9 @@ from cxrbench.encoders.checkpoint import (
     extract_state_dict,
     read_checkpoint,
 )
+from cxrbench.encoders.convnext import ConvNeXtConfig, ConvNeXtEncoder, register_convnext_variant
+from cxrbench.encoders.densenet import DenseNetConfig, DenseNetEncoder, register_densenet_variant
+from cxrbench.encoders.families import Family, family_of, list_families, register_family
 from cxrbench.encoders.features import STAGES, STRIDES, FeatureInfo
 from cxrbench.encoders.imagenet import IMAGENET_ENV, IMAGENET_WEIGHTS_NAME, find_imagenet_weights
 from cxrbench.encoders.load import (
@@ -27,6 +30,7 @@ from cxrbench.encoders.load import (
 )
 from cxrbench.encoders.registry import create_encoder, list_encoders, register_encoder
 from cxrbench.encoders.resnet import ARCHS, DEFAULT_ARCH, ResNetEncoder
+from cxrbench.encoders.swin import SwinConfig, SwinEncoder, register_swin_variant
 
 __all__ = [
     "ARCHS",
@@ -39,20 +43,33 @@ __all__ = [
     "STAGES",
     "STRIDES",
     "WRAPPER_KEYS",
+    "ConvNeXtConfig",
+    "ConvNeXtEncoder",
+    "DenseNetConfig",
+    "DenseNetEncoder",
+    "Family",
     "FeatureInfo",
     "LoadReport",
     "LoadedEncoder",
     "PrefixChoice",
     "ResNetEncoder",
+    "SwinConfig",
+    "SwinEncoder",
     "choose_prefix",
     "create_encoder",
     "detect_arch",
     "extract_state_dict",
+    "family_of",
     "find_imagenet_weights",
     "format_load_report",
     "is_builtin",
     "list_encoders",
+    "list_families",
     "load_encoder",
     "read_checkpoint",
+    "register_convnext_variant",
+    "register_densenet_variant",
     "register_encoder",
+    "register_family",
+    "register_swin_variant",
 ]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cxrbench.encoders.checkpoint import choose_prefix, extract_state_dict, read_checkpoint, strip_prefix
+from cxrbench.encoders.families import family_of
 from cxrbench.encoders.imagenet import find_imagenet_weights
 from cxrbench.encoders.registry import create_encoder
 from cxrbench.encoders.resnet import DEFAULT_ARCH
@@ -37,7 +38,7 @@ class LoadReport:
     `source` is the user's spec ("random", "imagenet" or the file path), `path` the file actually read
     (None for random init). `missing`/`unexpected` exclude BatchNorm `num_batches_tracked` counters;
     `unexpected` holds keys under the prefix that do not fit the encoder (shape mismatches included),
-    except a classifier's `fc.*`. `alternatives` lists other prefixes that would have loaded as many
+    except what its family ignores (a classifier's `fc.*`, `head.*`, ...). `alternatives` lists other prefixes that would have loaded as many
     tensors (e.g. a momentum encoder): pass `prefix` to choose one of them.
     """
 
@@ -107,7 +108,11 @@ def _load_file(path: Path, source: str, arch: str | None, prefix: str | None) ->
     choice = choose_prefix(state, path, prefix=prefix, arch=arch)
     encoder = create_encoder(choice.arch)
     target = encoder.state_dict()
+    family = family_of(choice.arch)
     sub = strip_prefix(state, choice.prefix)
+    if family is not None:
+        sub = family.convert(sub)
+    ignored = family.ignored if family is not None else ("fc.",)
     matched = {k: v for k, v in sub.items() if k in target and v.shape == target[k].shape}
     param_keys = _param_keys(encoder)
     loaded = [k for k in param_keys if k in matched]
@@ -115,15 +120,15 @@ def _load_file(path: Path, source: str, arch: str | None, prefix: str | None) ->
     unexpected = tuple(
         k
         for k in sub
-        if k not in matched and not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+        if k not in matched and not k.startswith(ignored) and not k.endswith("num_batches_tracked")
     )
     fraction = len(loaded) / len(param_keys)
     if fraction < MIN_FRACTION:
         raise CheckpointError(
             f"{path}: only {len(loaded)}/{len(param_keys)} ({100 * fraction:.0f}%) of the {choice.arch} "
             f"backbone tensors were found under prefix {choice.prefix!r} (need {100 * MIN_FRACTION:.0f}%); "
-            f"missing e.g. {', '.join(missing[:4])}. Is this a ResNet checkpoint? Pass the prefix or arch "
-            "explicitly if auto-detection picked the wrong one"
+            f"missing e.g. {', '.join(missing[:4])}. Is this a {family.name if family else choice.arch} "
+            "checkpoint? Pass the prefix or arch explicitly if auto-detection picked the wrong one"
         )
     encoder.load_state_dict(matched, strict=False)
     report = LoadReport(
