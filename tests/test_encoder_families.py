@@ -43,7 +43,7 @@ TINY = {
     "densenet_tiny": DenseNetConfig(3, 8, 4, (1, 2, 1, 1)),
     "xrv_densenet_tiny": DenseNetConfig(1, 8, 4, (1, 2, 1, 1)),
     "convnext_tiny_test": ConvNeXtConfig((1, 1, 2, 1), (8, 16, 24, 32)),
-    "swin_tiny_test": SwinConfig(4, 8, (2, 1, 2, 1), (1, 2, 2, 4), 4, img_size=64),
+    "swin_tiny_test": SwinConfig(4, 8, (2, 1, 2, 1), (1, 2, 2, 4), 2, img_size=64),
 }
 FAST = dataclasses.replace(
     get_profile("demo"),
@@ -321,7 +321,7 @@ def test_presets_values_and_resolution(tmp_path):
     )
     assert resolve_preprocessing(folder, "vit", 3, preset="clip").name == "clip"  # the flag wins
     (folder / "preprocessor_config.json").write_text('{"image_mean": "x"}')
-    with pytest.raises(CheckpointError, match="preprocessor_config.json: image_mean and image_std"):
+    with pytest.raises(CheckpointError, match=r"preprocessor_config\.json: image_mean and image_std"):
         resolve_preprocessing(folder, "vit", 3)
 
 
@@ -451,3 +451,52 @@ def test_preset_is_part_of_the_run_key(prepared_root, tmp_path):
     assert a["run_key"] != b["run_key"] and a["protocol_hash"] == b["protocol_hash"]
     assert (a["preprocessing"]["name"], b["preprocessing"]["name"]) == ("dataset", "imagenet")
     assert a["grad_checkpointing"] is False
+
+
+def test_cli_encoders_lists_families_presets_and_known_encoders():
+    result = CliRunner().invoke(app, ["encoders", "--json"])
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert {"resnet", "densenet", "convnext", "swin"} <= set(listing["families"])
+    assert "xrv_densenet121" in listing["families"]["densenet"]["architectures"]
+    assert listing["presets"]["xrv"]["low"] == -1024.0 and listing["presets"]["xrv"]["in_chans"] == 1
+    known = {e["name"]: e for e in listing["known_encoders"]}
+    for name in ("RAD-DINO", "BiomedCLIP", "CheXzero", "MRM", "EVA-X", "BioViL", "GLoRIA", "ConVIRT"):
+        assert known[name]["source"].startswith("https://")
+    assert known["MedCLIP (Swin)"]["supported"] and known["torchxrayvision DenseNet-121"]["supported"]
+    table = CliRunner().invoke(app, ["encoders"])
+    assert table.exit_code == 0 and "known public encoders" in table.output
+
+
+def test_cost_table_per_encoder_and_old_records():
+    from cxrbench.leaderboard.cost import cost_table, render_cost_markdown
+
+    def record(encoder, mode, head, speed, peak, params=1_000_000):
+        return {
+            "encoder": encoder,
+            "phase": "final",
+            "status": "ok",
+            "task_settings": {"mode": mode, "head": head},
+            "encoder_parameters": params,
+            "head_parameters": 2048 if head == "linear" else 500_000,
+            "peak_memory_bytes": peak,
+            "peak_memory_source": "cpu_max_rss",
+            "train_images_per_s": speed,
+        }
+
+    records = [
+        record("a", "frozen", "linear", 100.0, 2 * 1024**3),
+        record("a", "frozen", "unet", 300.0, 1024**3),
+        record("a", "finetune", "unet", 10.0, 3 * 1024**3),
+        {"encoder": "old", "phase": "final", "status": "ok", "task_settings": {"mode": "frozen"}},
+        {**record("a", "finetune", "unet", 1.0, 9 * 1024**3), "phase": "lr_search"},
+    ]
+    table = cost_table(records).set_index("encoder")
+    assert table.loc["a", "encoder_parameters"] == 1_000_000
+    assert table.loc["a", "head_parameters"] == "linear 2048, unet 500000"
+    assert table.loc["a", "peak_memory_gib"] == 3.0  # the lr-search run is not counted
+    assert table.loc["a", "train_images_per_s_frozen"] == 200.0
+    assert table.loc["a", "train_images_per_s_finetune"] == 10.0
+    markdown = render_cost_markdown(cost_table(records))
+    assert "| a | 1.0 | linear 0.00, unet 0.50 | 3.00 (cpu_max_rss) | 200.0 | 10.0 |" in markdown
+    assert "| old | - | - | - | - | - |" in markdown
