@@ -45,15 +45,16 @@ TINY = {
     "convnext_tiny_test": ConvNeXtConfig((1, 1, 2, 1), (8, 16, 24, 32)),
     "swin_tiny_test": SwinConfig(4, 8, (2, 1, 2, 1), (1, 2, 2, 4), 2, img_size=64),
 }
+# One epoch on a few images: every code path of a task, in seconds per family.
 FAST = dataclasses.replace(
     get_profile("demo"),
     name="test",
     resolution=64,
-    max_epochs=2,
-    warmup_steps=2,
+    max_epochs=1,
+    warmup_steps=1,
     default_seeds=1,
-    max_train_images=16,
-    max_eval_images=12,
+    max_train_images=8,
+    max_eval_images=8,
 )
 TASKS = "rsna_seg_linear_10,covid_unet_finetune,rsna_yolo_frozen_10"  # linear, U-Net, YOLO
 
