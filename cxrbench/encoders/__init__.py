@@ -1,8 +1,10 @@
 """Encoder families behind one feature contract, and loading of any pre-training checkpoint.
 
 features: the stages/strides contract heads rely on; registry: architectures by name; families: how
-each family is recognised in a checkpoint; resnet, densenet, convnext, swin: the families; checkpoint: safe reading, unwrapping, prefix and depth detection; imagenet: local
-ImageNet weights; load: `load_encoder` and its LoadReport.
+each family is recognised in a checkpoint; resnet, densenet, convnext, swin: the families;
+checkpoint: safe reading, unwrapping, prefix and depth detection; imagenet: local ImageNet weights;
+load: `load_encoder` and its LoadReport; presets: input preprocessing per encoder; catalogue: known
+public encoders.
 """
 
 from cxrbench.encoders.checkpoint import (

@@ -38,8 +38,9 @@ class LoadReport:
     `source` is the user's spec ("random", "imagenet" or the file path), `path` the file actually read
     (None for random init). `missing`/`unexpected` exclude BatchNorm `num_batches_tracked` counters;
     `unexpected` holds keys under the prefix that do not fit the encoder (shape mismatches included),
-    except what its family ignores (a classifier's `fc.*`, `head.*`, ...). `alternatives` lists other prefixes that would have loaded as many
-    tensors (e.g. a momentum encoder): pass `prefix` to choose one of them.
+    except what its family ignores (a classifier's `fc.*`, `head.*`, ...). `alternatives` lists other
+    prefixes that would have loaded as many tensors (e.g. a momentum encoder): pass `prefix` to choose
+    one of them.
     """
 
     source: str
