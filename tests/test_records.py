@@ -74,7 +74,9 @@ def _failed_record() -> RunRecord:
 
 def test_make_record_fills_every_field_and_identity_is_explicit():
     record = _failed_record()
-    assert set(record) == set(RunRecord.__required_keys__)
+    # every field, including the preset and cost fields older records lack; `rescored` only after rescore
+    assert set(record) == set(RunRecord.__required_keys__) | set(RunRecord.__optional_keys__) - {"rescored"}
+    assert record["preprocessing"] is None and record["encoder_parameters"] is None
     assert record["status"] == "failed" and record["error"] == "RuntimeError: CUDA out of memory"
     assert "CUDA out of memory" in record["traceback"] and record["predictions"] is None
     assert record["checkpoint"] == {

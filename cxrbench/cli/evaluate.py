@@ -98,21 +98,35 @@ def evaluate_cmd(
     arch: Annotated[
         str | None,
         typer.Option(
-            help="Architecture (auto-detected from the checkpoint): resnet18/34/50/101/152, or a ViT "
-            "such as vit_base_patch16 or vit_w768_d12_h12_patch14 (width, depth, heads, patch)."
+            help="Architecture (auto-detected from the checkpoint): resnet18/34/50/101/152, densenet121, "
+            "convnext_tiny, swin_tiny_patch4_window7_224, or a ViT such as vit_base_patch16 or "
+            "vit_w768_d12_h12_patch14 (width, depth, heads, patch)."
         ),
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Input preprocessing preset (see `cxrbench encoders`; default: what the checkpoint says)."
+        ),
+    ] = None,
+    grad_checkpointing: Annotated[
+        bool,
+        typer.Option(
+            "--grad-checkpointing", help="Fine-tune tasks: recompute encoder activations (less memory)."
+        ),
+    ] = False,
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
 ) -> None:
     """Score one encoder checkpoint on the protocol tasks; one JSON record per training run."""
     from cxrbench.cli.reporters import RichReporter
     from cxrbench.encoders import format_load_report, load_encoder
+    from cxrbench.encoders.presets import describe_preset
     from cxrbench.errors import check_count
     from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
     from cxrbench.protocol.record_schema import is_ok
     from cxrbench.protocol.records import default_encoder_name
-    from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
+    from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint, run_preprocessing
     from cxrbench.protocol.tasks import get_profile, select_tasks
 
     # Everything that can be refused is refused before any training (exit 2, one line).
@@ -124,6 +138,8 @@ def evaluate_cmd(
     claim_folder(runs_dir, RUNS)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
     console.print(format_load_report(loaded.report), highlight=False)
+    chosen = run_preprocessing(checkpoint, loaded, preset)
+    console.print(f"  input: {describe_preset(chosen)}", highlight=False)
     take_folder(runs_dir, RUNS)  # created, write-probed and marked before the first run
     options = EvaluateOptions(
         data_root=data,
@@ -136,6 +152,8 @@ def evaluate_cmd(
         use_feature_cache=feature_cache,
         prefix=prefix,
         arch=arch or loaded.report.arch,
+        preset=preset,
+        grad_checkpointing=grad_checkpointing,
     )
     with RichReporter(console) as reporter:
         outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)

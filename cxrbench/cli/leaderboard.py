@@ -55,6 +55,12 @@ def leaderboard_command(
     overlays: Annotated[
         bool, typer.Option("--overlays/--no-overlays", help="Write qualitative overlays.")
     ] = True,
+    cost: Annotated[
+        bool,
+        typer.Option(
+            "--cost", help="Also show each encoder's parameters, peak memory and images/s (cost.md/.csv)."
+        ),
+    ] = False,
 ) -> None:
     """Aggregate run records into the 18-task leaderboard (Markdown, CSV, LaTeX, HTML, PNG)."""
     from cxrbench.errors import check_count
@@ -79,6 +85,7 @@ def leaderboard_command(
             allow_mixed=allow_mixed,
             plots=plots,
             overlays=overlays,
+            cost=cost,
         )
     for w in caught:
         console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)

@@ -80,6 +80,9 @@ def sweep_command(
     device: Annotated[str | None, typer.Option(help="'auto', 'cpu', 'cuda', ...")] = None,
     arch: Annotated[str | None, typer.Option(help="Architecture of --checkpoint encoders.")] = None,
     prefix: Annotated[str | None, typer.Option(help="State-dict prefix of --checkpoint encoders.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Input preset of --checkpoint encoders (see `cxrbench encoders`).")
+    ] = None,
     partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
     account: Annotated[str | None, typer.Option(help="Slurm account.")] = None,
     gpus_per_job: Annotated[int | None, typer.Option(help="GPUs per job (Slurm, submitit-local).")] = None,
@@ -103,7 +106,7 @@ def sweep_command(
     }  # fmt: skip
     mapping.update({k: v for k, v in flags.items() if v is not None})
     if checkpoint:
-        mapping["checkpoints"] = [_flag_checkpoint(c, arch, prefix) for c in checkpoint]
+        mapping["checkpoints"] = [_flag_checkpoint(c, arch, prefix, preset) for c in checkpoint]
     cluster = {
         "partition": partition, "account": account, "gpus_per_job": gpus_per_job,
         "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "time_min": time_min,
@@ -126,9 +129,17 @@ def sweep_command(
         raise typer.Exit(1)
 
 
-def _flag_checkpoint(entry: str, arch: str | None, prefix: str | None) -> dict[str, str | None]:
+def _flag_checkpoint(
+    entry: str, arch: str | None, prefix: str | None, preset: str | None
+) -> dict[str, str | None]:
     name, sep, spec = entry.partition("=")
-    return {"spec": spec if sep else entry, "name": name if sep else None, "arch": arch, "prefix": prefix}
+    return {
+        "spec": spec if sep else entry,
+        "name": name if sep else None,
+        "arch": arch,
+        "prefix": prefix,
+        "preset": preset,
+    }
 
 
 def _print_problems(console: Console, summary: SweepSummary) -> None:

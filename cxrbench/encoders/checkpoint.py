@@ -9,7 +9,6 @@ are detected from the keys and shapes themselves.
 from __future__ import annotations
 
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cxrbench.encoders.families import family_of, list_families, stem_candidates
 from cxrbench.encoders.registry import create_encoder
-from cxrbench.encoders.resnet import DEFAULT_ARCH, RESNET_LAYOUTS
+from cxrbench.encoders.resnet import detect_arch
 from cxrbench.errors import CheckpointError
 
 # Containers that training frameworks wrap a state dict in, in the order they are tried.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "encoder")
-_ARCH_BY_LAYOUT = {layout: arch for arch, layout in RESNET_LAYOUTS.items()}
+__all__ = [
+    "WRAPPER_KEYS",
+    "PrefixChoice",
+    "choose_prefix",
+    "detect_arch",
+    "extract_state_dict",
+    "read_checkpoint",
+]
 
 
 def read_checkpoint(path: Path) -> object:
@@ -42,14 +49,32 @@ def read_checkpoint(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to unpickle (it contains Python objects other than tensors, or is not a "
-            "PyTorch file); re-save it as a plain state dict: torch.save(model.state_dict(), path)"
-        ) from exc
+        raise CheckpointError(refusal_message(path, exc)) from exc
     except Exception as exc:  # the unpickler raises IndexError/KeyError/... on foreign bytes
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint, or truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
+
+
+def refusal_message(path: Path, exc: BaseException) -> str:
+    """Why a whole-model pickle is refused, with the one-line conversion to run where its code lives.
+
+    The refused global's module (named in the unpickler's message) says which library wrote it; a
+    torchxrayvision model gets the command for a torchxrayvision environment."""
+    out = path.with_name(path.stem + "-state_dict.pt")
+    convert = f"torch.save(torch.load('{path}', weights_only=False).state_dict(), '{out}')"
+    if "torchxrayvision" in str(exc):
+        return (
+            f"{path}: a whole torchxrayvision model (a pickle of Python objects, which cxrbench never "
+            "unpickles). Convert it once in your torchxrayvision environment:\n"
+            f'  python -c "import torch, torchxrayvision; {convert}"\n'
+            f"then evaluate {out} (a plain state dict; its 1-channel DenseNet is detected as xrv_densenet121)"
+        )
+    return (
+        f"{path}: refused to unpickle (it contains Python objects other than tensors, or is not a "
+        "PyTorch file). If it is a whole model, convert it once in the environment of the code that "
+        f'wrote it:\n  python -c "import torch; {convert}"'
+    )
 
 
 def extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
@@ -67,17 +92,6 @@ def extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def detect_arch(state: Mapping[str, Tensor]) -> str | None:
-    """ResNet depth from block type and per-layer block counts of an (un-prefixed) state dict."""
-    kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
-    counts = []
-    for layer in range(1, 5):
-        pattern = re.compile(rf"^layer{layer}\.(\d+)\.")
-        indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-        counts.append(len(indices))
-    return _ARCH_BY_LAYOUT.get((kind, tuple(counts)))
-
-
 @dataclass(frozen=True)
 class PrefixChoice:
     """Where the backbone sits in a state dict: its key prefix, its arch, and equally good prefixes."""
@@ -92,34 +106,53 @@ def choose_prefix(
 ) -> PrefixChoice:
     """Pick the key prefix (and arch) that loads the most encoder tensors with matching shapes.
 
-    Candidates are the prefixes of a '...conv1.weight' with 3 input channels (a ResNet stem); `prefix`
-    and `arch` override the detection. Ties keep file order: online/query networks come first.
+    Every registered family (encoders/families.py) proposes the prefixes where its stem appears and
+    the architecture its sizes identify; `prefix` and `arch` override the detection. Ties keep file
+    order: online/query networks come first.
     """
-    if prefix is not None:
-        candidates = [prefix]
-    else:
-        candidates = []
-        for key, value in state.items():
-            if key.endswith("conv1.weight") and value.ndim == 4 and value.shape[1] == 3:
-                cand = key[: -len("conv1.weight")]
-                if (cand == "" or cand.endswith(".")) and cand not in candidates:
-                    candidates.append(cand)
-        if not candidates:
-            n_4d = sum(v.ndim == 4 for v in state.values())
-            raise CheckpointError(
-                f"{path}: loaded 0% of the backbone: no ResNet stem (a '...conv1.weight' with 3 input channels) among "
-                f"{len(state)} tensors ({n_4d} convolution weights); this does not look like a ResNet checkpoint"
-            )
+    forced = family_of(arch) if arch is not None else None
+    families = [forced] if forced is not None else list_families()
     scored = []
-    for cand in candidates:
-        sub = strip_prefix(state, cand)
-        cand_arch = arch or detect_arch(sub) or DEFAULT_ARCH
-        shapes = backbone_shapes(cand_arch)
-        score = sum(1 for k, v in sub.items() if k in shapes and shapes[k] == v.shape)
-        scored.append((score, cand, cand_arch))
+    unmatched = []  # (family, signature) found in the file but matching no registered variant
+    partial = []  # a family's stem without the blocks that identify one of its architectures
+    for family in families:
+        candidates = [prefix] if prefix is not None else stem_candidates(family, state)
+        for cand in candidates:
+            sub = family.convert(strip_prefix(state, cand))
+            cand_arch = arch or family.arch_for(sub)
+            if cand_arch is None:
+                signature = family.signature(sub)
+                if signature is not None:
+                    unmatched.append(f"{family.name} {signature}")
+                else:
+                    partial.append(f"a {family.name} stem under prefix {cand!r}")
+                continue
+            shapes = backbone_shapes(cand_arch)
+            score = sum(1 for k, v in sub.items() if k in shapes and shapes[k] == v.shape)
+            scored.append((score, cand, cand_arch))
+    if not scored:
+        n_4d = sum(v.ndim == 4 for v in state.values())
+        if unmatched:
+            known = "; ".join(f"{f.name}: {', '.join(f.variants)}" for f in families if f.variants)
+            raise CheckpointError(
+                f"{path}: found {', '.join(dict.fromkeys(unmatched))}, which matches no known architecture "
+                f"({known}); pass --arch if one of them fits"
+            )
+        if partial:
+            raise CheckpointError(
+                f"{path}: found {', '.join(partial)}, but not the blocks of any of its architectures "
+                "(an incomplete or different network); pass --arch to load it as one anyway"
+            )
+        stems = ", ".join(f"{f.name} '...{f.stem_keys[0]}'" for f in families)
+        raise CheckpointError(
+            f"{path}: loaded 0% of the backbone: no encoder stem ({stems}) among {len(state)} tensors "
+            f"({n_4d} convolution weights); this does not look like a checkpoint of a known encoder family"
+        )
     best = max(s[0] for s in scored)
     winners = [s for s in scored if s[0] == best]
-    return PrefixChoice(winners[0][1], winners[0][2], tuple(s[1] for s in winners[1:]))
+    return PrefixChoice(
+        winners[0][1], winners[0][2], tuple(s[1] for s in winners[1:] if s[1] != winners[0][1])
+    )
 
 
 def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

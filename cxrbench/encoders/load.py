@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cxrbench.encoders.checkpoint import choose_prefix, extract_state_dict, read_checkpoint, strip_prefix
+from cxrbench.encoders.families import family_of
 from cxrbench.encoders.hf_folder import read_hf_folder
 from cxrbench.encoders.imagenet import find_imagenet_weights
 from cxrbench.encoders.registry import create_encoder
@@ -39,7 +40,7 @@ class LoadReport:
     `source` is the user's spec ("random", "imagenet" or the file path), `path` the file actually read
     (None for random init). `missing`/`unexpected` exclude BatchNorm `num_batches_tracked` counters;
     `unexpected` holds keys under the prefix that do not fit the encoder (shape mismatches included),
-    except a classifier's or projection's tensors (`fc.*`; a ViT's `head.*`, CLIP's `proj`, ...); a
+    except what its family ignores (a classifier's `fc.*`, a ViT's `head.*`, CLIP's `proj`, ...); a
     ViT's keys are timm's, whatever layout the file used. `alternatives` lists other prefixes that would
     have loaded as many tensors (e.g. a momentum encoder): pass `prefix` to choose one of them.
     """
@@ -121,9 +122,14 @@ def _load_file(path: Path, source: str, arch: str | None, prefix: str | None) ->
         ignored = not_backbone
     else:
         choice = choose_prefix(state, path, prefix=prefix, arch=arch)
-        family, encoder, sub = "ResNet", create_encoder(choice.arch), strip_prefix(state, choice.prefix)
+        encoder, sub = create_encoder(choice.arch), strip_prefix(state, choice.prefix)
         chosen_arch, chosen_prefix, alternatives = choice.arch, choice.prefix, choice.alternatives
-        ignored = lambda k: k.startswith("fc.")  # noqa: E731
+        cnn_family = family_of(choice.arch)
+        if cnn_family is not None:
+            sub = cnn_family.convert(sub)
+        family = cnn_family.name if cnn_family is not None else choice.arch
+        ignored_prefixes = cnn_family.ignored if cnn_family is not None else ("fc.",)
+        ignored = lambda k: k.startswith(ignored_prefixes)  # noqa: E731
     target = encoder.state_dict()
     matched = {k: v for k, v in sub.items() if k in target and v.shape == target[k].shape}
     param_keys = _param_keys(encoder)

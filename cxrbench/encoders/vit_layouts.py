@@ -55,8 +55,13 @@ class ViTChoice:
     def arch(self) -> str:
         return self.config.arch
 
+    @property
+    def preset(self) -> str:
+        """The normalisation the layout implies; open_clip towers (`visual.trunk.`) expect CLIP's."""
+        return "clip" if self.prefix.startswith("visual.trunk.") else PRESET_BY_LAYOUT[self.layout]
+
     def build(self) -> ViTEncoder:
-        return ViTEncoder(self.config, default_preset=PRESET_BY_LAYOUT[self.layout])
+        return ViTEncoder(self.config, default_preset=self.preset)
 
 
 def not_backbone(key: str) -> bool:

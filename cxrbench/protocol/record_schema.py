@@ -108,6 +108,14 @@ class RunRecord(_RunRecordFields, total=False):
     """One training run, one JSON file (the comments above say what each field holds)."""
 
     rescored: list[RescoreNote]  # appended by `cxrbench rescore`, one note per re-scoring that changed values
+    # Written since encoder presets and costs exist (absent from older records, which stay readable):
+    preprocessing: dict[str, Any] | None  # the encoder's input preset (encoders/presets.py: Preprocessing)
+    encoder_parameters: int | None  # all encoder parameters
+    head_parameters: int | None  # trainable head parameters (any neck/adapter included)
+    peak_memory_bytes: int | None  # CUDA max allocated, or the process's peak RSS on the CPU
+    peak_memory_source: str | None  # "cuda_max_allocated" | "cpu_max_rss"
+    train_images_per_s: float | None  # training images per second of optimiser steps
+    grad_checkpointing: bool | None  # whether the encoder recomputed activations (fine-tune tasks)
 
 
 class RecordError(CxrbenchError):
@@ -138,7 +146,20 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "test_per_image": (dict, type(None)),
     "history": list,
     "predictions": (str, type(None)),
+    "preprocessing": (dict, type(None)),
+    "encoder_parameters": (int, type(None)),
+    "head_parameters": (int, type(None)),
+    "peak_memory_bytes": (int, type(None)),
+    "train_images_per_s": (int, float, type(None)),
 }
+COST_FIELDS = (
+    "encoder_parameters",
+    "head_parameters",
+    "peak_memory_bytes",
+    "peak_memory_source",
+    "train_images_per_s",
+    "grad_checkpointing",
+)
 
 
 def sha256_of_identity(identity: str | None) -> str | None:
@@ -160,6 +181,7 @@ def make_record(
     encoder_load: EncoderLoad | None = None,
     n_images: dict[str, int] | None = None,
     sweep: SweepInfo | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> RunRecord:
     """The record of one finished run: `outcome` is the training result, or the exception that failed it."""
     task = spec.task
@@ -197,7 +219,11 @@ def make_record(
         "n_images": None if failed else n_images,
         "predictions": None,
         "sweep": sweep,
+        "preprocessing": preprocessing,
     }
+    cost = {} if failed else getattr(outcome, "cost", {})
+    for key in COST_FIELDS:
+        record[key] = cost.get(key)  # type: ignore[literal-required]
     return record
 
 

@@ -45,19 +45,23 @@ def run_key(
     phase: str,
     lr: float,
     seed: int,
+    preprocessing: str | None = None,
 ) -> str:
-    return stable_hash(
-        {
-            "encoder": encoder,
-            "checkpoint": checkpoint_identity,
-            "task": task_id,
-            "profile": profile,
-            "protocol": protocol_hash,
-            "phase": phase,
-            "lr": float(lr),
-            "seed": int(seed),
-        }
-    )[:24]
+    """`preprocessing` is the key of a non-default preset (encoders.presets); None for the protocol's
+    dataset statistics, which keeps the keys of runs written before presets existed."""
+    payload = {
+        "encoder": encoder,
+        "checkpoint": checkpoint_identity,
+        "task": task_id,
+        "profile": profile,
+        "protocol": protocol_hash,
+        "phase": phase,
+        "lr": float(lr),
+        "seed": int(seed),
+    }
+    if preprocessing is not None:
+        payload["preprocessing"] = preprocessing
+    return stable_hash(payload)[:24]
 
 
 def record_path(runs_dir: Path, encoder: str, task_id: str, key: str) -> Path:
@@ -93,6 +97,8 @@ class RunSpec:
     # The protocol task itself when it is not in the registry (a task built in a test or an
     # experiment); None looks `task_id` up in the registry.
     protocol_task: Task | None = None
+    # The key of the encoder's preprocessing preset (Preprocessing.key); None: the dataset statistics.
+    preprocessing: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -124,6 +130,7 @@ class RunSpec:
             self.phase,
             self.lr,
             self.seed,
+            self.preprocessing,
         )
 
     def record_path(self, runs_dir: Path) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cxrbench.encoders import LoadedEncoder, is_builtin, load_encoder
+from cxrbench.encoders.presets import DATASET_PRESET, PRESETS, Preprocessing, resolve_preprocessing
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES
 from cxrbench.protocol.record_schema import (
@@ -56,6 +57,8 @@ class EvaluateOptions:
     cache_budget_bytes: int = DEFAULT_BUDGET_BYTES
     prefix: str | None = None
     arch: str | None = None
+    preset: str | None = None  # a preprocessing preset name; None: what the checkpoint says
+    grad_checkpointing: bool = False  # fine-tune tasks: recompute encoder activations in backward
 
 
 class Reporter:
@@ -88,6 +91,7 @@ class RunInputs:
     n_classes: int
     device: torch.device
     initial_state: dict | None = None
+    preprocessing: Preprocessing | None = None  # None: the protocol's dataset statistics
 
 
 @dataclass(frozen=True)
@@ -106,9 +110,28 @@ def checkpoint_path(spec: str | Path) -> str | None:
     return None if is_builtin(spec) else str(Path(spec).resolve())
 
 
-def load_task_data(dataset, task: Task, profile: Profile) -> dict[str, TaskSplit]:
-    """The train/val/test splits of one task from its opened prepared dataset."""
-    return {split: load_task_split(dataset, task, split, profile) for split in SPLITS}
+def load_task_data(
+    dataset, task: Task, profile: Profile, preprocessing: Preprocessing | None = None
+) -> dict[str, TaskSplit]:
+    """The train/val/test splits of one task from its opened prepared dataset, normalised per `preprocessing`."""
+    data = {split: load_task_split(dataset, task, split, profile) for split in SPLITS}
+    for split in data.values():
+        split.preprocessing = preprocessing
+    return data
+
+
+def run_preprocessing(
+    checkpoint: str | Path, loaded: LoadedEncoder, preset: str | None = None
+) -> Preprocessing:
+    """The input preset of an encoder's runs (explicit, from its checkpoint, or an error listing presets)."""
+    return resolve_preprocessing(
+        checkpoint,
+        loaded.report.arch,
+        getattr(loaded.encoder, "in_chans", 3),
+        preset,
+        builtin=is_builtin(checkpoint),
+        layout_preset=getattr(loaded.encoder, "default_preset", None),
+    )
 
 
 def run_one(
@@ -123,6 +146,7 @@ def run_one(
     cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
     reporter: Reporter | None = None,
     sweep: SweepInfo | None = None,
+    grad_checkpointing: bool = False,
 ) -> RunOutcome:
     """Run one training run and write its record, unless a finished record is already there.
 
@@ -142,6 +166,7 @@ def run_one(
     encoder_load: EncoderLoad | None = None
     n_images = None
     predictions = None
+    preprocessing = None
     try:
         given = inputs()
         device = str(given.device)
@@ -153,6 +178,13 @@ def run_one(
         }
         if checkpoint_identity(checkpoint, loaded) != spec.identity:
             raise CxrbenchError(f"checkpoint {checkpoint} changed since its runs were planned")
+        chosen = given.preprocessing or PRESETS[DATASET_PRESET]
+        preprocessing = chosen.describe()
+        if chosen.key != spec.preprocessing:
+            raise CxrbenchError(
+                f"run {spec.describe()} was planned with preprocessing {spec.preprocessing or DATASET_PRESET!r} "
+                f"but its inputs use {chosen.key or DATASET_PRESET!r}"
+            )
         if given.initial_state is not None:
             loaded.encoder.load_state_dict(given.initial_state)
         n_images = {name: len(split) for name, split in given.data.items()}
@@ -169,6 +201,7 @@ def run_one(
             use_feature_cache=use_feature_cache,
             cache_budget_bytes=cache_budget_bytes,
             on_epoch=lambda entry: reporter.epoch(task, entry),
+            grad_checkpointing=grad_checkpointing,
         )
         predictions = outcome.predictions
     except Exception as exc:  # a failing run must not stop the others
@@ -182,6 +215,7 @@ def run_one(
         encoder_load=encoder_load,
         n_images=n_images,
         sweep=sweep,
+        preprocessing=preprocessing,
     )
     write_record(path, record, predictions)
     reporter.run_finished(task, record, skipped=False)
@@ -197,6 +231,7 @@ def evaluate_checkpoint(
     profile = options.profile
     datasets = {t.dataset: open_task_dataset(options.data_root, t.dataset) for t in tasks}  # fail early
     loaded = load_encoder(checkpoint, arch=options.arch, prefix=options.prefix)
+    preprocessing = run_preprocessing(checkpoint, loaded, options.preset)
     base_state = copy.deepcopy(loaded.encoder.state_dict())
     identity = checkpoint_identity(checkpoint, loaded)
     seeds = options.seeds if options.seeds is not None else profile.default_seeds
@@ -206,13 +241,20 @@ def evaluate_checkpoint(
         task = profile.apply(protocol_task)
         dataset = datasets[task.dataset]
         inputs = RunInputs(
-            loaded, load_task_data(dataset, task, profile), len(dataset.classes), device, base_state
+            loaded,
+            load_task_data(dataset, task, profile, preprocessing),
+            len(dataset.classes),
+            device,
+            base_state,
+            preprocessing,
         )
         n_grid = len(task.lr_grid) if len(task.lr_grid) > 1 else 0
         reporter.task_started(task, n_grid + seeds)
 
         def run(phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task) -> RunRecord:
-            spec = RunSpec(options.encoder, identity, task.task_id, phase, lr, seed, profile, base)
+            spec = RunSpec(
+                options.encoder, identity, task.task_id, phase, lr, seed, profile, base, preprocessing.key
+            )
             return run_one(
                 spec,
                 options.runs_dir,
@@ -223,6 +265,7 @@ def evaluate_checkpoint(
                 use_feature_cache=options.use_feature_cache,
                 cache_budget_bytes=options.cache_budget_bytes,
                 reporter=reporter,
+                grad_checkpointing=options.grad_checkpointing,
             ).record
 
         outcome = TaskOutcome(task, task.default_lr)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrbench.datasets import PreparedDataset, open_prepared
+from cxrbench.encoders.presets import Preprocessing
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.heads import get_head
 from cxrbench.protocol.metrics import MASKS
@@ -32,12 +33,17 @@ class TaskSplit:
     image_ids: list[str]
     mean: float
     std: float
+    # The encoder's preset (cxrbench.encoders.presets); None: the protocol's dataset statistics.
+    preprocessing: Preprocessing | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 B x R x R -> float B x 3 x R x R with the train split's mean/std."""
+        """uint8 B x R x R -> float B x C x R x R as the encoder's preset says (default: 3 channels
+        normalised with the train split's mean/std)."""
+        if self.preprocessing is not None:
+            return self.preprocessing.apply(images, self.mean, self.std)
         x = images.float().div_(255.0).sub_(self.mean).div_(self.std)
         return x.unsqueeze(1).expand(-1, 3, -1, -1)
 

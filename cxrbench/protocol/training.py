@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
+from cxrbench.protocol.cost import count_parameters, peak_memory, reset_peak_memory
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, encode_all
 from cxrbench.protocol.heads import Head, get_head
 from cxrbench.protocol.heads.with_neck import build_head_with_neck
@@ -56,6 +57,9 @@ class RunResult:
     predictions: dict[str, np.ndarray]
     used_feature_cache: bool
     timings: dict[str, float] = field(default_factory=dict)
+    # encoder_parameters, head_parameters, peak_memory_bytes, peak_memory_source, train_images_per_s,
+    # grad_checkpointing (protocol/cost.py)
+    cost: dict = field(default_factory=dict)
 
 
 class _Batches:
@@ -105,13 +109,23 @@ def train_run(
     use_feature_cache: bool = True,
     cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
     on_epoch: Callable[[dict], None] | None = None,
+    grad_checkpointing: bool = False,
 ) -> RunResult:
-    """Train and evaluate one (task, lr, seed) run; `encoder` is modified only for fine-tune tasks."""
+    """Train and evaluate one (task, lr, seed) run; `encoder` is modified only for fine-tune tasks.
+
+    `grad_checkpointing` (fine-tune tasks) recomputes the encoder's activations in the backward pass
+    instead of storing them: less memory, the same losses and gradients, slower steps."""
     head_class, _ = head_and_metric(task)
     seed_everything(seed)
     t0 = time.perf_counter()
     autocast = autocast_factory(device, amp)
     encoder = encoder.to(device)
+    reset_peak_memory(device)
+    checkpointing = grad_checkpointing and not task.frozen
+    if checkpointing:
+        if not hasattr(encoder, "set_grad_checkpointing"):
+            raise CxrbenchError(f"the {type(encoder).__name__} encoder has no gradient checkpointing")
+        encoder.set_grad_checkpointing(True)
     head = build_head_with_neck(head_class, encoder, n_classes, resolution).to(device)
     stages = head.required_stages  # encoder outputs the head's neck reads
     out_size = (resolution, resolution)
@@ -133,7 +147,10 @@ def train_run(
     }
     t_cache = time.perf_counter()
 
+    throughput = {"images": 0, "seconds": 0.0}
+
     def train_step(index: Tensor, optimizer: torch.optim.Optimizer) -> float:
+        start = time.perf_counter()
         feeder = batches["train"]
         targets = _to_device(data["train"].targets(index), device)
         with autocast():
@@ -145,7 +162,10 @@ def train_run(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        value = float(loss.detach())  # waits for the device, so the step's time is complete
+        throughput["images"] += len(index)
+        throughput["seconds"] += time.perf_counter() - start
+        return value
 
     # Fine-tune warm-up: head only, encoder frozen and in eval mode.
     if not task.frozen and task.warmup_steps > 0:
@@ -217,6 +237,19 @@ def train_run(
     test_metrics, _, per_image, predictions = evaluate_split(
         task, head, encoder, batches["test"], data["test"], out_size, device, autocast, keep_predictions=True
     )
+    if checkpointing:
+        encoder.set_grad_checkpointing(False)  # the encoder object is shared by the task's next runs
+    peak_bytes, peak_source = peak_memory(device)
+    cost = {
+        "encoder_parameters": count_parameters(encoder),
+        "head_parameters": count_parameters(head, trainable_only=True),
+        "peak_memory_bytes": peak_bytes,
+        "peak_memory_source": peak_source,
+        "train_images_per_s": (
+            throughput["images"] / throughput["seconds"] if throughput["seconds"] > 0 else None
+        ),
+        "grad_checkpointing": checkpointing,
+    }
     return RunResult(
         val=best["val"],
         test=test_metrics,
@@ -230,6 +263,7 @@ def train_run(
             "train_s": t_train - t_cache,
             "test_s": time.perf_counter() - t_train,
         },
+        cost=cost,
     )
 
 

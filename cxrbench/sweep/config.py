@@ -27,6 +27,8 @@ class CheckpointSpec:
     encoder: str | None = None
     arch: str | None = None
     prefix: str | None = None
+    preset: str | None = None  # preprocessing preset name (None: what the checkpoint says)
+    preprocessing: str | None = None  # the resolved preset's key, set by planning (part of run keys)
 
     def __post_init__(self) -> None:
         if self.encoder is None:
@@ -70,7 +72,13 @@ class SweepConfig:
 
 _TOP_KEYS = {f.name for f in fields(SweepConfig)} - {"data_root", "cluster"} | {"data", "slurm"}
 _CLUSTER_KEYS = {f.name for f in fields(ClusterOptions)}
-_CHECKPOINT_KEYS = {"spec", "name", "arch", "prefix"}  # a checkpoint's YAML keys (`name` -> encoder)
+_CHECKPOINT_KEYS = {
+    "spec",
+    "name",
+    "arch",
+    "prefix",
+    "preset",
+}  # a checkpoint's YAML keys (`name` -> encoder)
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -136,7 +144,9 @@ def _checkpoint(entry: Any, source: str) -> CheckpointSpec:
         return CheckpointSpec(spec, name) if sep else CheckpointSpec(entry)
     if isinstance(entry, Mapping) and "spec" in entry and not set(entry) - _CHECKPOINT_KEYS:
         values = {k: None if v is None else str(v) for k, v in entry.items()}
-        return CheckpointSpec(values["spec"], values.get("name"), values.get("arch"), values.get("prefix"))
+        return CheckpointSpec(
+            values["spec"], values.get("name"), values.get("arch"), values.get("prefix"), values.get("preset")
+        )
     raise CxrbenchError(
         f"{source}: a checkpoint is a path/'random'/'imagenet' or a mapping with keys "
         f"{', '.join(sorted(_CHECKPOINT_KEYS))} (spec required); got {entry!r}"

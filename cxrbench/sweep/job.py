@@ -23,6 +23,7 @@ from cxrbench.protocol.runner import (
     RunInputs,
     load_task_data,
     run_one,
+    run_preprocessing,
 )
 from cxrbench.protocol.task_data import open_task_dataset
 from cxrbench.protocol.tasks import Profile
@@ -52,7 +53,14 @@ class Job:
     @property
     def run(self) -> RunSpec:
         return RunSpec(
-            self.checkpoint.encoder, self.identity, self.task_id, self.phase, self.lr, self.seed, self.profile
+            self.checkpoint.encoder,
+            self.identity,
+            self.task_id,
+            self.phase,
+            self.lr,
+            self.seed,
+            self.profile,
+            preprocessing=self.checkpoint.preprocessing,
         )
 
     @property
@@ -92,9 +100,10 @@ def run_single(job: Job) -> JobOutcome:
             torch.set_num_threads(job.threads)
         device = resolve_device(job.device)
         dataset = open_task_dataset(job.data_root, spec.task.dataset)
-        data = load_task_data(dataset, spec.task, job.profile)
         loaded = load_encoder(job.checkpoint.spec, arch=job.checkpoint.arch, prefix=job.checkpoint.prefix)
-        return RunInputs(loaded, data, len(dataset.classes), device)
+        preprocessing = run_preprocessing(job.checkpoint.spec, loaded, job.checkpoint.preset)
+        data = load_task_data(dataset, spec.task, job.profile, preprocessing)
+        return RunInputs(loaded, data, len(dataset.classes), device, preprocessing=preprocessing)
 
     sweep = SweepInfo(
         executor=job.executor, host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID")

@@ -18,7 +18,7 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
 from cxrbench.protocol.record_schema import FINAL, LR_SEARCH
 from cxrbench.protocol.records import read_record
-from cxrbench.protocol.runner import best_lr, checkpoint_identity, checkpoint_path
+from cxrbench.protocol.runner import best_lr, checkpoint_identity, checkpoint_path, run_preprocessing
 from cxrbench.protocol.task_data import open_task_dataset
 from cxrbench.protocol.tasks import Profile, Task, select_tasks
 from cxrbench.sweep.config import CheckpointSpec, SweepConfig
@@ -92,8 +92,11 @@ def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
     checkpoints = []
     for ckpt in config.checkpoints:
         loaded = load_encoder(ckpt.spec, arch=ckpt.arch, prefix=ckpt.prefix)
+        preprocessing = run_preprocessing(ckpt.spec, loaded, ckpt.preset)
         spec = checkpoint_path(ckpt.spec) or ckpt.spec
-        resolved = replace(ckpt, spec=spec, arch=ckpt.arch or loaded.report.arch)
+        resolved = replace(
+            ckpt, spec=spec, arch=ckpt.arch or loaded.report.arch, preprocessing=preprocessing.key
+        )
         checkpoints.append((resolved, checkpoint_identity(ckpt.spec, loaded)))
     names = [c.encoder for c, _ in checkpoints]
     duplicated = sorted({n for n in names if names.count(n) > 1})

@@ -12,6 +12,7 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_text
 from cxrbench.leaderboard.aggregate import Summary, summarize_records
 from cxrbench.leaderboard.compare import Wins, add_ranks, count_wins
+from cxrbench.leaderboard.cost import cost_table, render_cost_markdown
 from cxrbench.leaderboard.published import load_published
 from cxrbench.leaderboard.report.html import render_html
 from cxrbench.leaderboard.report.latex import render_latex
@@ -104,12 +105,15 @@ def build_leaderboard(
     overlays: bool = True,
     cache: bool = True,
     title: str = "cxrbench leaderboard",
+    cost: bool = False,
 ) -> LeaderboardResult:
     """Aggregate the run records under `runs_dirs` and write every leaderboard output into `out_dir`.
 
     ``n_boot`` / ``n_boot_detection``: bootstrap replicates for Dice / mAP and FROC tasks (0 disables the
     bootstrap intervals and the paired tests). ``cache``: keep each run's replicates under
-    ``out_dir/.cache/bootstrap`` so that rebuilding only resamples new or changed runs.
+    ``out_dir/.cache/bootstrap`` so that rebuilding only resamples new or changed runs. ``cost``: also
+    write the per-encoder cost table (parameters, peak memory, images/s) as cost.csv/cost.md, appended
+    to the Markdown.
     """
     out_dir = Path(out_dir)
     scan = scan_records(runs_dirs)
@@ -143,6 +147,13 @@ def build_leaderboard(
         encoders = [r.encoder for r in layout.rows if r.source == "measured"]
         written_overlays = plot_overlays(scan.records, out_dir, encoders)
     markdown = render_markdown(layout, title)
+    if cost:
+        costs = cost_table(scan.records)
+        paths.update(cost_csv=out_dir / "cost.csv", cost_markdown=out_dir / "cost.md")
+        cost_md = render_cost_markdown(costs)
+        atomic_write_text(paths["cost_csv"], costs.to_csv(index=False))
+        atomic_write_text(paths["cost_markdown"], cost_md)
+        markdown += "\n## Cost per encoder\n\n" + cost_md
     atomic_write_text(paths["csv"], table.to_csv(index=False))
     atomic_write_text(paths["markdown"], markdown)
     atomic_write_text(paths["latex"], render_latex(layout))
