@@ -273,7 +273,7 @@ def test_cli_error_keeps_bracketed_paths_readable(tmp_path):
 
 
 def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_root, tmp_path):
-    from cxrbench.protocol.record_schema import RunRecord
+    from cxrbench.protocol.record_schema import SCHEMA_VERSION, RunRecord
     from cxrbench.protocol.records import scan_records
     from cxrbench.protocol.rescore import rescore_runs
 
@@ -293,10 +293,11 @@ def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_
     assert scan_records(tmp_path).upgraded == [path]
     assert rescore_runs(tmp_path) == 1
     upgraded = json.loads(path.read_text())
-    assert upgraded["schema_version"] == 2 and upgraded["checkpoint"] == first["checkpoint"]
-    assert upgraded["test"] == first["test"] and "rescored" not in upgraded
-    upgraded["schema_version"] = 3  # a newer cxrbench's record is refused, never overwritten
+    assert upgraded["schema_version"] == SCHEMA_VERSION and upgraded["checkpoint"] == first["checkpoint"]
+    # rescored with this cxrbench's metric definitions: the same values, the current metrics version
+    assert upgraded["test"] == first["test"] and upgraded["metrics_version"] == first["metrics_version"]
+    upgraded["schema_version"] = SCHEMA_VERSION + 1  # a newer cxrbench's record is refused, never overwritten
     path.write_text(json.dumps(upgraded))
     with pytest.raises(CxrbenchError, match="newer cxrbench"):
         evaluate_checkpoint("random", select_tasks("covid_linear"), opts)
-    assert json.loads(path.read_text())["schema_version"] == 3
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION + 1
