@@ -140,7 +140,9 @@ def test_feature_cache_gives_the_same_predictions(prepared_root):
 def test_trained_head_beats_untrained_head(prepared_root):
     learn = dataclasses.replace(FAST, resolution=128, max_epochs=8, patience=8)
     untrained = _train(prepared_root, "covid_linear", dataclasses.replace(learn, max_epochs=0))
-    trained = _train(prepared_root, "covid_linear", learn, lr=3e-2)
+    # lr 1e-1 (the top of the linear probes' grids): with the reference's Dice loss (classes pooled, no
+    # smoothing) 3e-2 gains only 0.047 test Dice on these 12 test images in 8 epochs, 1e-1 gains 0.062
+    trained = _train(prepared_root, "covid_linear", learn, lr=1e-1)
     assert untrained.best_epoch == 0
     assert trained.val["dice"] > untrained.val["dice"] + 0.05
     assert trained.test["dice"] > untrained.test["dice"] + 0.05
