@@ -24,8 +24,9 @@ from cxrbench.leaderboard.aggregate import summarize_records
 from cxrbench.leaderboard.compare import add_ranks, count_wins
 from cxrbench.leaderboard.report import build_leaderboard
 from cxrbench.protocol import metrics
+from cxrbench.protocol.record_schema import SCHEMA_VERSION
 from cxrbench.protocol.records import scan_records
-from cxrbench.protocol.tasks import TASKS
+from cxrbench.protocol.tasks import METRICS_VERSION, TASKS
 
 TEST_IMAGES = {"rsna": 5337, "siim": 2409, "object_cxr": 1000, "nih": 196, "covid_rural": 44}
 CLASSES = {"nih": 8}
@@ -52,14 +53,20 @@ def _map_stats(rng, n: int, skill: float) -> dict:
         scores.append(s.tolist())
         masks.append(hits)
     kaggle = [float(rng.random()) if g or m else None for g, m in zip(n_gt, k, strict=True)]
-    return {"scores": scores, "tp_mask": masks, "n_gt": n_gt.tolist(), "map": kaggle}
+    coco = [[b >> 1 for b in m] for m in masks]
+    return {"scores": scores, "tp_mask": masks, "coco_tp_mask": coco, "n_gt": n_gt.tolist(), "map": kaggle}
 
 
 def _froc_stats(rng, n: int, skill: float) -> dict:
     n_gt = rng.integers(0, 4, n)
-    fp = [np.sort(rng.uniform(0.0, 1.0, rng.poisson(1.5))).tolist() for _ in range(n)]
-    hits = [[float(rng.uniform(0.2, 1.0)) if rng.random() < skill else None for _ in range(g)] for g in n_gt]
-    return {"fp_scores": fp, "gt_hit_scores": hits, "froc": [None] * n}
+    scores, codes = [], []
+    for g in n_gt:
+        hit = [float(rng.uniform(0.2, 1.0)) for _ in range(g) if rng.random() < skill]
+        fp = rng.uniform(0.0, 1.0, rng.poisson(1.5)).tolist()
+        pairs = sorted([(s, 1) for s in hit] + [(s, -1) for s in fp], key=lambda p: -p[0])
+        scores.append([s for s, _ in pairs])
+        codes.append([c for _, c in pairs])
+    return {"scores": scores, "codes": codes, "n_gt": n_gt.tolist(), "froc": [None] * n}
 
 
 def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) -> int:
@@ -82,7 +89,8 @@ def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) ->
                 test = metrics.aggregate(task.metric, per_image)
                 run_id = uuid.uuid4().hex
                 record = {
-                    "schema_version": 2,
+                    "schema_version": SCHEMA_VERSION,
+                    "metrics_version": METRICS_VERSION,
                     "run_id": run_id,
                     "run_key": run_id[:24],
                     "encoder": encoder,

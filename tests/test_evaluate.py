@@ -140,7 +140,9 @@ def test_feature_cache_gives_the_same_predictions(prepared_root):
 def test_trained_head_beats_untrained_head(prepared_root):
     learn = dataclasses.replace(FAST, resolution=128, max_epochs=8, patience=8)
     untrained = _train(prepared_root, "covid_linear", dataclasses.replace(learn, max_epochs=0))
-    trained = _train(prepared_root, "covid_linear", learn, lr=3e-2)
+    # lr 1e-1 (the top of the linear probes' grids): with the reference's Dice loss (classes pooled, no
+    # smoothing) 3e-2 gains only 0.047 test Dice on these 12 test images in 8 epochs, 1e-1 gains 0.062
+    trained = _train(prepared_root, "covid_linear", learn, lr=1e-1)
     assert untrained.best_epoch == 0
     assert trained.val["dice"] > untrained.val["dice"] + 0.05
     assert trained.test["dice"] > untrained.test["dice"] + 0.05
@@ -273,7 +275,7 @@ def test_cli_error_keeps_bracketed_paths_readable(tmp_path):
 
 
 def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_root, tmp_path):
-    from cxrbench.protocol.record_schema import RunRecord
+    from cxrbench.protocol.record_schema import SCHEMA_VERSION, RunRecord
     from cxrbench.protocol.records import scan_records
     from cxrbench.protocol.rescore import rescore_runs
 
@@ -293,10 +295,11 @@ def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_
     assert scan_records(tmp_path).upgraded == [path]
     assert rescore_runs(tmp_path) == 1
     upgraded = json.loads(path.read_text())
-    assert upgraded["schema_version"] == 2 and upgraded["checkpoint"] == first["checkpoint"]
-    assert upgraded["test"] == first["test"] and "rescored" not in upgraded
-    upgraded["schema_version"] = 3  # a newer cxrbench's record is refused, never overwritten
+    assert upgraded["schema_version"] == SCHEMA_VERSION and upgraded["checkpoint"] == first["checkpoint"]
+    # rescored with this cxrbench's metric definitions: the same values, the current metrics version
+    assert upgraded["test"] == first["test"] and upgraded["metrics_version"] == first["metrics_version"]
+    upgraded["schema_version"] = SCHEMA_VERSION + 1  # a newer cxrbench's record is refused, never overwritten
     path.write_text(json.dumps(upgraded))
     with pytest.raises(CxrbenchError, match="newer cxrbench"):
         evaluate_checkpoint("random", select_tasks("covid_linear"), opts)
-    assert json.loads(path.read_text())["schema_version"] == 3
+    assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION + 1

@@ -28,8 +28,10 @@ from cxrbench.leaderboard.aggregate import summarize_records
 from cxrbench.leaderboard.compare import add_ranks, count_wins, mean_ranks
 from cxrbench.leaderboard.report import build_leaderboard, load_published
 from cxrbench.protocol import metrics
+from cxrbench.protocol.record_schema import SCHEMA_VERSION
 from cxrbench.protocol.records import load_records, scan_records
 from cxrbench.protocol.rescore import rescore_runs
+from cxrbench.protocol.tasks import METRICS_VERSION
 
 N_BOOT = 200
 SEED = 3
@@ -127,7 +129,8 @@ def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
     run_id = overrides.pop("run_id", uuid.uuid4().hex)
     kind = KIND[run.task_id]
     record = {
-        "schema_version": 2,
+        "schema_version": SCHEMA_VERSION,
+        "metrics_version": METRICS_VERSION,
         "run_id": run_id,
         "run_key": f"key-{run_id[:8]}",
         "encoder": run.encoder,
@@ -735,3 +738,37 @@ def test_cli_commands(tmp_path):
     assert res.exit_code == 0 and "0 record(s)" in res.output
     res = runner.invoke(app, [*args[:-3], "--baseline", "missing"])
     assert res.exit_code == 2 and "unknown baseline" in res.output
+
+
+@pytest.mark.parametrize("task_id", [MAP_TASK, FROC_TASK, SEG_TASK])
+def test_records_of_older_metric_definitions_are_refused_until_rescored(tmp_path, task_id):
+    """A metric change bumps the metrics version: the leaderboard refuses older records, naming
+    `cxrbench rescore`, which recomputes them from their predictions files and says what changed."""
+    runs_dir, truth = _small_world(tmp_path, {"enc": (0.2, 2)}, task_id=task_id)
+    kind = KIND[task_id]
+    paths = sorted(runs_dir.rglob("*.json"))
+    current = json.loads(paths[0].read_text())
+    old = {k: v for k, v in current.items() if k != "metrics_version"}  # as schema version 2 wrote it
+    old["schema_version"] = 2
+    old["test"] = {kind: current["test"][kind] + 0.05, "retired_value": 0.5}
+    old["test_per_image"] = {"image_ids": current["test_per_image"]["image_ids"], "old_stats": [0] * N_IMAGES}
+    paths[0].write_text(json.dumps(old))
+    with pytest.raises(CxrbenchError, match=r"cxrbench rescore RUNS_DIR") as info:
+        summarize_records(load_records(runs_dir), n_boot=0)
+    assert str(paths[0]) in str(info.value) and "metrics_version 1" in str(info.value)
+    app = typer.Typer()
+    app.command("rescore")(rescore_command)
+    app.command("other")(lambda: None)  # two commands: the CLI keeps the command name
+    res = CliRunner().invoke(app, ["rescore", str(runs_dir)])
+    assert res.exit_code == 0, res.output
+    assert (
+        f"changed {kind}: changed in 1 run(s)" in res.output and "retired_value: changed in 1" in res.output
+    )
+    assert "1 record(s) re-scored" in res.output
+    rescored = json.loads(paths[0].read_text())
+    assert rescored["metrics_version"] == METRICS_VERSION and rescored["schema_version"] == SCHEMA_VERSION
+    assert rescored["test"] == current["test"] and rescored["test_per_image"] == current["test_per_image"]
+    assert rescored["rescored"][0]["old_test"] == old["test"]
+    summary = summarize_records(load_records(runs_dir), n_boot=20)
+    assert summary.table.iloc[0]["n_runs"] == 2
+    assert np.isclose(summary.table.iloc[0]["mean"], np.mean([r.value for r in truth["enc"]]))

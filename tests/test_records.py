@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json
 from cxrbench.protocol import metrics
 from cxrbench.protocol.predictions import (
@@ -27,12 +28,21 @@ from cxrbench.protocol.record_schema import (
     checkpoint_info,
     make_record,
     parse_record,
+    stale_metrics,
     usable_runs,
     validate_record,
 )
-from cxrbench.protocol.records import RunSpec, read_record, record_path, run_key, scan_records, write_record
+from cxrbench.protocol.records import (
+    RunSpec,
+    check_records,
+    read_record,
+    record_path,
+    run_key,
+    scan_records,
+    write_record,
+)
 from cxrbench.protocol.rescore import rescore_predictions, rescore_runs
-from cxrbench.protocol.tasks import get_profile, protocol_hash
+from cxrbench.protocol.tasks import METRICS_VERSION, get_profile, protocol_hash
 
 FULL = get_profile("full")
 SHA = "ab" * 32
@@ -145,7 +155,27 @@ def test_version_1_records_are_read_upgraded_and_rescore_rewrites_them(tmp_path)
     assert scan_records(tmp_path).upgraded == [] and rescore_runs(tmp_path) == 0
 
 
-@pytest.mark.parametrize("version, message", [(0, "cxrbench evaluate"), (3, "newer cxrbench"), ("2", "'2'")])
+def test_version_2_records_carry_the_first_metric_definitions_and_are_refused_when_final():
+    current = {**_failed_record(), "status": "ok"}
+    assert current["metrics_version"] == METRICS_VERSION and not stale_metrics(current)
+    old = {k: v for k, v in current.items() if k != "metrics_version"}
+    old["schema_version"] = 2
+    upgraded, was_upgraded = parse_record(old)
+    assert was_upgraded and upgraded["schema_version"] == SCHEMA_VERSION and upgraded["metrics_version"] == 1
+    assert stale_metrics(upgraded) and not stale_metrics({**upgraded, "status": "failed"})
+    with pytest.raises(CxrbenchError, match=r"cxrbench rescore RUNS_DIR"):
+        check_records([upgraded])
+    check_records([{**upgraded, "phase": "lr_search"}])  # only final runs enter a leaderboard
+    check_records([{**upgraded, "status": "failed"}])  # a failed run has no values to be stale
+    newer = {**current, "metrics_version": METRICS_VERSION + 1}
+    with pytest.raises(CxrbenchError, match="newer cxrbench") as info:
+        check_records([newer])
+    assert "rescore" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "version, message", [(0, "cxrbench evaluate"), (SCHEMA_VERSION + 1, "newer cxrbench"), ("2", "'2'")]
+)
 def test_unknown_schema_versions_are_refused(tmp_path, version, message):
     path = tmp_path / "enc" / "covid_linear" / "run-a.json"
     atomic_write_json(path, {**_failed_record(), "schema_version": version})
@@ -261,3 +291,13 @@ def test_unreadable_predictions_are_one_clear_error(tmp_path):
         read_predictions(tmp_path / "bad.npz")
     with pytest.raises(PredictionsError, match="is missing"):
         read_predictions(tmp_path / "absent.npz")
+
+
+def test_rescore_leaves_records_of_newer_metric_definitions_alone(tmp_path):
+    path = tmp_path / "enc" / "covid_linear" / "run-a.json"
+    record = {**_failed_record(), "status": "ok", "metrics_version": METRICS_VERSION + 1}
+    atomic_write_json(path, record)
+    before = path.read_bytes()
+    with pytest.warns(UserWarning, match="newer metric definitions"):
+        assert rescore_runs(tmp_path) == 0
+    assert path.read_bytes() == before

@@ -112,6 +112,10 @@ def rescore_command(
         console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     for line in result.damaged:
         console.print(f"[red]damaged[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in result.summary():
+        console.print(f"changed {escape(line)}", highlight=False, soft_wrap=True)
+    if result.rescored and not result.changes:
+        console.print(f"no test value changed in the {result.rescored} run(s) re-scored", highlight=False)
     console.print(f"{result.rewritten} record(s) re-scored and rewritten under {runs_dir}", highlight=False)
     if result.damaged:
         console.print(

@@ -10,6 +10,9 @@ Version history:
   ``"random:<arch>"``) and ``checkpoint.sha256`` only a real file's digest (else null); ``traceback``,
   ``encoder_load``, ``timings``, ``n_images`` and ``sweep`` are present in every record (null when
   they do not apply).
+- 3: ``metrics_version`` names the metric definitions that computed ``val``, ``test`` and
+  ``test_per_image`` (`METRICS_VERSION`; records before it used version 1). The leaderboard refuses
+  records of an older metrics version; `cxrbench rescore` recomputes them from their predictions files.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.tasks import METRICS_VERSION
 from cxrbench.provenance import provenance
 
 if TYPE_CHECKING:
@@ -29,8 +33,9 @@ if TYPE_CHECKING:
     from cxrbench.protocol.tasks import Task
     from cxrbench.protocol.training import RunResult
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+PRE_METRICS_VERSION = 1  # the metric definitions of records written before `metrics_version` existed
 LR_SEARCH = "lr_search"
 FINAL = "final"
 PHASES = (LR_SEARCH, FINAL)
@@ -76,6 +81,7 @@ class _RunRecordFields(TypedDict):
     task_id: str
     dataset: str
     metric: str  # the task's primary metric: "dice", "map" or "froc"
+    metrics_version: int  # the metric definitions that computed val, test and test_per_image
     phase: Literal["lr_search", "final"]
     seed: int
     lr: float
@@ -136,6 +142,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "phase": str,
     "status": str,
     "protocol_hash": str,
+    "metrics_version": int,
 }
 OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "lr": (int, float),
@@ -195,6 +202,7 @@ def make_record(
         "task_id": spec.task_id,
         "dataset": task.dataset,
         "metric": task.metric,
+        "metrics_version": METRICS_VERSION,
         "phase": spec.phase,  # type: ignore[typeddict-item]
         "seed": spec.seed,
         "lr": spec.lr,
@@ -269,9 +277,11 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
                 else "no upgrade exists for it: re-run its task with `cxrbench evaluate`)"
             )
         )
-    upgraded = version == 1
-    if upgraded:
+    upgraded = version in (1, 2)
+    if version == 1:
         obj = upgrade_v1(obj)
+    if upgraded:
+        obj = upgrade_v2(obj)
     return validate_record(obj, source), upgraded
 
 
@@ -284,8 +294,18 @@ def upgrade_v1(obj: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("traceback", "encoder_load", "n_images", "sweep"):
         record.setdefault(key, None)
     record.setdefault("timings", {})
-    record["schema_version"] = SCHEMA_VERSION
+    record["schema_version"] = 2
     return record
+
+
+def upgrade_v2(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-2 record as version 3: its values were computed with the first metric definitions."""
+    return {**obj, "schema_version": SCHEMA_VERSION, "metrics_version": PRE_METRICS_VERSION}
+
+
+def stale_metrics(record: Mapping[str, Any]) -> bool:
+    """Whether an ok record's values come from older metric definitions (`cxrbench rescore` updates it)."""
+    return is_ok(record) and record.get("metrics_version") != METRICS_VERSION
 
 
 def is_ok(record: Mapping[str, Any] | None) -> bool:

@@ -29,9 +29,10 @@ from cxrbench.protocol.record_schema import (
     RunRecord,
     UnsupportedVersion,
     parse_record,
+    stale_metrics,
     validate_record,
 )
-from cxrbench.protocol.tasks import TASKS_BY_ID, Profile, Task, protocol_hash
+from cxrbench.protocol.tasks import METRICS_VERSION, TASKS_BY_ID, Profile, Task, protocol_hash
 
 SOURCE_KEY = "_source"  # where a record read by `scan_records` came from (never written to disk)
 
@@ -250,8 +251,37 @@ def load_records(runs_dirs: Path | str | Iterable[Path | str]) -> list[RunRecord
     return scan_records(runs_dirs).records
 
 
+def check_metrics_versions(records: Sequence[dict]) -> None:
+    """Refuse final ok records whose values come from other metric definitions than this cxrbench's
+    (older ones name `cxrbench rescore`, which recomputes them from their predictions files)."""
+    stale = [r for r in records if r.get("phase") == FINAL and stale_metrics(r)]
+    if not stale:
+        return
+    listed = "\n".join(
+        f"  {r.get(SOURCE_KEY, r['run_id'])} (metrics_version {r.get('metrics_version')!r})"
+        for r in stale[:10]
+    )
+    more = f"\n  and {len(stale) - 10} more" if len(stale) > 10 else ""
+    newer = [
+        r
+        for r in stale
+        if isinstance(r.get("metrics_version"), int) and r["metrics_version"] > METRICS_VERSION
+    ]
+    advice = (
+        "they were scored by a newer cxrbench: use that version"
+        if len(newer) == len(stale)
+        else "run `cxrbench rescore RUNS_DIR` to recompute them from their predictions files "
+        "(a run without one must be re-run with `cxrbench evaluate`)"
+    )
+    raise CxrbenchError(
+        f"{len(stale)} run record(s) were scored with other metric definitions than this cxrbench's "
+        f"(metrics_version {METRICS_VERSION}):\n{listed}{more}\n{advice}"
+    )
+
+
 def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[str]:
-    """Refuse duplicate run ids, and mixed protocols/checkpoints unless allowed; return table notes."""
+    """Refuse duplicate run ids, records scored with older metric definitions, and mixed
+    protocols/checkpoints unless allowed; return table notes."""
     by_id: dict[str, list[str]] = defaultdict(list)
     for rec in records:
         by_id[str(rec["run_id"])].append(rec.get(SOURCE_KEY, "<in memory>"))
@@ -261,6 +291,7 @@ def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[st
         raise CxrbenchError(
             "duplicate run ids (copied run records are not independent runs):\n" + "\n".join(lines)
         )
+    check_metrics_versions(records)
     final = [r for r in records if r.get("phase") == FINAL]
     problems = []
     # The protocol hash covers all tasks and the profile, so one table must hold a single hash.

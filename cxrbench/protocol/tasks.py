@@ -13,7 +13,13 @@ from dataclasses import asdict, dataclass, replace
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import stable_hash
 
-PROTOCOL_VERSION = 1
+# 2: metrics as the reference computed them (mAP by the mean-average-precision package's rules,
+# sequential FROC, Kaggle score without a 0.5 cut, per-image Dice over positive images, the smp
+# binary Dice loss).
+PROTOCOL_VERSION = 2
+# The metric definitions (cxrbench/protocol/metrics); a change bumps it and PROTOCOL_VERSION. Run
+# records carry it; the leaderboard refuses older ones (`cxrbench rescore` recomputes them).
+METRICS_VERSION = 2
 MODES = ("frozen", "finetune")
 
 
@@ -201,11 +207,12 @@ def select_tasks(spec: str | list[str] | None) -> list[Task]:
 
 
 def protocol_hash(profile: Profile) -> str:
-    """Identifies the exact protocol settings a run used (tasks, profile, protocol version)."""
+    """Identifies the exact protocol settings a run used (tasks, profile, protocol and metrics versions)."""
     from cxrbench.datasets.splits import DEFAULT_SEED
 
     payload = {
         "version": PROTOCOL_VERSION,
+        "metrics_version": METRICS_VERSION,
         "split_seed": DEFAULT_SEED,
         "tasks": [asdict(t) for t in TASKS],
         "profile": asdict(profile),

@@ -55,6 +55,8 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
 
     from cxrbench.io_utils import atomic_write_json
     from cxrbench.protocol import metrics
+    from cxrbench.protocol.record_schema import SCHEMA_VERSION
+    from cxrbench.protocol.tasks import METRICS_VERSION
 
     rng = np.random.default_rng(seed)
     ids = [f"img{i:02d}" for i in range(6)]
@@ -73,7 +75,8 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
         mask_shape=np.array(pred.shape, np.int64),
     )
     record = {
-        "schema_version": 2, "run_id": run_id, "run_key": run_id[:24], "encoder": encoder,
+        "schema_version": SCHEMA_VERSION, "metrics_version": METRICS_VERSION, "run_id": run_id,
+        "run_key": run_id[:24], "encoder": encoder,
         "checkpoint": {"path": None, "identity": f"random:{encoder}", "sha256": None},
         "task_id": task_id, "dataset": "rsna", "metric": "dice", "phase": "final", "status": "ok",
         "error": None, "traceback": None, "sweep": None, "seed": seed, "lr": 1e-3, "val": {"dice": 0.5},

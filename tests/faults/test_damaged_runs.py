@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from cxrbench.protocol.record_schema import SCHEMA_VERSION
 from cxrbench.protocol.records import scan_records
 
 from .helpers import folder_digest, run_cli, write_seg_run
@@ -69,11 +70,14 @@ def test_damaged_and_old_records_are_one_line_each_in_leaderboard_and_rescore(tm
     shutil.copytree(runs, tmp_path / "runs_copy")
     before = folder_digest(runs)
 
-    board = run_cli("leaderboard", "--runs-dir", runs, "--out", tmp_path / "board", "--no-plots",
-                    "--no-overlays", "--n-boot", "0", "--n-boot-detection", "0")  # fmt: skip
-    assert board.exit_code == 0 and "Traceback" not in board.output, board.output
-    for bad in (not_json, missing_keys):
-        assert len([line for line in _lines(board.output) if bad.name in line]) == 1, board.output
+    def board(folder):
+        return run_cli("leaderboard", "--runs-dir", folder, "--out", tmp_path / "board", "--no-plots",
+                       "--no-overlays", "--n-boot", "0", "--n-boot-detection", "0")  # fmt: skip
+
+    # the old record was scored with older metric definitions: refused, naming the command that fixes it
+    refused = board(runs)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    assert "cxrbench rescore" in refused.output and good[1].name in refused.output
     assert folder_digest(runs) == before  # the leaderboard reads; it never rewrites a record
 
     copy = tmp_path / "runs_copy"
@@ -82,9 +86,13 @@ def test_damaged_and_old_records_are_one_line_each_in_leaderboard_and_rescore(tm
     for bad in (not_json, missing_keys):
         assert len([line for line in _lines(rescore.output) if bad.name in line]) == 1, rescore.output
     assert "1 record(s) re-scored" in rescore.output  # the old record, rewritten in the current version
-    assert json.loads((copy / good[1].relative_to(runs)).read_text())["schema_version"] == 2
+    assert json.loads((copy / good[1].relative_to(runs)).read_text())["schema_version"] == SCHEMA_VERSION
     with pytest.warns(UserWarning, match="skipping"):
         assert len(scan_records(copy).records) == 2
+    accepted = board(copy)
+    assert accepted.exit_code == 0 and "Traceback" not in accepted.output, accepted.output
+    for bad in (not_json, missing_keys):
+        assert len([line for line in _lines(accepted.output) if bad.name in line]) == 1, accepted.output
 
 
 def test_records_of_a_newer_cxrbench_are_refused_not_overwritten(tmp_path):

@@ -34,9 +34,11 @@ def per_image_stats(
     """JSON-serialisable per-image statistics of one split (lists, one entry per image).
 
     dice: ``predictions`` / ``targets`` are boolean masks B x C x H x W (threshold logits with
-    ``dice.binarize_logits`` first); keys intersection, pred_sum, gt_sum (B x C) and dice (per image).
-    map / froc: ``predictions`` is a list of (boxes N x 4 xyxy, scores N) per image and ``targets`` a
-    list of GT boxes M x 4. ``image_ids``, when given, is stored under "image_ids".
+    ``dice.binarize_logits`` first); keys intersection, pred_sum, gt_sum (B x C) and dice (per image,
+    over its classes with a non-empty ground truth). map / froc: ``predictions`` is a list of (boxes
+    N x 4 xyxy, scores N) per image and ``targets`` a list of GT boxes M x 4; map keys scores, tp_mask,
+    coco_tp_mask, n_gt, map; froc keys scores, codes, n_gt, froc. ``image_ids``, when given, is stored
+    under "image_ids".
     """
     out = get_metric(kind).per_image_stats(predictions, targets)
     if image_ids is not None:
@@ -68,7 +70,8 @@ def aggregate(
     """Metric values over the images ``indices`` (None = all; repeats count as separate images).
 
     The primary metric is under ``kind``; secondary keys: dice_per_image, dice_<k> (dice); map50,
-    map75, kaggle_map (map); sens@0.125 ... sens@8 (froc). Values are floats in [0, 1] or NaN.
+    map75, coco_map, coco_map50, coco_map75, kaggle_map (map); sens@0.125 ... sens@8 (the sequential
+    FROC's values), froc_interpolated (froc). Values are floats in [0, 1] or NaN.
     """
     return get_metric(kind).aggregate(per_image, indices)
 
@@ -85,18 +88,19 @@ def bootstrap_aggregate(
 
     A replicate only matters through how often it draws each image, so each metric becomes a
     count-weighted reduction over statistics sorted once (see `detection.bootstrap_average_precision`
-    and `froc.bootstrap_froc`). Keys: dice; map, map50, map75, kaggle_map; froc, sens@<rate>. mAP and
-    FROC values equal ``aggregate`` float for float except kaggle_map (a weighted mean: equal up to
-    summation order); Dice sums integer pixel counts, exact below 2**53. ``primary_only`` returns just
-    the primary key (for mAP it skips the Kaggle score's work; the values are the same).
+    and `froc.bootstrap_froc`). Keys: dice; map, map50, map75, coco_map, coco_map50, coco_map75,
+    kaggle_map; froc, sens@<rate>, froc_interpolated. mAP and FROC values equal ``aggregate`` float for
+    float except kaggle_map and froc_interpolated (equal up to summation order); Dice sums integer pixel
+    counts, exact below 2**53. ``primary_only`` returns just the primary key (skipping the secondary
+    values' work; the values are the same).
     """
     return get_metric(kind).bootstrap(prepared, indices, counts, primary_only)
 
 
 def primary_per_image_scores(kind: str, per_image: dict) -> np.ndarray:
-    """Per-image scalar for displays (NaN where undefined): Dice of the image (mean over classes) for
-    dice; Kaggle RSNA score for map (NaN: no GT and no box); hit rate of GT boxes at score 0.5 for froc
-    (NaN: no GT box)."""
+    """Per-image scalar for displays (NaN where undefined): Dice of the image (mean over its classes with
+    a non-empty ground truth; NaN: none) for dice; Kaggle RSNA score for map (NaN: no GT and no box); hit
+    rate of GT boxes at score 0.5 for froc (NaN: no GT box)."""
     return get_metric(kind).per_image_scores(per_image)
 
 

@@ -1,4 +1,13 @@
-"""COCO-style box AP and the Kaggle RSNA score, built on per-image matches.
+"""RSNA box mAP as the reference computed it, the COCO mAP, and the Kaggle RSNA score, from per-image matches.
+
+Primary (``map``, ``map50``, ``map75``): the rules of the `mean-average-precision` package (bes-dev,
+``MeanAveragePrecision2d``, ``mpolicy="soft"``, 101 recall thresholds), which the reference evaluation
+used: IoU with the "+1 pixel" convention (a box x1..x2 is x2 - x1 + 1 pixels wide), a prediction is a
+TP when the unmatched GT box of highest IoU has IoU **>** the threshold, no cap on boxes per image, and
+precision at a recall threshold is the maximum precision at any rank whose recall reaches it. Secondary
+(``coco_map``, ``coco_map50``, ``coco_map75``): the COCO rules (IoU without +1, >= the threshold, the 100
+highest-scoring boxes per image). Ties in score are broken stably: image order, then the head's output
+order (the package's pandas sort is not stable beyond 16 predictions, so tied results may differ from it).
 
 Matching (the expensive part) is done once per image; AP over any set of images, including a bootstrap
 resample with repeated images, only re-sorts and re-accumulates the stored (score, TP-flag) pairs.
@@ -20,9 +29,23 @@ from .ragged import Ragged, check_counts, float_array, json_floats, resolve_indi
 from .targets import BOXES
 
 IOU_THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75)
-RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools recThrs
-MAX_DETS = 100  # COCO maxDets: only the 100 highest-scoring boxes of an image count for AP
-KAGGLE_MIN_SCORE = 0.5  # boxes scored below this are not "submitted" for the Kaggle score (see below)
+
+
+@dataclass(frozen=True)
+class ApRule:
+    """How boxes are matched and AP is read: the reference package's rules or COCO's."""
+
+    name: str
+    plus_one: bool  # IoU with the +1 pixel convention
+    strict: bool  # a match needs IoU > threshold (else >=)
+    max_dets: int | None  # only the highest-scoring boxes of an image count (None: all)
+    recall_points: np.ndarray
+    eps: float  # added to the precision denominator (COCO: np.spacing(1))
+
+
+# The reference called the package with np.arange(0., 1.01, 0.01) (equal to linspace(0, 1, 101)).
+PACKAGE = ApRule("mean-average-precision", True, True, None, np.arange(0.0, 1.01, 0.01), 0.0)
+COCO = ApRule("coco", False, False, 100, np.linspace(0.0, 1.0, 101), float(np.spacing(1)))
 
 
 def as_boxes(x: object, name: str = "boxes") -> np.ndarray:
@@ -43,25 +66,33 @@ def as_scores(x: object, n: int) -> np.ndarray:
     return a
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a) x len(b)) of xyxy boxes, no +1 pixel convention (as pycocotools); 0 if union is 0."""
+def box_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False) -> np.ndarray:
+    """IoU matrix (len(a) x len(b)) of xyxy boxes; 0 if the union is 0.
+
+    ``plus_one=False``: no +1 pixel convention (as pycocotools). ``plus_one=True``: widths and heights
+    are x2 - x1 + 1 (as the `mean-average-precision` package), so touching boxes overlap by one pixel.
+    """
+    one = 1.0 if plus_one else 0.0
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    inter = np.clip(rb - lt + one, 0, None).prod(axis=2)
+    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)
+    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def greedy_match(iou: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+def greedy_match(iou: np.ndarray, thresholds: Sequence[float], strict: bool = False) -> np.ndarray:
     """TP flags (T x N) of predictions already sorted by descending score, one row per IoU threshold.
 
-    COCO rule: each prediction in turn takes the still-unmatched GT with the highest IoU if that IoU is
-    >= the threshold (ties go to the later GT, as in pycocotools); each GT is matched at most once.
+    Each prediction in turn takes the still-unmatched GT with the highest IoU if that IoU is >= the
+    threshold (``strict``: > the threshold); ties go to the later GT, as in pycocotools; each GT is
+    matched at most once. COCO rule with ``strict=False``, the package's "soft" policy with True.
     """
     n, m = iou.shape
-    thr = np.minimum(np.asarray(thresholds, dtype=np.float64), 1 - 1e-10)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if not strict:
+        thr = np.minimum(thr, 1 - 1e-10)
     tp = np.zeros((len(thr), n), dtype=bool)
     if m == 0:
         return tp
@@ -70,7 +101,8 @@ def greedy_match(iou: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     for d in range(n):
         cand = np.where(matched, -1.0, iou[d][None, :])
         best = m - 1 - np.argmax(cand[:, ::-1], axis=1)
-        hit = cand[rows, best] >= thr
+        value = cand[rows, best]
+        hit = value > thr if strict else value >= thr
         tp[hit, d] = True
         matched[rows[hit], best[hit]] = True
     return tp
@@ -90,14 +122,15 @@ def match_detections(
     pred_scores: object,
     gt_boxes: object,
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
-    max_dets: int | None = MAX_DETS,
+    rule: ApRule = PACKAGE,
 ) -> ImageMatches:
-    """Sort predictions by score (stable), keep the top ``max_dets``, and match them to GT per threshold."""
+    """Sort predictions by score (stable), keep the rule's top ``max_dets``, and match them to GT per
+    threshold with the rule's IoU convention and comparison."""
     boxes = as_boxes(pred_boxes, "pred_boxes")
     scores = as_scores(pred_scores, len(boxes))
     gt = as_boxes(gt_boxes, "gt_boxes")
-    order = np.argsort(-scores, kind="mergesort")[:max_dets]
-    tp = greedy_match(box_iou(boxes[order], gt), iou_thresholds)
+    order = np.argsort(-scores, kind="mergesort")[: rule.max_dets]
+    tp = greedy_match(box_iou(boxes[order], gt, rule.plus_one), iou_thresholds, rule.strict)
     return ImageMatches(scores[order], tp, len(gt))
 
 
@@ -131,16 +164,16 @@ class MatchTable:
         return len(self.n_gt)
 
 
-def _ap_from_flags(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> np.ndarray:
-    """pycocotools ``accumulate`` for one class/area/maxDets: AP per threshold from pooled predictions.
+def _ap_from_flags(scores: np.ndarray, tp: np.ndarray, n_gt: int, rule: ApRule = PACKAGE) -> np.ndarray:
+    """AP per threshold from pooled predictions (the package's, or pycocotools ``accumulate`` for COCO).
 
     Predictions of all images are sorted by score (stable); recall = cumTP / n_gt, precision =
-    cumTP / (cumTP + cumFP + eps); precision is replaced by its running maximum from the right (the
-    envelope) and read at the first rank whose recall reaches each of the 101 recall points (0 if never
-    reached); AP is the mean of those 101 values. NaN when there is no GT box, 0 with GT but no TP.
-    Only TP ranks are evaluated: each recall point is first reached at a TP rank (recall 0 at rank 0,
-    whose envelope equals the first TP's), and precision only rises at TPs, so the envelope's maxima
-    lie there too; the values are identical to pycocotools', float for float.
+    cumTP / (cumTP + cumFP + eps); the precision read at each of the 101 recall points is the maximum
+    precision at any rank whose recall reaches it (0 if never reached), i.e. the envelope at the first
+    such rank; AP is the mean of those 101 values. NaN when there is no GT box (the package would give
+    0), 0 with GT but no TP. Only TP ranks are evaluated: each recall point is first reached at a TP
+    rank (recall 0 at rank 0, whose envelope equals the first TP's), and precision only rises at TPs,
+    so the envelope's maxima lie there too; the values are identical float for float.
     """
     if n_gt == 0:
         return np.full(tp.shape[0], np.nan)
@@ -151,41 +184,52 @@ def _ap_from_flags(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> np.ndarray:
         if ranks.size == 0:
             continue
         n_tp = np.arange(1, ranks.size + 1, dtype=np.float64)
-        envelope = np.maximum.accumulate((n_tp / (ranks + 1 + np.spacing(1)))[::-1])[::-1]
-        first = np.searchsorted(n_tp / n_gt, RECALL_POINTS, side="left")
+        envelope = np.maximum.accumulate((n_tp / (ranks + 1 + rule.eps))[::-1])[::-1]
+        first = np.searchsorted(n_tp / n_gt, rule.recall_points, side="left")
         ap[i] = np.where(first < ranks.size, envelope[np.minimum(first, ranks.size - 1)], 0.0).mean()
     return ap
 
 
 def average_precision(
-    matches: Sequence[ImageMatches] | MatchTable, indices: Sequence[int] | np.ndarray | None = None
+    matches: Sequence[ImageMatches] | MatchTable,
+    indices: Sequence[int] | np.ndarray | None = None,
+    rule: ApRule = PACKAGE,
 ) -> np.ndarray:
-    """COCO AP (101-point interpolated) per IoU threshold (T,) over the chosen images; NaN if no GT at all."""
+    """AP (101 recall points) per IoU threshold (T,) over the chosen images; NaN if no GT at all.
+    ``rule`` must be the rule the matches were made with."""
     table = matches if isinstance(matches, MatchTable) else MatchTable.from_matches(matches, _n_thr(matches))
     idx = resolve_indices(indices, len(table))
     bits = np.arange(table.n_thresholds, dtype=np.int64)[:, None]
     tp = ((table.tp_mask.take(idx)[None, :] >> bits) & 1).astype(bool)
-    return _ap_from_flags(table.scores.take(idx), tp, int(table.n_gt[idx].sum()))
+    return _ap_from_flags(table.scores.take(idx), tp, int(table.n_gt[idx].sum()), rule)
 
 
 def _n_thr(matches: Sequence[ImageMatches]) -> int:
     return matches[0].tp.shape[0] if len(matches) else len(IOU_THRESHOLDS)
 
 
+def _summarise_ap(ap: np.ndarray, prefix: str = "", iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict:
+    """``<prefix>map`` = mean AP over the IoU thresholds, ``<prefix>map50`` / ``<prefix>map75`` at 0.5 / 0.75
+    (``ap`` is T or R x T)."""
+    thr = np.asarray(iou_thresholds)
+    if ap.shape[-1] != thr.size:
+        raise CxrbenchError(f"matches have {ap.shape[-1]} IoU thresholds, expected {thr.size}")
+    out = {f"{prefix}map": ap.mean(axis=-1)}
+    for key, v in (("map50", 0.5), ("map75", 0.75)):
+        at = np.flatnonzero(np.isclose(thr, v))
+        out[f"{prefix}{key}"] = ap[..., at[0]] if at.size else np.full(ap.shape[:-1], np.nan)
+    return out
+
+
 def detection_metrics(
     matches: Sequence[ImageMatches] | MatchTable,
     indices: Sequence[int] | np.ndarray | None = None,
-    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    rule: ApRule = PACKAGE,
+    prefix: str = "",
 ) -> dict[str, float]:
-    """``map`` = mean AP over the IoU thresholds (0.40:0.05:0.75), ``map50`` / ``map75`` = AP at 0.5 / 0.75."""
-    ap = average_precision(matches, indices)
-    thr = np.asarray(iou_thresholds)
-    if ap.shape != thr.shape:
-        raise CxrbenchError(f"matches have {ap.size} IoU thresholds, expected {thr.size}")
-    at = {k: ap[np.flatnonzero(np.isclose(thr, v))] for k, v in (("map50", 0.5), ("map75", 0.75))}
-    out = {"map": float(ap.mean())}
-    out.update({k: float(v[0]) if v.size else float("nan") for k, v in at.items()})
-    return out
+    """``map`` = mean AP over the IoU thresholds (0.40:0.05:0.75), ``map50`` / ``map75`` = AP at 0.5 / 0.75
+    (keys prefixed with ``prefix``)."""
+    return {k: float(v) for k, v in _summarise_ap(average_precision(matches, indices, rule), prefix).items()}
 
 
 def kaggle_rsna_score(
@@ -193,19 +237,16 @@ def kaggle_rsna_score(
     pred_scores: object,
     gt_boxes: object,
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
-    min_score: float | None = KAGGLE_MIN_SCORE,
 ) -> float:
     """Kaggle RSNA Pneumonia score of one image: mean over IoU thresholds of TP / (TP + FP + FN).
 
-    Only boxes scoring >= ``min_score`` count as submitted (None: all boxes; a detector's low-confidence
-    tail would otherwise be counted as false positives). Boxes are matched in descending confidence with
-    the same greedy rule as COCO (IoU >= threshold). An image with no GT and no submitted box is not
-    scored (NaN, left out of the mean); no GT but some box scores 0; GT but no box scores 0.
+    Every box the head outputs counts (the head already kept only boxes scoring >= its own 0.2
+    threshold; there is no other cut). Boxes are matched in descending confidence with the COCO greedy
+    rule (IoU >= threshold). An image with no GT and no box is not scored (NaN, left out of the mean);
+    no GT but some box scores 0; GT but no box scores 0.
     """
     boxes = as_boxes(pred_boxes, "pred_boxes")
     scores = as_scores(pred_scores, len(boxes))
-    if min_score is not None:
-        boxes, scores = boxes[scores >= min_score], scores[scores >= min_score]
     gt = as_boxes(gt_boxes, "gt_boxes")
     if len(gt) == 0 and len(boxes) == 0:
         return float("nan")
@@ -226,55 +267,79 @@ def kaggle_map(
 
 @dataclass(frozen=True)
 class DetectionTable:
-    """Prepared detection statistics: flat matches plus per-image Kaggle scores (NaN = not scored)."""
+    """Prepared detection statistics: flat matches under the package's and COCO's rules, and per-image
+    Kaggle scores (NaN = not scored)."""
 
     matches: MatchTable
+    coco: MatchTable
     kaggle: np.ndarray
+
+
+def _bitmasks(tp: np.ndarray) -> list[int]:
+    bits = np.arange(tp.shape[0], dtype=np.int64)[:, None]
+    return (tp.astype(np.int64) << bits).sum(axis=0).tolist()
 
 
 def per_image_stats(
     predictions: Sequence[tuple[object, object]], targets: Sequence[object]
 ) -> dict[str, list]:
-    """JSON-ready per-image statistics: kept ``scores``, ``tp_mask`` bitmasks, ``n_gt``, and ``map``
-    (the per-image Kaggle score, None when not scored)."""
+    """JSON-ready per-image statistics: ``scores`` of all predictions (descending, stable), ``tp_mask``
+    bitmasks under the package's rules, ``coco_tp_mask`` under COCO's (for the first 100 of ``scores``),
+    ``n_gt``, and ``map`` (the per-image Kaggle score, None when not scored)."""
     if len(predictions) != len(targets):
         raise CxrbenchError(f"{len(predictions)} predictions for {len(targets)} targets")
-    matches = [match_detections(b, s, g) for (b, s), g in zip(predictions, targets, strict=True)]
-    kaggle = [kaggle_rsna_score(b, s, g) for (b, s), g in zip(predictions, targets, strict=True)]
-    table = MatchTable.from_matches(matches)
-    return {
-        "scores": table.scores.to_lists(),
-        "tp_mask": table.tp_mask.to_lists(),
-        "n_gt": table.n_gt.tolist(),
-        "map": json_floats(np.array(kaggle)),
-    }
+    out: dict[str, list] = {"scores": [], "tp_mask": [], "coco_tp_mask": [], "n_gt": [], "map": []}
+    for (b, s), g in zip(predictions, targets, strict=True):
+        ref = match_detections(b, s, g, rule=PACKAGE)
+        coco = match_detections(b, s, g, rule=COCO)
+        out["scores"].append(ref.scores.tolist())
+        out["tp_mask"].append(_bitmasks(ref.tp))
+        out["coco_tp_mask"].append(_bitmasks(coco.tp))
+        out["n_gt"].append(ref.n_gt)
+        out["map"].append(kaggle_rsna_score(b, s, g))
+    out["map"] = json_floats(np.array(out["map"], dtype=np.float64))
+    return out
 
 
 def prepare(per_image: dict) -> DetectionTable:
     """Arrays from the JSON form, once, so that many bootstrap aggregations stay cheap."""
     scores = Ragged.from_list(per_image["scores"], np.float64)
     masks = Ragged.from_list(per_image["tp_mask"], np.int64)
+    coco_masks = Ragged.from_list(per_image["coco_tp_mask"], np.int64)
     n_gt = np.asarray(per_image["n_gt"], dtype=np.int64).reshape(-1)
-    if not np.array_equal(scores.offsets, masks.offsets) or len(n_gt) != len(scores):
-        raise CxrbenchError("detection per-image statistics disagree in length")
     kaggle = float_array(per_image["map"])
-    return DetectionTable(MatchTable(scores, masks, n_gt, len(IOU_THRESHOLDS)), kaggle)
+    kept = np.diff(coco_masks.offsets)
+    if (
+        not np.array_equal(scores.offsets, masks.offsets)
+        or len(n_gt) != len(scores)
+        or len(coco_masks) != len(scores)
+        or len(kaggle) != len(scores)
+        or (kept > np.diff(scores.offsets)).any()
+    ):
+        raise CxrbenchError("detection per-image statistics disagree in length")
+    coco_scores = Ragged(scores.take_prefix(kept), coco_masks.offsets)
+    n_thr = len(IOU_THRESHOLDS)
+    return DetectionTable(
+        MatchTable(scores, masks, n_gt, n_thr), MatchTable(coco_scores, coco_masks, n_gt, n_thr), kaggle
+    )
 
 
 def aggregate(
     data: dict | DetectionTable, indices: Sequence[int] | np.ndarray | None = None
 ) -> dict[str, float]:
-    """``map``, ``map50``, ``map75`` and ``kaggle_map`` over the chosen images."""
+    """``map``, ``map50``, ``map75`` (package rules), ``coco_map``, ``coco_map50``, ``coco_map75`` and
+    ``kaggle_map`` over the chosen images."""
     table = data if isinstance(data, DetectionTable) else prepare(data)
-    out = detection_metrics(table.matches, indices)
+    out = detection_metrics(table.matches, indices, PACKAGE)
+    out.update(detection_metrics(table.coco, indices, COCO, prefix="coco_"))
     out["kaggle_map"] = kaggle_map(table.kaggle, indices)
     return out
 
 
-def _recall_steps(n_gt: int) -> np.ndarray:
+def _recall_steps(n_gt: int, rule: ApRule) -> np.ndarray:
     """For each of the 101 recall points, the fewest TPs j with ``j / n_gt`` >= the point (float for float
     as in `_ap_from_flags`, which compares ``n_tp / n_gt``)."""
-    return np.searchsorted(np.arange(n_gt + 1, dtype=np.float64) / n_gt, RECALL_POINTS, side="left")
+    return np.searchsorted(np.arange(n_gt + 1, dtype=np.float64) / n_gt, rule.recall_points, side="left")
 
 
 def _mixed_tie_rows(scores: np.ndarray, tp: np.ndarray, images: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -301,10 +366,10 @@ def _mixed_tie_rows(scores: np.ndarray, tp: np.ndarray, images: np.ndarray, coun
 
 
 def bootstrap_average_precision(
-    table: MatchTable, indices: np.ndarray, counts: np.ndarray | None = None
+    table: MatchTable, indices: np.ndarray, counts: np.ndarray | None = None, rule: ApRule = PACKAGE
 ) -> np.ndarray:
     """AP per IoU threshold (R x T) of every bootstrap replicate (rows of ``indices``, R x m), equal float
-    for float to ``average_precision(table, indices[r])`` for each row r.
+    for float to ``average_precision(table, indices[r], rule)`` for each row r.
 
     A replicate is a multiset of images, i.e. draw counts c (``counts``, R x n; built from ``indices`` when
     None). Pooling c copies of each image and sorting by score equals sorting every prediction once and
@@ -312,9 +377,10 @@ def bootstrap_average_precision(
     The copies of a prediction are tied, hence adjacent, so a run of w copies of a TP (or of several tied
     TPs) only adds intermediate ranks inside a run of consecutive TPs; precision rises along such a run, so
     every rank in it has the envelope of the run's last rank, and a recall point first reached inside it
-    reads that value. Evaluating at the weighted TP ranks (weight-0 predictions drop out) therefore gives the same 101 values. The one exception is a tie group holding TPs and
-    FPs with several drawn copies, whose order then follows the draw positions: those replicates are
-    recomputed with `average_precision` (rare; never with continuous scores).
+    reads that value. Evaluating at the weighted TP ranks (weight-0 predictions drop out) therefore gives
+    the same 101 values. The one exception is a tie group holding TPs and FPs with several drawn copies,
+    whose order then follows the draw positions: those replicates are recomputed with
+    `average_precision` (rare; never with continuous scores).
     """
     idx = np.asarray(indices)
     n = len(table)
@@ -327,7 +393,7 @@ def bootstrap_average_precision(
     n_gt = counts @ table.n_gt
     cols = np.flatnonzero(tp.any(axis=0))  # ranks that are a TP at some threshold
     ap = np.zeros((counts.shape[0], table.n_thresholds))
-    steps = {int(g): _recall_steps(int(g)) for g in np.unique(n_gt) if g > 0}
+    steps = {int(g): _recall_steps(int(g), rule) for g in np.unique(n_gt) if g > 0}
     # replicates along the last axis (contiguous), so gathers, cumulative sums and the envelope run over
     # whole rows; int32 halves the memory traffic (counts of drawn predictions stay far below 2**31)
     for rows in row_chunks(counts.shape[0], images.size):
@@ -337,20 +403,20 @@ def bootstrap_average_precision(
         else:  # no TP at any threshold: every AP is 0 (or NaN without GT)
             drawn_before = np.zeros((0, c.shape[1]), dtype=np.int32)
         weights = c[images[cols]]  # K x r
-        need = np.stack([steps.get(int(g), np.zeros(RECALL_POINTS.size, np.int64)) for g in n_gt[rows]])
+        need = np.stack([steps.get(int(g), np.zeros(rule.recall_points.size, np.int64)) for g in n_gt[rows]])
         for t in range(table.n_thresholds):
             at = tp[t, cols]
             n_tp = np.cumsum(weights[at], axis=0, dtype=np.int32)
             ranks = drawn_before[at]  # == rank + 1 of _ap_from_flags at the run's last TP
             # a weight-0 TP repeats the previous TP count at a rank as late or later: its precision
             # (0 before any TP) is never above the envelope there, nor ever read (no recall step)
-            precision = n_tp / (ranks + np.spacing(1))
+            precision = n_tp / (np.maximum(ranks, 1) + rule.eps)  # ranks 0: weight-0 TPs, n_tp 0
             envelope = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
             ap[rows, t] = _read_recall_points(n_tp, envelope, need)
     ap[n_gt == 0] = np.nan
     redo = np.flatnonzero(_mixed_tie_rows(table.scores.values[order], tp, images, counts) & (n_gt > 0))
     for r in redo:
-        ap[r] = average_precision(table, idx[r])
+        ap[r] = average_precision(table, idx[r], rule)
     return ap
 
 
@@ -375,18 +441,15 @@ def bootstrap_metrics(
     counts: np.ndarray | None = None,
     primary_only: bool = False,
 ) -> dict[str, np.ndarray]:
-    """``map``, ``map50``, ``map75`` (equal float for float to `aggregate` on each row of ``indices``) and
-    ``kaggle_map`` (the weighted mean of the per-image scores: equal up to summation order) per replicate;
-    only ``map`` when ``primary_only`` (the Kaggle score's two matrix products are then skipped)."""
+    """``map``, ``map50``, ``map75`` and the ``coco_`` values (equal float for float to `aggregate` on each
+    row of ``indices``) and ``kaggle_map`` (the weighted mean of the per-image scores: equal up to
+    summation order) per replicate; only ``map`` when ``primary_only``."""
     table = data if isinstance(data, DetectionTable) else prepare(data)
     counts = check_counts(counts, indices, len(table.kaggle))
-    ap = bootstrap_average_precision(table.matches, indices, counts)
-    out = {"map": ap.mean(axis=1)}
+    out = _summarise_ap(bootstrap_average_precision(table.matches, indices, counts, PACKAGE))
     if primary_only:
-        return out
-    thr = np.asarray(IOU_THRESHOLDS)
-    for key, v in (("map50", 0.5), ("map75", 0.75)):
-        out[key] = ap[:, int(np.flatnonzero(np.isclose(thr, v))[0])]
+        return {"map": out["map"]}
+    out.update(_summarise_ap(bootstrap_average_precision(table.coco, indices, counts, COCO), prefix="coco_"))
     scored = np.isfinite(table.kaggle)
     n_scored = counts @ scored.astype(np.int64)
     total = counts @ np.where(scored, table.kaggle, 0.0)
@@ -395,7 +458,8 @@ def bootstrap_metrics(
 
 
 class MapMetric(Metric):
-    """RSNA box mAP: COCO AP averaged over IoU 0.40:0.05:0.75, plus AP@0.5, AP@0.75 and the Kaggle score."""
+    """RSNA box mAP as the reference computed it (the `mean-average-precision` package's rules), averaged
+    over IoU 0.40:0.05:0.75, plus AP@0.5, AP@0.75, the COCO values and the Kaggle score."""
 
     name = "map"
     display_name = "mAP"

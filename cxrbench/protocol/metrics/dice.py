@@ -86,11 +86,23 @@ def dice_from_sums(intersection: np.ndarray, pred_sum: np.ndarray, gt_sum: np.nd
 
 
 def per_image_dice(stats: Mapping[str, Sequence | np.ndarray]) -> np.ndarray:
-    """Per-image Dice (B,): per-class Dice of the image (1.0 for empty GT and empty prediction), mean over C."""
+    """Per-image Dice (B,): the mean over the classes with a non-empty ground truth in that image of the
+    class's Dice; NaN for an image without any ground truth (it is never a perfect score)."""
     inter, ps, gs = _stat_arrays(stats)
-    if inter.shape[1] == 0:
-        return np.full(len(inter), np.nan)
-    return dice_from_sums(inter, ps, gs).mean(axis=1)
+    positive = gs > 0
+    dice = np.where(positive, 2.0 * inter / np.maximum(ps + gs, 1), 0.0)
+    n = positive.sum(axis=1)
+    return np.where(n > 0, dice.sum(axis=1) / np.maximum(n, 1), np.nan)
+
+
+def positive_image_dice(inter: np.ndarray, ps: np.ndarray, gs: np.ndarray) -> float:
+    """The reference's secondary per-image Dice: per class, the mean Dice over the images whose ground
+    truth of that class is non-empty; then the mean over the classes that have such an image (NaN if none)."""
+    positive = gs > 0
+    dice = np.where(positive, 2.0 * inter / np.maximum(ps + gs, 1), 0.0)
+    n = positive.sum(axis=0)
+    per_class = dice.sum(axis=0)[n > 0] / n[n > 0]
+    return float(per_class.mean()) if per_class.size else float("nan")
 
 
 def aggregate_dice(
@@ -99,8 +111,8 @@ def aggregate_dice(
     """Micro Dice of the chosen images (duplicates count twice).
 
     ``dice_<k>`` = 2 sum(I_k) / (sum(P_k) + sum(G_k)) over all pixels of the chosen images (1.0 when both
-    sums are 0); ``dice`` = mean of ``dice_<k>`` over classes; ``dice_per_image`` = mean over images of
-    :func:`per_image_dice` (an image with empty GT and empty prediction scores 1.0 for that class).
+    sums are 0); ``dice`` = mean of ``dice_<k>`` over classes; ``dice_per_image`` = `positive_image_dice`
+    (images with an empty ground truth of a class do not count for that class).
     """
     inter, ps, gs = _stat_arrays(stats)
     idx = resolve_indices(indices, len(inter))
@@ -108,8 +120,7 @@ def aggregate_dice(
     if inter.size == 0:
         return {"dice": float("nan"), "dice_per_image": float("nan")}
     per_class = dice_from_sums(inter.sum(0), ps.sum(0), gs.sum(0))
-    # mean over the B x C table = mean over images of the per-image mean over classes
-    out = {"dice": float(per_class.mean()), "dice_per_image": float(dice_from_sums(inter, ps, gs).mean())}
+    out = {"dice": float(per_class.mean()), "dice_per_image": positive_image_dice(inter, ps, gs)}
     out.update({f"dice_{k}": float(v) for k, v in enumerate(per_class)})
     return out
 

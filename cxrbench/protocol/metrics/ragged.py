@@ -57,6 +57,15 @@ class Ragged:
         gather = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - before, lengths)
         return self.values[gather]
 
+    def take_prefix(self, lengths: np.ndarray) -> np.ndarray:
+        """The first ``lengths[i]`` values of every image i, concatenated (each at most the image's own)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        before = np.cumsum(lengths) - lengths
+        gather = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(
+            self.offsets[:-1] - before, lengths
+        )
+        return self.values[gather]
+
     def to_lists(self) -> list[list]:
         """Back to one Python list per image (for JSON)."""
         return [self.values[a:b].tolist() for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
