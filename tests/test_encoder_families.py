@@ -446,12 +446,29 @@ def test_preset_is_part_of_the_run_key(prepared_root, tmp_path):
     tasks = select_tasks("covid_linear")
     first = evaluate_checkpoint("random", tasks, EvaluateOptions(prepared_root, runs, "r", FAST, **options))
     second = evaluate_checkpoint(
-        "random", tasks, EvaluateOptions(prepared_root, runs, "r", FAST, preset="imagenet", **options)
+        "random",
+        tasks,
+        EvaluateOptions(prepared_root, tmp_path / "runs2", "r", FAST, preset="imagenet", **options),
     )
     a, b = first[0].records[-1], second[0].records[-1]
     assert a["run_key"] != b["run_key"] and a["protocol_hash"] == b["protocol_hash"]
     assert (a["preprocessing"]["name"], b["preprocessing"]["name"]) == ("dataset", "imagenet")
     assert a["grad_checkpointing"] is False
+
+    from cxrbench.leaderboard.report import build_leaderboard
+
+    board = build_leaderboard(
+        runs,
+        tmp_path / "board",
+        n_boot=0,
+        n_boot_detection=0,
+        plots=False,
+        overlays=False,
+        include_published=False,
+        cost=True,
+    )
+    assert "## Cost per encoder" in board.markdown
+    assert (tmp_path / "board" / "cost.csv").read_text().splitlines()[1].startswith("r,11")
 
 
 def test_cli_encoders_lists_families_presets_and_known_encoders():
