@@ -102,6 +102,9 @@ class _RunRecordFields(TypedDict):
     n_images: dict[str, int] | None
     predictions: str | None  # file name of the predictions .npz beside the record
     sweep: SweepInfo | None  # where a `cxrbench sweep` job ran (null for `cxrbench evaluate`)
+    # The split of the run's data (`SplitIdentity.as_dict()`: scheme, lists_sha256, subset, seed); part
+    # of the protocol hash. Absent in records written before it was recorded (read as "unrecorded").
+    splits: dict[str, Any]
 
 
 class RunRecord(_RunRecordFields, total=False):
@@ -138,6 +141,7 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "test_per_image": (dict, type(None)),
     "history": list,
     "predictions": (str, type(None)),
+    "splits": dict,
 }
 
 
@@ -197,6 +201,7 @@ def make_record(
         "n_images": None if failed else n_images,
         "predictions": None,
         "sweep": sweep,
+        "splits": spec.split_identity.as_dict(),
     }
     return record
 

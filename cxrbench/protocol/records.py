@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.datasets.split_scheme import SplitIdentity, full_reference_identity
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json, stable_hash
 from cxrbench.protocol.predictions import write_predictions
@@ -93,6 +94,9 @@ class RunSpec:
     # The protocol task itself when it is not in the registry (a task built in a test or an
     # experiment); None looks `task_id` up in the registry.
     protocol_task: Task | None = None
+    # The split of the run's data (its prepared cache's `split_identity`); None: the published
+    # protocol's, the full reference split lists.
+    splits: SplitIdentity | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -105,8 +109,12 @@ class RunSpec:
             )
 
     @cached_property
+    def split_identity(self) -> SplitIdentity:
+        return self.splits or full_reference_identity()
+
+    @cached_property
     def protocol_hash(self) -> str:
-        return protocol_hash(self.profile)
+        return protocol_hash(self.profile, self.split_identity)
 
     @property
     def task(self) -> Task:
@@ -244,7 +252,8 @@ def load_records(runs_dirs: Path | str | Iterable[Path | str]) -> list[RunRecord
 
 
 def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[str]:
-    """Refuse duplicate run ids, and mixed protocols/checkpoints unless allowed; return table notes."""
+    """Refuse duplicate run ids and mixed split schemes, and mixed protocols/checkpoints unless allowed;
+    return table notes."""
     by_id: dict[str, list[str]] = defaultdict(list)
     for rec in records:
         by_id[str(rec["run_id"])].append(rec.get(SOURCE_KEY, "<in memory>"))
@@ -255,6 +264,15 @@ def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[st
             "duplicate run ids (copied run records are not independent runs):\n" + "\n".join(lines)
         )
     final = [r for r in records if r.get("phase") == FINAL]
+    schemes = sorted({_scheme_of(r) for r in final})
+    if len(schemes) > 1:  # never allowed: a table compares encoders on one kind of split
+        raise CxrbenchError(
+            "records on different kinds of data split cannot share a table: "
+            + _listing(final, _scheme_of, schemes)
+            + "\nPrepare every dataset with one `cxrbench prepare --splits` (reference, the default, or "
+            "patient) and re-run, or build one leaderboard per kind of split (pass their runs directories "
+            "separately)"
+        )
     problems = []
     # The protocol hash covers all tasks and the profile, so one table must hold a single hash.
     hashes = sorted({_hash_of(r) for r in final})
@@ -274,6 +292,11 @@ def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[st
             "or pass allow_mixed (--allow-mixed) to flag them instead"
         )
     return [f"mixed {label} allowed in {where}" for label, where in problems]
+
+
+def _scheme_of(rec: dict) -> str:
+    """The kind of split a record's data used ("reference", "patient", or "unrecorded" for old records)."""
+    return SplitIdentity.from_dict(rec.get("splits")).scheme
 
 
 def _hash_of(rec: dict) -> str:

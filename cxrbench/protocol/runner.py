@@ -211,8 +211,12 @@ def evaluate_checkpoint(
         n_grid = len(task.lr_grid) if len(task.lr_grid) > 1 else 0
         reporter.task_started(task, n_grid + seeds)
 
-        def run(phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task) -> RunRecord:
-            spec = RunSpec(options.encoder, identity, task.task_id, phase, lr, seed, profile, base)
+        def run(
+            phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task, data=dataset
+        ) -> RunRecord:
+            spec = RunSpec(
+                options.encoder, identity, task.task_id, phase, lr, seed, profile, base, data.split_identity
+            )
             return run_one(
                 spec,
                 options.runs_dir,

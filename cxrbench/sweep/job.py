@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cxrbench.datasets.split_scheme import SplitIdentity
 from cxrbench.encoders import load_encoder
 from cxrbench.protocol.record_schema import SweepInfo, is_ok
 from cxrbench.protocol.records import RunSpec, read_record
@@ -48,11 +49,19 @@ class Job:
     feature_cache: bool = True
     threads: int | None = None
     executor: str = "debug"
+    splits: SplitIdentity | None = None  # the split of the task's prepared cache (part of the run key)
 
     @property
     def run(self) -> RunSpec:
         return RunSpec(
-            self.checkpoint.encoder, self.identity, self.task_id, self.phase, self.lr, self.seed, self.profile
+            self.checkpoint.encoder,
+            self.identity,
+            self.task_id,
+            self.phase,
+            self.lr,
+            self.seed,
+            self.profile,
+            splits=self.splits,
         )
 
     @property
