@@ -113,7 +113,7 @@ def test_mask_geometry_by_hand_on_non_square_images(tmp_path):
             *[(name(p, 1), (100, 100), (10, 20, 10, 20)) for p in range(3, 8)],
         ],
     )
-    prepare(get_adapter("covid_rural"), raw, tmp_path / "out")
+    prepare(get_adapter("covid_rural"), raw, tmp_path / "out", splits="patient")  # made-up ids
     ds = open_prepared(tmp_path / "out")
     samples = {x.image_id: x for split in ds.splits for x in ds.split(split)}
     for stem, (r1, r2, c1, c2) in (
@@ -132,12 +132,12 @@ def test_mask_size_mismatch_names_the_mask_file(tmp_path):
     Image.new("L", (80, 90)).save(bad)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = prepare(get_adapter("covid_rural"), raw, tmp_path / "out")
+        summary = prepare(get_adapter("covid_rural"), raw, tmp_path / "out", splits="patient")
     assert summary.skipped_images == 1 and sum(summary.counts.values()) == 5
     assert summary.problems[0].file == str(bad) and "80x90" in summary.problems[0].message
     assert any(str(bad) in str(w.message) for w in caught)
     with pytest.raises(DataError) as info:
-        prepare(get_adapter("covid_rural"), raw, tmp_path / "strict", strict=True)
+        prepare(get_adapter("covid_rural"), raw, tmp_path / "strict", strict=True, splits="patient")
     assert info.value.file == str(bad) and "same size" in info.value.expected
 
 
@@ -162,10 +162,10 @@ def test_truncated_image_bad_name_orphan_mask_and_extra(tmp_path):
     assert "cut short" in report.problems[1].message or "not a readable" in report.problems[1].message
     assert adapter.info == {"dropped_without_mask": 1}
     with pytest.warns(UserWarning):
-        summary = prepare(adapter, raw, tmp_path / "out")
+        summary = prepare(adapter, raw, tmp_path / "out", splits="patient")
     assert summary.skipped_images == 1 and summary.skipped_rows == 1
     assert any(p.file == str(truncated) and "cannot decode" in p.message for p in summary.problems)
     ds = open_prepared(tmp_path / "out")
     assert sum(len(ds.split(s)) for s in ds.splits) == 5
     with pytest.raises(DataError, match="scan_0001"):
-        prepare(adapter, raw, tmp_path / "strict", strict=True)
+        prepare(adapter, raw, tmp_path / "strict", strict=True, splits="patient")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cxrbench.datasets import get_adapter, open_prepared
-from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box
+from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes, overhangs
 from cxrbench.datasets.imaging import equalize_histogram
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
@@ -44,9 +44,13 @@ def test_square_resize_wide_image_pads_top_and_bottom():
     assert out[:20].sum() == 0 and out[60:].sum() == 0 and out[20:60].min() == 1.0
 
 
-def test_check_box_reports_outside_and_degenerate():
+def test_check_box_keeps_overhanging_and_reports_outside_and_degenerate():
     assert check_box(np.array([0, 0, 10, 10]), 20, 20) is None
-    assert "outside" in check_box(np.array([0, 0, 30, 10]), 20, 20)
+    assert check_box(np.array([-5, 0, 30, 10]), 20, 20) is None  # overhangs: usable, clipped later
+    assert overhangs(np.array([-5, 0, 30, 10]), 20, 20) and not overhangs(np.array([0, 0, 20, 20]), 20, 20)
+    np.testing.assert_array_equal(clip_boxes(np.array([[-5, 0, 30, 10]]), 20, 20), [[0, 0, 20, 10]])
+    assert "entirely outside" in check_box(np.array([25, 0, 30, 10]), 20, 20)
+    assert "entirely outside" in check_box(np.array([0, -9, 10, 0]), 20, 20)
     assert "non-positive" in check_box(np.array([5, 5, 5, 9]), 20, 20)
 
 
@@ -54,8 +58,64 @@ def test_histogram_equalisation_flattens_histogram():
     rng = np.random.default_rng(0)
     image = (rng.beta(2, 8, size=(64, 64))).astype(np.float32)
     eq = equalize_histogram(image)
-    assert eq.min() == 0.0 and eq.max() == 1.0
+    assert eq.max() == 1.0 and eq.min() < 0.01
     assert abs(float(np.median(eq)) - 0.5) < 0.05
+
+
+def _chest_pixels(seed: int, height: int = 320, width: int = 256) -> np.ndarray:
+    from cxrbench.datasets.phantom.anatomy import chest
+
+    return chest(np.random.default_rng(seed), height, width).render(np.random.default_rng(seed))
+
+
+def _as_prepare_sees(kind: str, tmp_path: Path) -> np.ndarray:
+    """A phantom chest written in one raw format and decoded by the reader prepare uses for it."""
+    from PIL import Image
+
+    from cxrbench.datasets.dicom_io import read_dicom_image, write_dicom
+    from cxrbench.datasets.imaging import read_raster
+    from cxrbench.datasets.phantom.anatomy import to_uint8, to_uint16
+
+    pixels = _chest_pixels(7)
+    if kind == "png8":
+        Image.fromarray(to_uint8(pixels), mode="L").save(tmp_path / "a.png")
+        return read_raster(tmp_path / "a.png")
+    if kind == "jpeg_rgb":
+        Image.fromarray(to_uint8(pixels), mode="L").convert("RGB").save(tmp_path / "a.jpg", quality=90)
+        return read_raster(tmp_path / "a.jpg")
+    if kind == "png16":
+        Image.fromarray(to_uint16(pixels, 16).astype(np.uint16)).save(tmp_path / "a.png")
+        return read_raster(tmp_path / "a.png")
+    if kind == "dicom8":
+        write_dicom(tmp_path / "a.dcm", to_uint8(pixels), patient_id="p", jpeg_baseline=True)
+        return read_dicom_image(tmp_path / "a.dcm")
+    assert kind == "dicom12"
+    write_dicom(
+        tmp_path / "a.dcm", to_uint16(pixels, 12), patient_id="p", jpeg_baseline=False, bits_stored=12
+    )
+    return read_dicom_image(tmp_path / "a.dcm")
+
+
+@pytest.mark.parametrize("kind", ["png8", "jpeg_rgb", "png16", "dicom8", "dicom12"])
+def test_histogram_equalisation_equals_skimage_within_one_grey_level(kind, tmp_path):
+    exposure = pytest.importorskip("skimage.exposure")
+    image = _as_prepare_sees(kind, tmp_path)
+    assert image.dtype == np.float32 and 0 <= image.min() < image.max() <= 1
+    ours = np.round(equalize_histogram(image) * 255).astype(int)
+    theirs = np.round(exposure.equalize_hist(image) * 255).astype(int)
+    assert np.abs(ours - theirs).max() <= 1
+    assert (ours != theirs).mean() < 0.01
+
+
+def test_histogram_equalisation_of_flat_and_padded_images_equals_skimage():
+    exposure = pytest.importorskip("skimage.exposure")
+    flat = np.full((20, 30), 0.4, np.float32)
+    padded = np.zeros((300, 300), np.float32)  # a large black border, like pad-to-square
+    padded[:, 40:260] = _chest_pixels(3, 300, 220)
+    for image in (flat, padded):
+        ours = np.round(equalize_histogram(image) * 255)
+        theirs = np.round(exposure.equalize_hist(image) * 255)
+        assert np.abs(ours - theirs).max() <= 1
 
 
 def test_split_by_patient_is_seeded_disjoint_and_proportional():
@@ -226,18 +286,28 @@ def test_malformed_row_is_counted_or_strict_error(rsna_raw, tmp_path):
         prepare(get_adapter("rsna"), raw, tmp_path / "p2", strict=True)
 
 
-def test_box_outside_image_is_reported_with_row(rsna_raw, tmp_path):
+def test_overhanging_box_is_clipped_and_counted_outside_box_reported_with_row(rsna_raw, tmp_path):
     raw = _copy(rsna_raw, tmp_path)
+    pid = None
 
     def outside(rows):
-        rows.append([rows[1][0], "900", "900", "400", "400", "1"])
+        nonlocal pid
+        pid = rows[1][0]
+        rows.append([pid, "900", "-50", "400", "400", "1"])  # overhangs right and top: clipped, kept
+        rows.append([pid, "1100", "900", "50", "50", "1"])  # entirely outside: reported, skipped
         return rows
 
     _rewrite_labels(raw, outside)
     n_rows = len(list(csv.reader(open(raw / "stage_2_train_labels.csv"))))
-    with pytest.warns(UserWarning, match="outside"):
-        summary = prepare(get_adapter("rsna"), raw, tmp_path / "p")
-    assert any(p.row == n_rows and "outside" in p.message for p in summary.problems)
+    with pytest.warns(UserWarning, match="entirely outside"):
+        summary = prepare(get_adapter("rsna"), raw, tmp_path / "p", size=64)
+    assert [p.row for p in summary.problems] == [n_rows]
+    assert summary.clipped_boxes == 1 and summary.skipped_rows == 1
+    data = open_prepared(tmp_path / "p")
+    assert data.meta["clipped_boxes"] == 1
+    sample = next(s[i] for s in map(data.split, data.splits) for i in range(len(s)) if s[i].image_id == pid)
+    np.testing.assert_allclose(sample.boxes[-1], np.array([900, 0, 1024, 350]) * 64 / 1024, atol=1e-4)
+    assert sample.masks[0, 0, 60] and sample.masks[0, 20, 63]  # the clipped box reaches the image edges
     with pytest.raises(DataError, match=f"row {n_rows}"):
         prepare(get_adapter("rsna"), raw, tmp_path / "p2", strict=True)
 

@@ -22,6 +22,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cxrbench.cli.leaderboard import leaderboard_command, rescore_command
+from cxrbench.datasets.split_scheme import SplitIdentity, full_reference_identity
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json
 from cxrbench.leaderboard.aggregate import summarize_records
@@ -612,6 +613,84 @@ def test_mixed_checkpoints_under_one_name_refused(tmp_path):
     )
     with pytest.raises(CxrbenchError, match="different checkpoints"):
         summarize_records(load_records(runs_dir))
+
+
+FULL_REFERENCE = full_reference_identity().as_dict()
+PHANTOM_SUBSET = {**FULL_REFERENCE, "subset": True}
+BY_PATIENT = SplitIdentity("patient").as_dict()
+
+
+def _split_world(tmp_path: Path, runs: dict[str, dict]) -> Path:
+    """Two runs per encoder; `runs`: encoder -> record overrides (its splits, profile)."""
+    runs_dir = tmp_path / "runs"
+    for encoder, overrides in runs.items():
+        for seed in range(2):
+            write_record(runs_dir, make_run(encoder, SEG_TASK, 0.1 + 0.05 * seed, seed), seed, **overrides)
+    return runs_dir
+
+
+def _build(runs_dir: Path, out: Path, **kwargs):
+    return build_leaderboard(runs_dir, out, n_boot=20, plots=False, overlays=False, **kwargs)
+
+
+def test_rows_on_the_full_reference_splits_and_profile_are_marked_comparable(tmp_path):
+    runs_dir = _split_world(tmp_path, {"ref": {"splits": FULL_REFERENCE}})
+    result = _build(runs_dir, tmp_path / "out")
+    table = result.table.set_index("encoder")
+    assert table.loc["ref", "comparable"] == True  # noqa: E712 (a numpy bool)
+    assert table.loc["ref", "splits"] == "reference splits"
+    _, rows = _markdown_rows(result.markdown)
+    assert "ref †" in rows and "LoVT 100% (published)" in rows  # the published rows are beside it
+    assert "- †: comparable with the published rows, i.e. measured on the full reference split lists" in (
+        result.markdown
+    )
+    assert "Rows without †" not in result.markdown
+    assert r"ref $^{\dagger}$" in (tmp_path / "out" / "leaderboard.tex").read_text()
+    csv = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert csv[csv.source == "measured"]["comparable"].tolist() == [True]
+
+
+def test_phantom_subset_and_demo_profile_rows_are_not_comparable(tmp_path):
+    runs_dir = _split_world(
+        tmp_path,
+        {
+            "ref": {"splits": FULL_REFERENCE},
+            "phantom": {"splits": PHANTOM_SUBSET},
+            "demo": {"splits": FULL_REFERENCE, "profile": "demo"},
+            "old_lists": {"splits": {**FULL_REFERENCE, "lists_sha256": "0" * 64}},
+        },
+    )
+    result = _build(runs_dir, tmp_path / "out", include_published=False)
+    comparable = result.table.set_index("encoder")["comparable"]
+    assert comparable.to_dict() == {"ref": True, "phantom": False, "demo": False, "old_lists": False}
+    _, rows = _markdown_rows(result.markdown)
+    assert {"ref †", "phantom", "demo", "old_lists"} <= set(rows)
+    footer = next(line for line in result.markdown.splitlines() if "Rows without †" in line)
+    assert "reference splits (a subset: phantom or incomplete data)" in footer
+    assert "demo, full profile" in footer
+
+
+def test_unrecorded_splits_are_never_comparable(tmp_path):
+    runs_dir = _split_world(tmp_path, {"old": {}})  # a record written before splits were recorded
+    result = _build(runs_dir, tmp_path / "out", include_published=False)
+    assert result.table.set_index("encoder").loc["old", "comparable"] == False  # noqa: E712
+    assert "splits not recorded" in result.markdown
+
+
+@pytest.mark.parametrize(
+    "other, name",
+    [(BY_PATIENT, "patient"), (None, "unrecorded")],
+)
+def test_mixed_split_schemes_are_refused_even_with_allow_mixed(tmp_path, other, name):
+    runs_dir = _split_world(
+        tmp_path, {"ref": {"splits": FULL_REFERENCE}, "other": {} if other is None else {"splits": other}}
+    )
+    for allow_mixed in (False, True):
+        with pytest.raises(CxrbenchError, match="different kinds of data split") as info:
+            _build(runs_dir, tmp_path / "out", allow_mixed=allow_mixed)
+        message = str(info.value)
+        assert f"{name} (other/{SEG_TASK})" in message and f"reference (ref/{SEG_TASK})" in message
+        assert "--splits" in message
 
 
 def test_failed_and_malformed_records(tmp_path):

@@ -16,6 +16,8 @@ from cxrbench.datasets.geometry import boxes_to_masks
 from cxrbench.datasets.nih import BBOX, CLASSES, DATA_ENTRY, TEST_LIST, select_no_finding
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.datasets.reference_splits import reference_split_ids
+from cxrbench.datasets.split_scheme import patients_in_several_splits
 from cxrbench.errors import DataError
 
 SIZE = 224
@@ -105,10 +107,11 @@ def test_prepared_counts_splits_and_shapes(raw, prepared):
     total = sum(counts.values())
     assert total == get_adapter("nih").verify(raw).n_samples
     assert abs(counts["train"] / total - 0.6) < 0.1 and counts["val"] > 0 and counts["test"] > 0
-    owners: dict[str, str] = {}
-    for name in ds.splits:
-        for pid in ds.split(name).patient_ids:
-            assert owners.setdefault(pid, name) == name, f"patient {pid} is in two splits"
+    # the reference lists decide the split (they name images without ".png")
+    lists = reference_split_ids("nih")
+    assert all({i.removesuffix(".png") for i in ds.split(s).image_ids} <= set(lists[s]) for s in ds.splits)
+    several = patients_in_several_splits({s: ds.split(s).patient_ids for s in ds.splits})
+    assert ds.meta["patients_in_several_splits"] == several
     entries = {row[0]: str(int(row[3])) for row in read_csv(raw / DATA_ENTRY)[1:]}
     sample = ds.split("train")[0]
     assert sample.image.shape == (SIZE, SIZE) and sample.image.dtype == np.uint8
@@ -116,6 +119,35 @@ def test_prepared_counts_splits_and_shapes(raw, prepared):
     for name in ds.splits:
         split = ds.split(name)
         assert [entries[i] for i in split.image_ids] == split.patient_ids
+
+
+def test_patient_splits_keep_patients_apart(small, tmp_path):
+    summary = prepare(get_adapter("nih"), small, tmp_path / "out", size=64, splits="patient")
+    assert summary.patients_in_several_splits == 0
+    ds = open_prepared(tmp_path / "out")
+    owners: dict[str, str] = {}
+    for name in ds.splits:
+        for pid in ds.split(name).patient_ids:
+            assert owners.setdefault(pid, name) == name, f"patient {pid} is in two splits"
+
+
+def test_reference_splits_take_the_listed_no_finding_images(small):
+    """With the lists, the No-Finding samples are those the lists name, not a seeded draw of them."""
+    from cxrbench.datasets.base import Problems
+
+    adapter = get_adapter("nih")
+    drawn = {s.image_id for s in adapter.list_samples(small, Problems())}
+    adapter.listed_ids = frozenset(i for ids in reference_split_ids("nih").values() for i in ids)
+    listed = {s.image_id for s in adapter.list_samples(small, Problems())}
+    assert listed == drawn  # every phantom No-Finding image is a listed id, and fewer than 100
+    adapter.listed_ids = frozenset(sorted(adapter.listed_ids)[:5])
+    names = {s.image_id for s in adapter.list_samples(small, Problems())}
+    normals = {n for n in drawn if n.removesuffix(".png") in adapter.listed_ids} - boxed_images(small)
+    assert names == boxed_images(small) | normals
+
+
+def boxed_images(raw: Path) -> set[str]:
+    return {row[0] for row in read_csv(raw / BBOX)[1:]}
 
 
 def test_masks_agree_with_boxes(prepared):
@@ -230,7 +262,7 @@ def test_box_outside_image_is_skipped_with_its_row(small, tmp_path):
     rows = read_csv(small / BBOX)
     rows[1][2] = "2000.0"
     write_csv(small / BBOX, rows)
-    with pytest.warns(UserWarning, match=rf"{BBOX}, row 2: box .* lies outside"):
+    with pytest.warns(UserWarning, match=rf"{BBOX}, row 2: box .* lies entirely outside"):
         summary = prepare(get_adapter("nih"), small, tmp_path / "out")
     (problem,) = summary.problems
     assert problem.file.endswith(BBOX) and problem.row == 2 and "outside" in problem.message

@@ -14,6 +14,7 @@ from cxrbench.datasets import get_adapter, open_prepared
 from cxrbench.datasets.object_cxr import parse_annotation
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.datasets.reference_splits import reference_split_ids
 from cxrbench.errors import DataError
 
 N_PHANTOM = 30
@@ -56,7 +57,12 @@ def test_phantom_verifies_clean_and_has_all_object_types(phantom):
     assert kinds == {"0", "1", "2"}
     sizes = {Image.open(p).size for p in raw.glob("*/*.jpg")}
     assert len(sizes) > 3 and any(w != h for w, h in sizes)
-    assert len(list((raw / "dev").glob("*.jpg"))) == round(N_PHANTOM * 0.2)
+    # image names are real ids: train/ holds reference train and validation ids, dev/ reference test ids
+    lists = reference_split_ids("object_cxr")
+    train_names = {Path(p).stem for p in (raw / "train").glob("*.jpg")}
+    dev_names = {Path(p).stem for p in (raw / "dev").glob("*.jpg")}
+    assert train_names <= set(lists["train"]) | set(lists["val"]) and dev_names <= set(lists["test"])
+    assert dev_names and train_names & set(lists["val"]) and train_names & set(lists["train"])
 
 
 def test_phantom_prepared_splits_shapes_and_geometry(phantom):
@@ -67,7 +73,9 @@ def test_phantom_prepared_splits_shapes_and_geometry(phantom):
     train = {Path(n).stem for n in read_csv(raw / "train.csv")}
     assert set(ds.split("test").image_ids) == dev
     assert set(ds.split("train").image_ids) | set(ds.split("val").image_ids) == train
-    assert len(ds.split("train")) == round(0.8 * len(train))
+    lists = reference_split_ids("object_cxr")  # the reference lists decide train and val
+    assert all(set(ds.split(s).image_ids) <= set(lists[s]) for s in ds.splits)
+    assert ds.split_identity.scheme == "reference" and ds.split_identity.subset  # a phantom: a subset
     patients = [set(ds.split(s).patient_ids) for s in ds.splits]
     assert all(not (a & b) for i, a in enumerate(patients) for b in patients[i + 1 :])
     annotations = {**read_csv(raw / "train.csv"), **read_csv(raw / "dev.csv")}
@@ -115,7 +123,7 @@ def test_geometry_by_hand_on_a_tall_image(tmp_path):
         ],
         dev=[("f.jpg", (200, 400), "0 300 20 380 60")],
     )
-    prepare(get_adapter("object_cxr"), raw, tmp_path / "out")
+    prepare(get_adapter("object_cxr"), raw, tmp_path / "out", splits="patient")  # made-up ids
     ds = open_prepared(tmp_path / "out")
     samples = {s.image_id: s for split in ds.splits for s in ds.split(split)}
     a, b, f = samples["a"], samples["b"], samples["f"]
@@ -134,12 +142,12 @@ def test_geometry_by_hand_on_a_tall_image(tmp_path):
     assert np.all((x >= 10 - 2) & (y >= 10 - 2) & (y - 10 <= (1 - (x - 10) / 180) * 90 + 2))
     triangle_area = 0.5 * 180 * 90 * 0.56**2
     assert abs(a.masks[0, :160].sum() - triangle_area) / triangle_area < 0.05
-    # ellipse (40,200)-(160,260): centre filled, bbox corners empty, area pi*a*b
+    # ellipse (40,200)-(160,260): its mask is its bounding box (the protocol's and reference's rule)
     np.testing.assert_allclose(b.boxes[0], [78.4, 112.0, 145.6, 145.6], atol=1e-3)
     assert b.masks[0, int(230 * 0.56), int(200 * 0.56)]
-    assert not b.masks[0, 113, 79] and not b.masks[0, 145, 145]
-    ellipse_area = np.pi * 60 * 30 * 0.56**2
-    assert abs(b.masks[0].sum() - ellipse_area) / ellipse_area < 0.05
+    assert b.masks[0, 113, 79] and b.masks[0, 145, 145]  # the bbox corners are filled
+    box_area = 120 * 60 * 0.56**2
+    assert abs(b.masks[0].sum() - box_area) / box_area < 0.05
     # wide 200x400 (HxW) dev image: pad 100 px top and bottom; it is the test split
     assert ds.split("test").image_ids == ["f"]
     np.testing.assert_allclose(f.boxes[0], [168.0, 67.2, 212.8, 89.6], atol=1e-3)
@@ -166,21 +174,22 @@ def test_malformed_annotation_is_counted_and_strict_raises(tmp_path, annotation)
     Image.new("L", (100, 120)).save(raw / "dev" / "z.jpg")
     (raw / "dev.csv").write_text("image_name,annotation\nz.jpg,\n")
     with pytest.warns(UserWarning, match=r"train\.csv, row 6: malformed annotation"):
-        summary = prepare(get_adapter("object_cxr"), raw, tmp_path / "out")
+        summary = prepare(get_adapter("object_cxr"), raw, tmp_path / "out", splits="patient")
     assert summary.skipped_rows == 1 and summary.counts["train"] + summary.counts["val"] == 4
     assert summary.problems[0].row == 6 and summary.problems[0].file.endswith("train.csv")
     report = get_adapter("object_cxr").verify(raw)
     assert not report.ok and report.problems[0].row == 6
     assert report.extra == [str(raw / "train" / "bad.jpg")]
     with pytest.raises(DataError, match=r"train\.csv, row 6"):
-        prepare(get_adapter("object_cxr"), raw, tmp_path / "strict", strict=True)
+        prepare(get_adapter("object_cxr"), raw, tmp_path / "strict", strict=True, splits="patient")
 
 
 def test_absent_image_outside_box_truncated_file_and_extra(tmp_path):
     rows = [(f"{k}.jpg", (120, 100), "0 10 10 30 30") for k in range(5)]
     raw = write_raw(
         tmp_path / "raw",
-        train=[*rows, ("out.jpg", (120, 100), "0 10 10 30 30;2 150 10 190 10 170 40")],
+        # a box, a polygon entirely outside the 100x120 (WxH) image, an ellipse overhanging its corner
+        train=[*rows, ("out.jpg", (120, 100), "0 10 10 30 30;2 150 10 190 10 170 40;1 80 100 130 140")],
         dev=[("d.jpg", (120, 100), "")],
     )
     (raw / "train" / "0.jpg").unlink()  # listed but absent
@@ -192,19 +201,24 @@ def test_absent_image_outside_box_truncated_file_and_extra(tmp_path):
     assert report.extra == [str(raw / "train" / "stray.jpg")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = prepare(get_adapter("object_cxr"), raw, tmp_path / "out")
+        summary = prepare(get_adapter("object_cxr"), raw, tmp_path / "out", splits="patient")
     messages = [str(w.message) for w in caught]
     assert any("0.jpg is listed but absent" in m and "train.csv, row 2" in m for m in messages)
     assert summary.skipped_images == 1
     texts = [str(p) for p in summary.problems]
     assert any(t.startswith(str(raw / "train" / "1.jpg")) and "image skipped" in t for t in texts)
-    assert any("train.csv, row 7" in t and "outside the 100x120 image" in t for t in texts)
+    assert any("train.csv, row 7" in t and "entirely outside the 100x120 image" in t for t in texts)
+    assert summary.clipped_boxes == 1
     ds = open_prepared(tmp_path / "out")
     ids = [i for s in ds.splits for i in ds.split(s).image_ids]
     assert sorted(ids) == ["2", "3", "4", "d", "out"]
     out = next(s for split in ds.splits for s in ds.split(split) if s.image_id == "out")
-    assert len(out.boxes) == 1  # the polygon outside the image is dropped from boxes and mask alike
-    box_area = (out.boxes[0, 2:] - out.boxes[0, :2]).prod()
+    # the polygon outside the image is dropped from boxes and mask alike; the ellipse is clipped to
+    # (80, 100)-(100, 120) in both: pad 10 px left and right, scale 224/120
+    assert len(out.boxes) == 2
+    np.testing.assert_allclose(out.boxes[1], np.array([90, 100, 110, 120]) * 224 / 120, atol=1e-3)
+    box_area = sum((b[2:] - b[:2]).prod() for b in out.boxes)
     assert abs(out.masks[0].sum() - box_area) / box_area < 0.1
+    assert out.masks[0, 223, 204] and not out.masks[0, 223, 210]  # clipped at the image edge, not the pad
     with pytest.raises(DataError, match=r"train\.csv, row 2: image .*0\.jpg is listed but absent"):
-        prepare(get_adapter("object_cxr"), raw, tmp_path / "strict", strict=True)
+        prepare(get_adapter("object_cxr"), raw, tmp_path / "strict", strict=True, splits="patient")

@@ -13,9 +13,11 @@ import pytest
 
 from cxrbench.datasets import get_adapter, open_prepared
 from cxrbench.datasets.base import Problems
-from cxrbench.datasets.phantom import siim as siim_phantom
+from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.datasets.reference_splits import reference_split_ids
 from cxrbench.datasets.rle import RLEError, rle_decode, rle_encode
+from cxrbench.datasets.split_scheme import patients_in_several_splits
 from cxrbench.errors import DataError
 
 N_IMAGES = 30
@@ -150,10 +152,7 @@ def test_rle_malformed(rle: str, match: str) -> None:
 
 @pytest.fixture(scope="module")
 def raw_siim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = tmp_path_factory.mktemp("raw") / "siim"
-    raw.mkdir()
-    siim_phantom.write(raw, N_IMAGES, seed=0)
-    return raw
+    return write_phantom("siim", tmp_path_factory.mktemp("raw") / "siim", N_IMAGES, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +214,21 @@ def test_header_without_space_is_accepted(raw_copy: Path) -> None:
     assert report.ok and report.n_samples == N_IMAGES
 
 
-def test_prepare_splits_by_patient(raw_siim: Path, prepared_siim: Path) -> None:
+def test_prepare_uses_the_reference_split_by_image(raw_siim: Path, prepared_siim: Path) -> None:
+    """The reference siim split is by image: a patient may have images in two splits (counted)."""
     ds = open_prepared(prepared_siim)
+    lists = reference_split_ids("siim")
+    assert all(set(ds.split(s).image_ids) <= set(lists[s]) for s in ds.splits)
+    assert sum(len(ds.split(s)) for s in ds.splits) == N_IMAGES
+    several = patients_in_several_splits({s: ds.split(s).patient_ids for s in ds.splits})
+    assert several > 0  # the phantom's patients have 1-3 images in a seeded order
+    assert ds.meta["patients_in_several_splits"] == several
+
+
+def test_prepare_splits_by_patient(raw_siim: Path, tmp_path: Path) -> None:
+    summary = prepare(get_adapter("siim"), raw_siim, tmp_path / "p", size=SIZE, splits="patient")
+    assert summary.patients_in_several_splits == 0 and summary.split.scheme == "patient"
+    ds = open_prepared(tmp_path / "p")
     assert ds.splits == ("train", "val", "test") and ds.classes == ("pneumothorax",)
     infos = headers(raw_siim)
     seen: dict[str, str] = {}

@@ -165,7 +165,11 @@ LAYOUTS = ("timm_safetensors", "lightning", "open_clip", "openai_clip", "hf_dino
 EXPECTED = {
     "timm_safetensors": ("vit_w64_d2_h1_patch16", "", "imagenet"),
     "lightning": ("vit_w64_d2_h1_patch14", "model.backbone.", "imagenet"),
-    "open_clip": ("vit_w64_d2_h1_patch16", "visual.trunk.", "clip"),  # open_clip towers (BiomedCLIP) use CLIP statistics
+    "open_clip": (
+        "vit_w64_d2_h1_patch16",
+        "visual.trunk.",
+        "clip",
+    ),  # open_clip towers (BiomedCLIP) use CLIP statistics
     "openai_clip": ("vit_w64_d2_h1_patch16", "visual.", "clip"),
     "hf_dinov2": ("vit_w64_d2_h2_patch14", "", "imagenet"),
 }

@@ -97,6 +97,13 @@ def prepare_cmd(
     strict: Annotated[bool, typer.Option(help="Treat skipped rows/images as errors.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing cache made with other settings.")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes for decoding images.")] = 1,
+    splits: Annotated[
+        str,
+        typer.Option(
+            help="reference: the published split lists (every listed image must be in the download); "
+            "patient: seeded splits by patient. MIMIC-CXR always uses its official split."
+        ),
+    ] = "reference",
 ) -> None:
     """Convert a raw download (or phantom) into the prepared cache that every task reads."""
     from cxrbench.datasets import get_adapter
@@ -115,6 +122,7 @@ def prepare_cmd(
             force=force,
             workers=workers,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            splits=splits,
         )
     if summary.reused:
         console.print(f"{out_dir} is already prepared with these settings; nothing to do.")
@@ -129,6 +137,15 @@ def prepare_cmd(
     console.print(table)
     for key, count in summary.info.items():
         console.print(f"[cyan]info[/] {count} images {key.replace('_', ' ')} (excluded by design)")
+    if summary.split is not None:
+        console.print(f"[cyan]info[/] split: {escape(summary.split.describe())}", highlight=False)
+    console.print(
+        f"[cyan]info[/] {summary.patients_in_several_splits} patients have images in more than one split"
+    )
+    if summary.clipped_boxes:
+        console.print(
+            f"[cyan]info[/] {summary.clipped_boxes} boxes overhung their image and were clipped to it"
+        )
     console.print(
         f"skipped rows: {summary.skipped_rows}, skipped images: {summary.skipped_images}"
         + (" (see warnings above; --strict makes them errors)" if summary.problems else "")

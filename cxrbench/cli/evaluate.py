@@ -20,7 +20,7 @@ def tasks_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     profile: Annotated[str, typer.Option(help="Show the tasks as this profile runs them.")] = "full",
 ) -> None:
-    """List the 18 protocol tasks and the protocol hash."""
+    """List the 18 protocol tasks and the protocol hash (with the full reference splits)."""
     import json
     from dataclasses import asdict
 
@@ -40,7 +40,10 @@ def tasks_cmd(
             )
         )
         return
-    table = Table(title=f"cxrbench protocol ({profile} profile, hash {protocol_hash(prof)})")
+    table = Table(
+        title=f"cxrbench protocol ({profile} profile, hash {protocol_hash(prof)} with the full reference "
+        "splits; runs on other splits carry their own)"
+    )
     for col in (
         "#",
         "task id",

@@ -120,6 +120,9 @@ class DatasetAdapter(ABC):
     def __init__(self) -> None:
         # Counts of images excluded by design while listing (e.g. no mask), shown as info, not errors.
         self.info: dict[str, int] = {}
+        # The ids of the reference split lists when prepare uses them (None otherwise): an adapter
+        # whose choice of samples is itself a draw (NIH's No-Finding images) takes the listed ones.
+        self.listed_ids: frozenset[str] | None = None
 
     @abstractmethod
     def required_files(self, raw_root: Path) -> list[Path]:
@@ -132,6 +135,10 @@ class DatasetAdapter(ABC):
     @abstractmethod
     def load(self, sample: RawSample) -> LoadedSample:
         """Decode one sample's image (and masks) at raw resolution."""
+
+    def reference_id(self, sample: RawSample) -> str:
+        """The id the reference split lists use for this sample (override when it differs from image_id)."""
+        return sample.image_id
 
     def image_files(self, raw_root: Path) -> Iterable[Path]:
         """All image files present on disk (for the 'extra files' check); override per layout."""
@@ -161,7 +168,7 @@ class DatasetAdapter(ABC):
         """Record what `prepare` would skip in one present sample, with the same messages.
 
         Reads the image header (or, with `deep`, decodes the image and its masks as prepare does)
-        and checks every box against the image size.
+        and checks every box against the image size (overhanging boxes are fine: prepare clips them).
         """
         from cxrbench.datasets.geometry import check_box
         from cxrbench.datasets.image_probe import probe_image
@@ -179,7 +186,7 @@ class DatasetAdapter(ABC):
             reason = check_box(box, height, width)
             if reason is not None:
                 file, row = sample.box_rows[k] if k < len(sample.box_rows) else (str(sample.path), None)
-                problems.add(file, f"{reason}; row skipped", row=row, expected="a box inside the image")
+                problems.add(file, f"{reason}; row skipped", row=row, expected="a box overlapping the image")
 
     def check_required(self, raw_root: Path) -> list[str]:
         return [str(p) for p in self.required_files(raw_root) if not p.exists()]

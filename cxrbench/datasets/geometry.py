@@ -87,19 +87,27 @@ def boxes_to_masks(
     return masks
 
 
-def check_box(box: np.ndarray, height: int, width: int, tolerance: float = 1.0) -> str | None:
-    """Return why a raw box is unusable (None when fine); boxes may overhang by `tolerance` px."""
+def check_box(box: np.ndarray, height: int, width: int) -> str | None:
+    """Why a raw box is unusable (None when usable): non-finite, of non-positive size, or without any
+    overlap with the image. A box that overhangs the image is usable: prepare clips it (`clip_boxes`)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if not np.all(np.isfinite([x1, y1, x2, y2])):
         return "box has non-finite coordinates"
     if x2 <= x1 or y2 <= y1:
         return f"box has non-positive size ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
-    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
-        return f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image"
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        return f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies entirely outside the {width}x{height} image"
     return None
 
 
+def overhangs(box: np.ndarray, height: int, width: int) -> bool:
+    """Whether a box reaches beyond the image (so that clipping changes it)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return x1 < 0 or y1 < 0 or x2 > width or y2 > height
+
+
 def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Boxes clipped to the image [0, width] x [0, height] (objects overhanging it are kept, not dropped)."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)

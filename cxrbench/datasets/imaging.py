@@ -51,14 +51,19 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
 
 
 def equalize_histogram(image: np.ndarray, bins: int = 256) -> np.ndarray:
-    """Global histogram equalisation of a [0, 1] image (as cv2.equalizeHist on 8-bit data)."""
-    quantised = np.clip((image * (bins - 1)).round(), 0, bins - 1).astype(np.int64)
-    hist = np.bincount(quantised.ravel(), minlength=bins)
-    cdf = np.cumsum(hist)
-    nonzero = cdf[cdf > 0]
-    cdf_min = nonzero[0] if len(nonzero) else 0
-    total = cdf[-1]
-    if total == cdf_min:
-        return image.astype(np.float32)
-    lut = (cdf - cdf_min) / (total - cdf_min)
-    return np.clip(lut[quantised], 0.0, 1.0).astype(np.float32)
+    """Global histogram equalisation of a float image, as the reference applies it.
+
+    The reference equalises each float image with `skimage.exposure.equalize_hist` (256 bins), so
+    this follows the same rule: `bins` equal-width bins spanning the image's own min..max, the
+    normalised cumulative histogram taken at the bin centres, and every pixel mapped by linear
+    interpolation between those points (values below the first centre get the first bin's share,
+    not 0). Returns float32 in [0, 1].
+    """
+    values = np.asarray(image, dtype=np.float64)
+    hist, edges = np.histogram(values, bins=bins)
+    cdf = np.cumsum(hist, dtype=np.float64)
+    if cdf[-1] == 0:
+        return values.astype(np.float32)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    out = np.interp(values.ravel(), centres, cdf / cdf[-1]).reshape(values.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -7,10 +7,12 @@ https://www.kaggle.com/datasets/nih-chest-xrays/data). Licence: released by the 
 Center without restriction on use; cite the paper and acknowledge the NIH Clinical Center.
 
 Samples are the 880 images with at least one box in BBox_List_2017.csv (8 classes, rasterised to
-8 class masks) plus 100 "No Finding" images from the official test list, chosen reproducibly: the
-No-Finding ids of test_list.txt (per Data_Entry_2017_v2020.csv, excluding boxed images) are sorted
-and 100 of them are drawn with a generator seeded by the protocol seed (all of them when there are
-fewer). Patient ids come from Data_Entry; split 60/20/20 by patient (588/196/196).
+8 class masks) plus 100 "No Finding" images from the official test list (per
+Data_Entry_2017_v2020.csv, excluding boxed images). With the reference split lists (the default)
+those are the 100 the lists name (the reference drew them unseeded); with `--splits patient` 100 of
+the sorted candidates are drawn with a generator seeded by the protocol seed (all of them when
+there are fewer) and split 60/20/20 by patient (Data_Entry's Patient ID). The reference lists
+(588/196/196) name images by Image Index without ".png".
 Images (1024x1024 PNG, mostly 8-bit grey, a few RGBA) may sit in any images_0NN/images/ folder, so
 they are found by scanning `images_*/images/*.png`. Histogram-equalised (docs/protocol.md).
 """
@@ -71,6 +73,11 @@ def select_no_finding(
         return ids
     pick = np.random.default_rng(seed).choice(len(ids), size=k, replace=False)
     return sorted(ids[i] for i in pick)
+
+
+def reference_key(image_index: str) -> str:
+    """The reference split lists name an image by its Image Index without ".png"."""
+    return image_index.removesuffix(".png")
 
 
 def index_images(raw_root: Path, problems: Problems | None = None) -> dict[str, Path]:
@@ -234,9 +241,13 @@ class NIHAdapter(DatasetAdapter):
             if entry.labels == NO_FINDING and name not in boxed:
                 candidates.append(name)
                 line_of[name] = number
+        if self.listed_ids is None:
+            chosen = select_no_finding(candidates)
+        else:  # the reference split lists name the No-Finding images they drew
+            chosen = sorted(name for name in set(candidates) if reference_key(name) in self.listed_ids)
         normal = [
             self._sample(raw_root, name, entries[name], located, (str(test_path), line_of[name]))
-            for name in select_no_finding(candidates)
+            for name in chosen
         ]
         return [samples[name] for name in sorted(samples)] + normal
 
@@ -247,6 +258,9 @@ class NIHAdapter(DatasetAdapter):
         # An image found in no folder gets a glob-like path: it never exists, and says where we looked.
         path = located.get(name, raw_root / "images_*" / "images" / name)
         return RawSample(name, entry.patient_id, path, source=source)
+
+    def reference_id(self, sample: RawSample) -> str:
+        return reference_key(sample.image_id)
 
     def load(self, sample: RawSample) -> LoadedSample:
         return LoadedSample(read_raster(sample.path))

@@ -11,9 +11,10 @@ with x = column and y = row in raw pixels: "0 x1 y1 x2 y2" (box), "1 x1 y1 x2 y2
 by its bounding box), "2 x1 y1 x2 y2 x3 y3 ..." (polygon); an empty annotation means no object.
 
 Geometry (the reference swapped box width/height and rasterised polygons transposed): detection
-boxes are each object's bounding box in xyxy; the mask ("foreign_object") rasterises the actual
-shapes at raw resolution (filled rectangle, ellipse, polygon) with the same pixel convention as
-the boxes (pixel (row r, col c) covers [c, c+1) x [r, r+1) and is inside when its centre is).
+boxes are each object's bounding box in xyxy, clipped to the image; the mask ("foreign_object")
+fills boxes and ellipses as their bounding box (the protocol's rule) and polygons as polygons, at
+raw resolution with the same pixel convention as the boxes (pixel (row r, col c) covers
+[c, c+1) x [r, r+1) and is inside when its centre is).
 Split: test = official dev; train/val = seeded 80/20 of train (each image is its own patient).
 Histogram-equalised at preparation (docs/protocol.md).
 """
@@ -77,7 +78,10 @@ def parse_annotation(text: str) -> list[Shape]:
 
 
 def rasterise(shapes: Iterable[Shape], height: int, width: int) -> np.ndarray:
-    """Fill the shapes into a bool HxW mask (pixel inside when its centre is inside the shape)."""
+    """Fill the shapes into a bool HxW mask (pixel inside when its centre is inside the shape).
+
+    Boxes and ellipses fill their bounding box (as the protocol and the reference use ellipses),
+    polygons their outline; parts beyond the image are clipped."""
     mask = np.zeros((height, width), dtype=bool)
     polygons = Image.new("1", (width, height), 0)
     draw = ImageDraw.Draw(polygons)
@@ -88,12 +92,8 @@ def rasterise(shapes: Iterable[Shape], height: int, width: int) -> np.ndarray:
         r1, r2 = int(np.clip(np.ceil(y1 - 0.5), 0, height)), int(np.clip(np.ceil(y2 - 0.5), 0, height))
         if c2 <= c1 or r2 <= r1:
             continue
-        if shape.kind == BOX:
+        if shape.kind in (BOX, ELLIPSE):  # an ellipse counts as its bounding box (the protocol's rule)
             mask[r1:r2, c1:c2] = True
-        elif shape.kind == ELLIPSE:
-            cy, cx, ry, rx = (y1 + y2) / 2, (x1 + x2) / 2, (y2 - y1) / 2, (x2 - x1) / 2
-            yy, xx = np.mgrid[r1:r2, c1:c2]
-            mask[r1:r2, c1:c2] |= ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1.0
         else:
             # PIL puts integer coordinates at pixel centres, i.e. continuous coordinate c -> c - 0.5.
             draw.polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in shape.points], fill=1, outline=1)
@@ -180,7 +180,8 @@ class ObjectCXRAdapter(DatasetAdapter):
     def load(self, sample: RawSample) -> LoadedSample:
         image = read_raster(sample.path)
         height, width = image.shape
-        # Shapes whose box prepare rejects (outside the image) are left out of the mask too.
+        # Shapes whose box prepare rejects (degenerate, or entirely outside) are left out of the mask
+        # too; shapes overhanging the image are clipped there, as their boxes are.
         shapes = [s for s in sample.annotation if check_box(s.bbox, height, width) is None]
         return LoadedSample(image, rasterise(shapes, height, width)[None])
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
-from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes
+from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes, overhangs
 from cxrbench.datasets.imaging import equalize_histogram
 from cxrbench.datasets.prepared import (
     FORMAT_VERSION,
@@ -38,7 +38,19 @@ from cxrbench.datasets.prepared import (
     rebuild_command,
 )
 from cxrbench.datasets.raw_listing import raw_listing
-from cxrbench.datasets.splits import DEFAULT_SEED, ids_hash, nested_subsets
+from cxrbench.datasets.split_scheme import (
+    REFERENCE,
+    Assignment,
+    SplitIdentity,
+    assign_splits,
+    empty_split_requirement,
+    listed_ids,
+    patients_in_several_splits,
+    resolve_scheme,
+    split_config,
+    train_subsets,
+)
+from cxrbench.datasets.splits import DEFAULT_SEED, ids_hash
 from cxrbench.errors import CxrbenchError, DataError
 from cxrbench.io_utils import atomic_path, atomic_save_npy, atomic_write_json, read_json
 from cxrbench.output_dirs import OURS, claim_output_dir
@@ -55,6 +67,7 @@ class ProcessedImage:
     masks: np.ndarray | None  # packed bits C x size x ceil(size/8)
     boxes: np.ndarray  # float32 K x 4 in prepared pixels
     labels: np.ndarray  # int64 K
+    n_clipped: int = 0  # boxes that overhung the image and were clipped to it
 
 
 @dataclass
@@ -67,6 +80,9 @@ class PrepareSummary:
     reused: bool = False
     info: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    clipped_boxes: int = 0  # boxes overhanging their image, clipped to it (never dropped)
+    patients_in_several_splits: int = 0
+    split: SplitIdentity | None = None
 
 
 def check_prepare_options(size: int, workers: int) -> None:
@@ -79,17 +95,7 @@ def check_prepare_options(size: int, workers: int) -> None:
         raise CxrbenchError(f"--workers {workers} is out of range: use 1 (no worker processes) or more")
 
 
-def split_rule(adapter: DatasetAdapter) -> dict:
-    """What decides which image goes to which split (part of the cache's identity)."""
-    method = type(adapter).assign_splits
-    return {
-        "method": f"{method.__module__}.{method.__qualname__}",
-        "fractions": dict(adapter.split_fractions),
-        "subset_percents": [float(p) for p in adapter.subset_percents],
-    }
-
-
-def prepare_config(adapter: DatasetAdapter, size: int, seed: int) -> dict:
+def prepare_config(adapter: DatasetAdapter, size: int, seed: int, scheme: str = REFERENCE) -> dict:
     """The settings that change a cache's content (the raw files' fingerprint is recorded beside them)."""
     return {
         "dataset": adapter.name,
@@ -98,7 +104,7 @@ def prepare_config(adapter: DatasetAdapter, size: int, seed: int) -> dict:
         "format_version": FORMAT_VERSION,
         "equalize": adapter.equalize,
         "classes": list(adapter.classes),
-        "split": split_rule(adapter),
+        "split": split_config(adapter, scheme),
     }
 
 
@@ -119,7 +125,8 @@ def process_sample(
             keep.append(k)
         else:
             file, row = sample.box_rows[k] if k < len(sample.box_rows) else (str(sample.path), None)
-            problems.add(file, f"{reason}; row skipped", row=row, expected="a box inside the image")
+            problems.add(file, f"{reason}; row skipped", row=row, expected="a box overlapping the image")
+    n_clipped = sum(overhangs(sample.boxes[k], height, width) for k in keep)
     boxes = geometry.boxes(clip_boxes(sample.boxes[keep], height, width))
     labels = np.asarray(sample.labels, dtype=np.int64)[keep]
     masks = loaded.masks
@@ -132,6 +139,7 @@ def process_sample(
         masks=None if masks is None else np.packbits(masks, axis=-1),
         boxes=boxes,
         labels=labels,
+        n_clipped=int(n_clipped),
     )
 
 
@@ -159,6 +167,7 @@ def _process_chunk(
         "boxes": np.concatenate([r.boxes for r in done]) if done else np.zeros((0, 4), np.float32),
         "labels": np.concatenate([r.labels for r in done]) if done else np.zeros((0,), np.int64),
         "n_boxes": np.array([len(r.boxes) for r in done], dtype=np.int64),
+        "n_clipped": np.array(sum(r.n_clipped for r in done), dtype=np.int64),
         "problems": np.array([_encode_problem(p) for p in problems.items], dtype=object).astype(str),
     }
     if adapter.has_masks:
@@ -188,10 +197,16 @@ def prepare(
     force: bool = False,
     workers: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
+    splits: str = REFERENCE,
 ) -> PrepareSummary:
-    """Convert a raw download into the prepared cache read by every task (see module docstring)."""
+    """Convert a raw download into the prepared cache read by every task (see module docstring).
+
+    `splits`: "reference" (the shipped reference split lists; MIMIC-CXR: its official split) or
+    "patient" (seeded by-patient splits); see `split_scheme`.
+    """
     raw_root, out_root = Path(raw_root), Path(out_root)
     check_prepare_options(size, workers)
+    scheme = resolve_scheme(adapter, splits)
     claimed = claim_output_dir(out_root, marker=MARKER, kind="prepared cache", inputs=[raw_root])
     partial = out_root.with_name(out_root.name + ".partial")
     claimed_partial = claim_output_dir(
@@ -202,12 +217,13 @@ def prepare(
         raise CxrbenchError(
             f"{adapter.name}: missing under {raw_root}: {', '.join(missing)}\nexpected layout:\n{adapter.layout}"
         )
-    config = prepare_config(adapter, size, seed)
+    config = prepare_config(adapter, size, seed, scheme)
     settings = {"config": config, "raw": raw_listing(raw_root), "strict": strict, "chunk_size": CHUNK_SIZE}
     if claimed.state == OURS and not force:
         return _reuse(adapter, out_root, raw_root, settings)
 
     problems = Problems(strict=strict)
+    adapter.listed_ids = listed_ids(adapter, scheme)
     samples = adapter.list_samples(raw_root, problems)
     present = []
     for s in samples:
@@ -224,13 +240,13 @@ def prepare(
     if not present:
         raise CxrbenchError(f"{adapter.name}: no usable images found under {raw_root}")
     skipped_rows = len(problems)
-    splits = adapter.assign_splits(present, seed)
-    _check_splits_filled(adapter, present, splits)
+    assignment = assign_splits(adapter, present, scheme, seed, raw_root)
+    _check_splits_filled(adapter, present, assignment)
 
     _start_partial(partial, claimed_partial.state == OURS, settings)
     chunk_dir = partial / "chunks"
     jobs = []
-    for split, indices in splits.items():
+    for split, indices in assignment.splits.items():
         for c, start in enumerate(range(0, len(indices), CHUNK_SIZE)):
             chunk = [present[i] for i in indices[start : start + CHUNK_SIZE]]
             jobs.append((split, c, chunk, chunk_dir / f"{split}_{c:05d}.npz"))
@@ -239,24 +255,26 @@ def prepare(
     else:
         chunk_dir.mkdir(parents=True, exist_ok=True)
         _run_chunks(adapter, jobs, size, strict, workers, on_progress)
-        summary = _assemble(adapter, present, splits, jobs, partial, settings, raw_root, out_root, problems)
+        summary = _assemble(
+            adapter, present, assignment, jobs, partial, settings, raw_root, out_root, problems
+        )
     for problem in summary.problems:  # met while decoding (possibly in worker processes)
         warnings.warn(str(problem), stacklevel=2)
     summary.skipped_rows += skipped_rows
-    summary.info = dict(adapter.info)
+    summary.info = {**adapter.info, **assignment.info}
     summary.problems = problems.items + summary.problems
     _swap_into_place(partial, out_root)
     summary.out_root = out_root
     return summary
 
 
-def _check_splits_filled(adapter: DatasetAdapter, samples: list[RawSample], splits: dict) -> None:
-    empty = [name for name, indices in splits.items() if len(indices) == 0]
+def _check_splits_filled(adapter: DatasetAdapter, samples: list[RawSample], assignment: Assignment) -> None:
+    empty = [name for name, indices in assignment.splits.items() if len(indices) == 0]
     if empty:
         patients = len({s.patient_id for s in samples})
         raise CxrbenchError(
             f"{adapter.name}: {len(samples)} usable images from {patients} patients leave the "
-            f"{', '.join(empty)} split(s) empty; {adapter.split_requirement()}"
+            f"{', '.join(empty)} split(s) empty; {empty_split_requirement(adapter, assignment.scheme)}"
         )
 
 
@@ -322,7 +340,7 @@ def _reuse(adapter: DatasetAdapter, out_root: Path, raw_root: Path, settings: di
             f"{out_root} was prepared skipping {skipped.get('rows', 0)} rows and {skipped.get('images', 0)} "
             f"images, which --strict refuses (first: {first}); fix the raw data, then run `{rebuild} --strict`"
         )
-    return PrepareSummary(adapter.name, out_root, meta["counts"], reused=True)
+    return _with_split_facts(PrepareSummary(adapter.name, out_root, meta["counts"], reused=True), meta)
 
 
 def _start_partial(partial: Path, ours: bool, settings: dict) -> None:
@@ -342,32 +360,50 @@ def _start_partial(partial: Path, ours: bool, settings: dict) -> None:
 
 def _summary_from_marker(adapter: DatasetAdapter, partial: Path, meta: dict) -> PrepareSummary:
     skipped = meta.get("skipped", {})
-    return PrepareSummary(
+    summary = PrepareSummary(
         adapter.name,
         partial,
         meta["counts"],
         skipped_rows=int(skipped.get("chunk_rows", 0)),
         skipped_images=int(skipped.get("images", 0)),
     )
+    return _with_split_facts(summary, meta)
+
+
+def _with_split_facts(summary: PrepareSummary, meta: dict) -> PrepareSummary:
+    """Copy what prepared.json records of the split and the clipped boxes into a summary."""
+    summary.split = SplitIdentity.from_dict(meta.get("split"))
+    summary.clipped_boxes = int(meta.get("clipped_boxes", 0))
+    summary.patients_in_several_splits = int(meta.get("patients_in_several_splits", 0))
+    return summary
 
 
 def _assemble(
-    adapter, samples, splits, jobs, partial: Path, settings: dict, raw_root: Path, out_root: Path, listed
+    adapter,
+    samples,
+    assignment: Assignment,
+    jobs,
+    partial: Path,
+    settings: dict,
+    raw_root: Path,
+    out_root: Path,
+    listed,
 ) -> PrepareSummary:
     """Concatenate chunk files into per-split arrays, compute stats, write manifest and marker."""
     config = settings["config"]
     source = {"dataset": adapter.name, "size": config["size"], "raw_dir": str(raw_root.resolve())}
     counts, split_meta, problems = {}, {}, []
     manifest: dict = {"splits": {}, "subsets": {}, "source": source}
-    skipped_images = 0
+    skipped_images = clipped = 0
     train_sum = train_sq = train_n = 0.0
-    for split, indices in splits.items():
+    for split, indices in assignment.splits.items():
         chunk_files = [j for j in jobs if j[0] == split]
         parts = [np.load(path, allow_pickle=False) for _, _, _, path in chunk_files]
         ok = np.concatenate([p["ok"] for p in parts]) if parts else np.zeros(0, bool)
         for p in parts:
             problems += [_decode_problem(t) for t in p["problems"]]
         skipped_images += int((~ok).sum())
+        clipped += sum(int(p["n_clipped"]) for p in parts)
         kept = [samples[i] for i, good in zip(indices, ok) if good]
         size = config["size"]
         images = (
@@ -400,11 +436,19 @@ def _assemble(
             pixels = images.astype(np.float64) / 255.0
             train_sum, train_sq, train_n = pixels.sum(), (pixels**2).sum(), pixels.size
     subsets = {}
-    if adapter.subset_percents and "train" in counts:
-        for key, idx in nested_subsets(counts["train"], adapter.subset_percents, config["seed"]).items():
+    if "train" in counts:
+        train_ids = split_meta["train"]["image_ids"]
+        for key, idx in train_subsets(adapter, assignment.scheme, train_ids, config["seed"]).items():
             subsets[key] = idx.tolist()
-            ids = [split_meta["train"]["image_ids"][i] for i in idx]
-            manifest["subsets"][f"train_{key}pct"] = {"count": len(ids), "ids_sha256": ids_hash(ids)}
+            ids = [train_ids[i] for i in idx]
+            manifest["subsets"][f"train_{key}pct"] = {
+                "count": len(ids),
+                "ids_sha256": ids_hash(ids),
+                "image_ids": ids,
+            }
+    split_record = _split_record(adapter, assignment, counts, skipped_images, config["seed"])
+    several = patients_in_several_splits({k: v["patient_ids"] for k, v in split_meta.items()})
+    manifest["split"] = {**split_record, "patients_in_several_splits": several}
     mean = train_sum / train_n if train_n else 0.5
     std = float(np.sqrt(max(train_sq / train_n - mean**2, 1e-12))) if train_n else 0.25
     atomic_write_json(partial / "manifest.json", manifest)
@@ -425,6 +469,9 @@ def _assemble(
         "stats": {"mean": float(mean), "std": float(std)},
         "has_masks": adapter.has_masks,
         "has_boxes": adapter.has_boxes,
+        "split": split_record,
+        "patients_in_several_splits": several,
+        "clipped_boxes": clipped,
         "skipped": {
             "rows": len(listed) + summary.skipped_rows,
             "images": skipped_images,
@@ -437,7 +484,33 @@ def _assemble(
     }
     shutil.rmtree(partial / "chunks", ignore_errors=True)
     atomic_write_json(partial / MARKER, marker)
-    return summary
+    return _with_split_facts(summary, marker)
+
+
+def _split_record(
+    adapter: DatasetAdapter, assignment: Assignment, counts: dict[str, int], skipped_images: int, seed: int
+) -> dict:
+    """What prepared.json and manifest.json say of the split: the identity runs carry, and more.
+
+    A reference split is a subset when the download was a phantom, or when listed ids were missing
+    or skipped (so the test images are not exactly the published ones)."""
+    from cxrbench.datasets.reference_splits import all_reference_lists_sha256, reference_lists_sha256
+
+    if assignment.scheme != REFERENCE:
+        identity = SplitIdentity(assignment.scheme, None, False, seed)
+        return {**identity.as_dict(), "description": identity.describe()}
+    subset = assignment.phantom or assignment.missing > 0 or skipped_images > 0
+    identity = SplitIdentity(REFERENCE, all_reference_lists_sha256(), subset, seed)
+    return {
+        **identity.as_dict(),
+        "description": identity.describe(),
+        "dataset_lists_sha256": reference_lists_sha256(adapter.name),
+        "phantom": assignment.phantom,
+        "listed_ids_missing": assignment.missing,
+        "counts": dict(counts),
+        "subsets_rule": "nested prefixes of one permutation of the reference train list, seeded with "
+        f"seed + 1 = {seed + 1}",
+    }
 
 
 def _swap_into_place(partial: Path, out_root: Path) -> None:

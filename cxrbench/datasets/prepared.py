@@ -1,8 +1,9 @@
 """Reading a prepared cache: memory-mapped arrays per split, verified against the manifest.
 
 Layout of a prepared dataset folder (written by `cxrbench prepare`):
-    prepared.json           completion marker: config, classes, counts, subsets, pixel stats
-    manifest.json           per split (and train subset): count and sha256 of the sorted image ids
+    prepared.json           completion marker: config, classes, counts, subsets, pixel stats, split
+    manifest.json           per split (and train subset): count and sha256 of the sorted image ids;
+                            the split scheme and lists hash; the train subsets' ids
     <split>/images.npy      uint8 N x S x S (loaded with mmap, no image decoding)
     <split>/masks.npy       uint8 N x C x S x ceil(S/8): np.packbits of bool masks along the last axis
     <split>/boxes.npy       float32 K x 4 xyxy in prepared pixels; box_labels.npy int64 K;
@@ -28,13 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from cxrbench.datasets.split_scheme import PATIENT, SplitIdentity
 from cxrbench.datasets.splits import ids_hash
 from cxrbench.errors import CxrbenchError, DamagedCacheError
 from cxrbench.io_utils import read_json, sha256_file
 
 # The prepared-cache format this cxrbench writes; older formats still open (their arrays are checked
 # against their own headers), newer ones are refused.
-FORMAT_VERSION = 2  # 2: manifest checksums, split rule, strictness and raw fingerprint recorded
+# 2: manifest checksums, split rule, strictness and raw fingerprint recorded. 3: reference split lists
+# (split scheme recorded), overhanging boxes clipped, ellipses as boxes, equalisation as skimage's.
+FORMAT_VERSION = 3
 
 SPLIT_ORDER = ("train", "val", "test")
 MARKER = "prepared.json"  # completion marker, written last
@@ -186,6 +190,8 @@ class PreparedDataset:
         )
         self.stats: dict[str, float] = meta["stats"]
         self.subsets: dict[str, dict[str, list[int]]] = meta.get("subsets", {})
+        # Caches written before the split was recorded (format < 3) read as "unrecorded".
+        self.split_identity = SplitIdentity.from_dict(meta.get("split"))
 
     def split(self, name: str, percent: float | None = None) -> PreparedSplit:
         """A split; `percent` selects a nested train subset (e.g. 1 or 10) stored at prepare time."""
@@ -211,6 +217,9 @@ def rebuild_command(root: Path, meta: dict | None = None, raw_root: Path | None 
     command = f"cxrbench prepare {meta.get('dataset') or 'DATASET'} {shlex.quote(str(raw))} {shlex.quote(str(root))}"
     if isinstance(size, int) and size != DEFAULT_SIZE:
         command += f" --size {size}"
+    split = (meta.get("config") or {}).get("split") if isinstance(meta.get("config"), dict) else None
+    if isinstance(split, dict) and split.get("scheme") == PATIENT:
+        command += f" --splits {PATIENT}"
     return command + " --force"
 
 

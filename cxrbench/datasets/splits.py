@@ -1,5 +1,8 @@
 """Reproducible splits from the raw annotations alone: seeded, by patient, nested subsets.
 
+This is the rule of `cxrbench prepare --splits patient`; the default split is the shipped reference
+lists (`split_scheme.py`), which reuses `DEFAULT_SEED` for its train subsets.
+
 A split is a function of (sorted patient ids, their image counts, seed): the same raw annotation
 files always give the same split. Train subsets (1%, 10%, 30%...) are prefixes of one seeded
 permutation of the train images, so smaller subsets are nested in larger ones.

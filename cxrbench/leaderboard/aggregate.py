@@ -14,8 +14,11 @@ Rules (they are also written into the table footers by `cxrbench.leaderboard.rep
   2.5 and 97.5 percentiles of the replicates. Every group of a task with the same test images gets
   the same replicates, which is what makes the paired comparisons of `compare` paired.
 - Duplicate run ids are refused; final records with different protocol hashes (the hash covers all
-  tasks and the profile), and one encoder name with different checkpoints, are refused unless
-  ``allow_mixed=True`` (then noted under the table and flagged on the groups that mix).
+  tasks, the profile and the data split), and one encoder name with different checkpoints, are
+  refused unless ``allow_mixed=True`` (then noted under the table and flagged on the groups that mix).
+  Records of different split schemes (reference lists, seeded by patient, unrecorded) are always refused.
+- A group is "comparable with published" only when every one of its records ran on the full reference
+  split lists (not a phantom or otherwise incomplete subset) under the full profile.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cxrbench.datasets.split_scheme import SplitIdentity
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_save_npy, sha256_file, sha256_text, stable_hash
 from cxrbench.protocol.record_schema import FINAL, is_ok, primary_value
@@ -124,6 +128,8 @@ TABLE_COLUMNS = (
     "n_images",
     "protocol_hash",
     "profile",
+    "splits",
+    "comparable",
     "flags",
     "source",
 )
@@ -209,6 +215,8 @@ def _summarize_group(
             boot_low, boot_high = (float(v) for v in np.percentile(fin, [2.5, 97.5]))
         else:
             flags.append("bootstrap replicates mostly undefined")
+    splits = {SplitIdentity.from_dict(r.get("splits")) for r in recs}
+    comparable = all(i.full_reference for i in splits) and all(r.get("profile") == "full" for r in recs)
     row = {
         "encoder": encoder,
         "task_id": info.task_id,
@@ -227,6 +235,8 @@ def _summarize_group(
         "n_images": len(ids),
         "protocol_hash": ",".join(hashes),
         "profile": ",".join(sorted({str(r.get("profile", "")) for r in recs})),
+        "splits": "; ".join(sorted(i.describe() for i in splits)),
+        "comparable": comparable,
         "flags": "; ".join(flags),
         "source": "measured",
     }

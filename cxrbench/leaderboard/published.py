@@ -71,6 +71,8 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
                 "n_images": 0,
                 "protocol_hash": "",
                 "profile": "",
+                "splits": "reference splits (as published)",
+                "comparable": None,
                 "flags": "",
                 "source": "published",
             }

@@ -108,6 +108,9 @@ class _RunRecordFields(TypedDict):
     n_images: dict[str, int] | None
     predictions: str | None  # file name of the predictions .npz beside the record
     sweep: SweepInfo | None  # where a `cxrbench sweep` job ran (null for `cxrbench evaluate`)
+    # The split of the run's data (`SplitIdentity.as_dict()`: scheme, lists_sha256, subset, seed); part
+    # of the protocol hash. Absent in records written before it was recorded (read as "unrecorded").
+    splits: dict[str, Any]
 
 
 class RunRecord(_RunRecordFields, total=False):
@@ -158,6 +161,7 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "head_parameters": (int, type(None)),
     "peak_memory_bytes": (int, type(None)),
     "train_images_per_s": (int, float, type(None)),
+    "splits": dict,
 }
 COST_FIELDS = (
     "encoder_parameters",
@@ -228,6 +232,7 @@ def make_record(
         "predictions": None,
         "sweep": sweep,
         "preprocessing": preprocessing,
+        "splits": spec.split_identity.as_dict(),
     }
     cost = {} if failed else getattr(outcome, "cost", {})
     for key in COST_FIELDS:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.datasets.split_scheme import SplitIdentity, full_reference_identity
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json, stable_hash
 from cxrbench.protocol.predictions import write_predictions
@@ -100,6 +101,9 @@ class RunSpec:
     protocol_task: Task | None = None
     # The key of the encoder's preprocessing preset (Preprocessing.key); None: the dataset statistics.
     preprocessing: str | None = None
+    # The split of the run's data (its prepared cache's `split_identity`); None: the published
+    # protocol's, the full reference split lists.
+    splits: SplitIdentity | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -112,8 +116,12 @@ class RunSpec:
             )
 
     @cached_property
+    def split_identity(self) -> SplitIdentity:
+        return self.splits or full_reference_identity()
+
+    @cached_property
     def protocol_hash(self) -> str:
-        return protocol_hash(self.profile)
+        return protocol_hash(self.profile, self.split_identity)
 
     @property
     def task(self) -> Task:
@@ -280,8 +288,8 @@ def check_metrics_versions(records: Sequence[dict]) -> None:
 
 
 def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[str]:
-    """Refuse duplicate run ids, records scored with older metric definitions, and mixed
-    protocols/checkpoints unless allowed; return table notes."""
+    """Refuse duplicate run ids, records scored with older metric definitions, mixed split schemes,
+    and mixed protocols/checkpoints unless allowed; return table notes."""
     by_id: dict[str, list[str]] = defaultdict(list)
     for rec in records:
         by_id[str(rec["run_id"])].append(rec.get(SOURCE_KEY, "<in memory>"))
@@ -293,6 +301,15 @@ def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[st
         )
     check_metrics_versions(records)
     final = [r for r in records if r.get("phase") == FINAL]
+    schemes = sorted({_scheme_of(r) for r in final})
+    if len(schemes) > 1:  # never allowed: a table compares encoders on one kind of split
+        raise CxrbenchError(
+            "records on different kinds of data split cannot share a table: "
+            + _listing(final, _scheme_of, schemes)
+            + "\nPrepare every dataset with one `cxrbench prepare --splits` (reference, the default, or "
+            "patient) and re-run, or build one leaderboard per kind of split (pass their runs directories "
+            "separately)"
+        )
     problems = []
     # The protocol hash covers all tasks and the profile, so one table must hold a single hash.
     hashes = sorted({_hash_of(r) for r in final})
@@ -312,6 +329,11 @@ def check_records(records: Sequence[dict], allow_mixed: bool = False) -> list[st
             "or pass allow_mixed (--allow-mixed) to flag them instead"
         )
     return [f"mixed {label} allowed in {where}" for label, where in problems]
+
+
+def _scheme_of(rec: dict) -> str:
+    """The kind of split a record's data used ("reference", "patient", or "unrecorded" for old records)."""
+    return SplitIdentity.from_dict(rec.get("splits")).scheme
 
 
 def _hash_of(rec: dict) -> str:

@@ -251,9 +251,20 @@ def evaluate_checkpoint(
         n_grid = len(task.lr_grid) if len(task.lr_grid) > 1 else 0
         reporter.task_started(task, n_grid + seeds)
 
-        def run(phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task) -> RunRecord:
+        def run(
+            phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task, data=dataset
+        ) -> RunRecord:
             spec = RunSpec(
-                options.encoder, identity, task.task_id, phase, lr, seed, profile, base, preprocessing.key
+                options.encoder,
+                identity,
+                task.task_id,
+                phase,
+                lr,
+                seed,
+                profile,
+                base,
+                preprocessing.key,
+                data.split_identity,
             )
             return run_one(
                 spec,

@@ -9,9 +9,13 @@ The protocol hash identifies exact settings.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import stable_hash
+
+if TYPE_CHECKING:
+    from cxrbench.datasets.split_scheme import SplitIdentity
 
 # 2: metrics as the reference computed them (mAP by the mean-average-precision package's rules,
 # sequential FROC, Kaggle score without a 0.5 cut, per-image Dice over positive images, the smp
@@ -206,14 +210,20 @@ def select_tasks(spec: str | list[str] | None) -> list[Task]:
     return [t for t in TASKS if t.task_id in names or t.dataset in names]
 
 
-def protocol_hash(profile: Profile) -> str:
-    """Identifies the exact protocol settings a run used (tasks, profile, protocol and metrics versions)."""
+def protocol_hash(profile: Profile, splits: SplitIdentity | None = None) -> str:
+    """Identifies the exact protocol settings a run used (tasks, profile, protocol and metrics
+    versions, and the split of its data: scheme, reference lists hash, subset or not, seed).
+
+    `splits` defaults to the published protocol's: the full reference split lists. One scheme gives
+    one hash for all datasets, so a table of many tasks holds one hash."""
+    from cxrbench.datasets.split_scheme import full_reference_identity
     from cxrbench.datasets.splits import DEFAULT_SEED
 
     payload = {
         "version": PROTOCOL_VERSION,
         "metrics_version": METRICS_VERSION,
         "split_seed": DEFAULT_SEED,
+        "splits": (splits or full_reference_identity()).as_dict(),
         "tasks": [asdict(t) for t in TASKS],
         "profile": asdict(profile),
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cxrbench.datasets.split_scheme import SplitIdentity
 from cxrbench.encoders import load_encoder
 from cxrbench.protocol.record_schema import SweepInfo, is_ok
 from cxrbench.protocol.records import RunSpec, read_record
@@ -49,6 +50,7 @@ class Job:
     feature_cache: bool = True
     threads: int | None = None
     executor: str = "debug"
+    splits: SplitIdentity | None = None  # the split of the task's prepared cache (part of the run key)
 
     @property
     def run(self) -> RunSpec:
@@ -61,6 +63,7 @@ class Job:
             self.seed,
             self.profile,
             preprocessing=self.checkpoint.preprocessing,
+            splits=self.splits,
         )
 
     @property

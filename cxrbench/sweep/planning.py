@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cxrbench.datasets.split_scheme import SplitIdentity
 from cxrbench.encoders import load_encoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
@@ -38,6 +39,7 @@ class SweepPlan:
     seeds: int
     workers: int
     threads: int | None
+    splits: dict[str, SplitIdentity] = field(default_factory=dict)  # dataset -> its cache's split
 
 
 @dataclass
@@ -87,8 +89,10 @@ def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
         claim_folder(config.runs_dir, RUNS)
     profile = config.resolved_profile()
     tasks = [profile.apply(t) for t in select_tasks(config.tasks)]
-    for dataset in sorted({t.dataset for t in tasks}):
-        open_task_dataset(config.data_root, dataset)
+    splits = {
+        dataset: open_task_dataset(config.data_root, dataset).split_identity
+        for dataset in sorted({t.dataset for t in tasks})
+    }
     checkpoints = []
     for ckpt in config.checkpoints:
         loaded = load_encoder(ckpt.spec, arch=ckpt.arch, prefix=ckpt.prefix)
@@ -107,7 +111,7 @@ def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
         config.executor, max(1, cpu_count() // workers)
     )
     seeds = config.seeds if config.seeds is not None else profile.default_seeds
-    return SweepPlan(config, profile, checkpoints, tasks, seeds, workers, threads)
+    return SweepPlan(config, profile, checkpoints, tasks, seeds, workers, threads, splits)
 
 
 def make_job(
@@ -129,6 +133,7 @@ def make_job(
         config.feature_cache,
         plan.threads,
         config.executor,
+        plan.splits.get(task.dataset),
     )
 
 

@@ -11,8 +11,23 @@ from .helpers import assert_one_line_error, run_cli
 
 def test_dataset_too_small_for_the_split_names_the_minimum(tmp_path):
     raw = write_phantom("rsna", tmp_path / "rsna", n_images=3, seed=0)
-    result = run_cli("prepare", "rsna", raw, tmp_path / "out", "--size", "64")
+    # 3 phantom images are one per reference list; by patient, 60/20/20 needs 4
+    result = run_cli("prepare", "rsna", raw, tmp_path / "out", "--size", "64", "--splits", "patient")
     assert_one_line_error(result, "3 usable images", "at least 4 images")
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_images_for_the_reference_lists_says_which_split_is_empty(tmp_path):
+    raw = write_phantom("rsna", tmp_path / "rsna", n_images=2, seed=0)
+    result = run_cli("prepare", "rsna", raw, tmp_path / "out", "--size", "64")
+    assert_one_line_error(result, "2 usable images", "split(s) empty", "reference split lists")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_split_scheme_is_one_line(tmp_path):
+    raw = write_phantom("rsna", tmp_path / "rsna", n_images=3, seed=0)
+    result = run_cli("prepare", "rsna", raw, tmp_path / "out", "--splits", "random")
+    assert_one_line_error(result, "--splits 'random'", "reference or patient")
     assert not (tmp_path / "out").exists()
 
 

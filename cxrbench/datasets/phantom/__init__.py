@@ -2,6 +2,10 @@
 
 Each module `phantom/<dataset>.py` has `DEFAULT_N` and `write(out_dir, n_images, seed)`; the
 output folder is laid out exactly like the real download, so `cxrbench prepare` reads it unchanged.
+The five downstream phantoms name their images by real ids, a seeded sample of the reference split
+lists (`phantom/ids.py`), so the default `--splits reference` path is the one tests and the demo
+run. Every phantom folder holds `cxrbench-phantom.json` (`split_scheme.PHANTOM_MARKER`): prepare
+then restricts the reference lists to the ids present and records the split as a subset.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import shutil
 from pathlib import Path
 
 from cxrbench.datasets import DATASET_NAMES
+from cxrbench.datasets.split_scheme import PHANTOM_MARKER
 from cxrbench.errors import CxrbenchError
-from cxrbench.io_utils import atomic_write_text
+from cxrbench.io_utils import atomic_write_json, atomic_write_text
 from cxrbench.output_dirs import OURS, claim_output_dir
 
 IN_PROGRESS = "phantom-in-progress.txt"  # marks `<out>.partial/` of a running or interrupted phantom write
@@ -39,7 +44,18 @@ def write_phantom(name: str, out_dir: str | Path, n_images: int | None = None, s
         shutil.rmtree(partial)  # an interrupted phantom write (its marker says so)
     partial.mkdir(parents=True, exist_ok=True)
     atomic_write_text(partial / IN_PROGRESS, f"cxrbench phantom {name}\n")
-    module.write(partial, module.DEFAULT_N if n_images is None else n_images, seed)
+    n = module.DEFAULT_N if n_images is None else n_images
+    module.write(partial, n, seed)
+    atomic_write_json(
+        partial / PHANTOM_MARKER,
+        {
+            "dataset": name,
+            "n_images": n,
+            "seed": seed,
+            "note": "cxrbench phantom: synthetic pixels; downstream image ids are a seeded sample of "
+            "the reference split lists, so a prepared phantom is a subset of those splits",
+        },
+    )
     (partial / IN_PROGRESS).unlink()
     if out_dir.exists():
         out_dir.rmdir()

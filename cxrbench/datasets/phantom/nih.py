@@ -26,6 +26,7 @@ from cxrbench.datasets.phantom.anatomy import (
     random_box_in,
     to_uint8,
 )
+from cxrbench.datasets.phantom.ids import sample_reference_ids, shuffled_ids
 
 DEFAULT_N = 100
 SIZE = 1024
@@ -37,6 +38,7 @@ ENTRY_HEADER = (
 )
 ENTRY_SPELLING = {"Infiltrate": "Infiltration"}
 UNBOXED_FINDINGS = ("Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening", "Consolidation", "Edema")
+UNLISTED_PATIENT = 31_000  # above every patient of the real dataset (and so of the reference lists)
 Box = tuple[float, float, float, float]
 
 
@@ -186,46 +188,41 @@ def paint_findings(canvas: Canvas, rng: np.random.Generator, findings: list[str]
     return [boxes[i] for i in range(len(findings))]
 
 
-def _plan_patients(rng: np.random.Generator, roles: list[str]) -> list[list[str]]:
-    """Group image roles into patients with 1-4 studies each."""
-    patients, start = [], 0
-    while start < len(roles):
-        size = int(rng.choice([1, 1, 2, 2, 3, 4]))
-        patients.append(roles[start : start + size])
-        start += size
-    return patients
+def _plan_images(rng: np.random.Generator, n_images: int, seed: int) -> list[tuple[str, str, int, int]]:
+    """(Image Index, role, patient id, follow-up) of every image, sorted by Image Index.
+
+    Boxed and "No Finding" test-list images take the ids of a seeded sample of the reference lists
+    (roles drawn at random); the other images (not samples) belong to patients outside the lists.
+    """
+    n_box = max(1, round(0.7 * n_images))
+    n_normal = min(n_images - n_box, max(1, round(0.25 * n_images)))
+    listed = shuffled_ids(rng, sample_reference_ids("nih", n_box + n_normal, seed))
+    roles = ["normal"] * n_normal + ["box"] * (len(listed) - n_normal)
+    images = []
+    for image_id, role in zip(listed, roles):
+        patient, follow_up = image_id.split("_")
+        images.append((f"{image_id}.png", role, int(patient), int(follow_up)))
+    for j in range(n_images - len(listed)):
+        role = "other_findings" if j % 2 else "other_normal"
+        pid, follow_up = UNLISTED_PATIENT + j // 2, j % 2
+        images.append((f"{pid:08d}_{follow_up:03d}.png", role, pid, follow_up))
+    return sorted(images)
 
 
 def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
     """Write `n_images` NIH-like images: ~70% with 1-2 boxes (classes cycled so each appears),
-    ~25% "No Finding" images of test-list patients, the rest unboxed images that are not samples.
+    ~25% "No Finding" images of the test list, the rest unboxed images that are not samples.
 
-    All images are 1024x1024 8-bit grey PNGs except the first boxed one, stored RGBA like a few
-    real files. Images are spread over images_001..images_012 in Image Index order.
+    Boxed and No-Finding images are named by a seeded sample of the reference split lists. All
+    images are 1024x1024 8-bit grey PNGs except the first boxed one, stored RGBA like a few real
+    files. Images are spread over images_001..images_012 in Image Index order.
     """
     rng = np.random.default_rng(seed)
-    n_box = max(1, round(0.7 * n_images))
-    n_normal = min(n_images - n_box, max(1, round(0.25 * n_images)))
-    roles = ["box"] * n_box + ["normal"] * n_normal + ["other"] * (n_images - n_box - n_normal)
-    rng.shuffle(roles)
-    images = []  # (image index, role, patient id, follow-up, in test list)
-    patient = 0
-    other_count = 0
-    for group in _plan_patients(rng, roles):
-        patient += int(rng.integers(1, 40))
-        in_test = "normal" in group
-        follow_up = 0
-        for role in group:
-            if role == "other":
-                role = "other_findings" if in_test or other_count % 2 else "other_normal"
-                other_count += 1
-            images.append((f"{patient:08d}_{follow_up:03d}.png", role, patient, follow_up, in_test))
-            follow_up += int(rng.integers(1, 3))
-    images.sort()
+    images = _plan_images(rng, n_images, seed)
     box_rows, entry_rows, test_list = [], [], []
     box_count = 0
     patient_info: dict[int, tuple[int, str]] = {}
-    for number, (name, role, pid, follow_up, in_test) in enumerate(images):
+    for number, (name, role, pid, follow_up) in enumerate(images):
         folder = out_dir / f"images_{number * N_FOLDERS // len(images) + 1:03d}" / "images"
         folder.mkdir(parents=True, exist_ok=True)
         canvas = chest(rng, SIZE, SIZE)
@@ -262,7 +259,7 @@ def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
         entry_rows.append(
             [name, labels, follow_up, pid, age + follow_up // 4, sex, view, width, height, spacing, spacing]
         )
-        if in_test:
+        if role in ("normal", "other_findings"):
             test_list.append(name)
     with open(out_dir / "BBox_List_2017.csv", "w", newline="") as fh:
         fh.write(BBOX_HEADER + "\n")

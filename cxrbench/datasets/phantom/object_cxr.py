@@ -1,8 +1,11 @@
 """Object-CXR phantom: train/*.jpg, dev/*.jpg (varying, non-square sizes) + train.csv, dev.csv.
 
-About half of the images carry 1-3 bright, sharp-edged foreign objects cycling through the three
-annotation types (box, ellipse, polygon). Objects are drawn on the canvas with the adapter's own
-rasteriser and their coordinates scaled to output pixels, so annotations match what is drawn.
+Image names are a seeded sample of the reference split lists (train and validation ids in train/,
+test ids in dev/, the official dev set). About half of the images carry 1-3 bright, sharp-edged
+foreign objects cycling through the three annotation types (box, ellipse, polygon). Boxes and
+polygons are drawn on the canvas with the adapter's own rasteriser, ellipses as ellipses (the
+annotation gives their bounding box, which is also what the mask uses), and their coordinates are
+scaled to output pixels, so annotations match what is drawn.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from PIL import Image
 
 from cxrbench.datasets.object_cxr import BOX, ELLIPSE, POLYGON, Shape, rasterise
 from cxrbench.datasets.phantom.anatomy import Canvas, chest, paint_shape, random_box_in, to_uint8
+from cxrbench.datasets.phantom.ids import sample_reference_ids
 
 DEFAULT_N = 100
-DEV_FRACTION = 0.2
 
 
 def random_shape(rng: np.random.Generator, canvas: Canvas, kind: int) -> Shape:
@@ -35,6 +38,16 @@ def random_shape(rng: np.random.Generator, canvas: Canvas, kind: int) -> Shape:
     return Shape(POLYGON, points)
 
 
+def draw_shape(shape: Shape, height: int, width: int) -> np.ndarray:
+    """The pixels an object covers on the canvas: an ellipse as an ellipse, other shapes as rasterised."""
+    if shape.kind != ELLIPSE:
+        return rasterise([shape], height, width)
+    x1, y1, x2, y2 = (float(v) for v in shape.bbox)
+    yy, xx = np.mgrid[0:height, 0:width] + 0.5
+    cy, cx, ry, rx = (y1 + y2) / 2, (x1 + x2) / 2, (y2 - y1) / 2, (x2 - x1) / 2
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
 def annotation_text(shape: Shape, canvas: Canvas) -> str:
     """The Object-CXR annotation of a canvas shape, in integer output pixels (x = column, y = row)."""
     scale = np.array([canvas.scale_x, canvas.scale_y])
@@ -50,16 +63,17 @@ def random_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
-    """Write `n_images` Object-CXR-like images; ~1/5 go to dev/ (the test split), ~50% have objects."""
+    """Write `n_images` Object-CXR-like images (reference test ids in dev/), ~50% with objects."""
     rng = np.random.default_rng(seed)
-    n_dev = max(1, round(n_images * DEV_FRACTION)) if n_images > 1 else 0
+    sampled = sample_reference_ids("object_cxr", n_images, seed)
+    dev = set(sampled["test"])
     rows: dict[str, list[list[str]]] = {"train": [], "dev": []}
     for folder in rows:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     kind_counter = 0
-    for k in range(n_images):
-        folder = "dev" if k >= n_images - n_dev else "train"
-        name = f"{k + 1:05d}.jpg"
+    for k, image_id in enumerate(sorted(i for ids in sampled.values() for i in ids)):
+        folder = "dev" if image_id in dev else "train"
+        name = f"{image_id}.jpg"
         height, width = random_size(rng)
         canvas = chest(rng, height, width)
         parts = []
@@ -67,7 +81,7 @@ def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
             for _ in range(int(rng.integers(1, 4))):
                 shape = random_shape(rng, canvas, kind_counter % 3)
                 kind_counter += 1
-                paint_shape(canvas, rasterise([shape], *canvas.image.shape), float(rng.uniform(0.9, 1.0)))
+                paint_shape(canvas, draw_shape(shape, *canvas.image.shape), float(rng.uniform(0.9, 1.0)))
                 parts.append(annotation_text(shape, canvas))
         pixels = to_uint8(canvas.render(rng))
         image = Image.fromarray(pixels, mode="L")

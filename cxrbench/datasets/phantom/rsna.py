@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import csv
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from cxrbench.datasets.dicom_io import write_dicom
 from cxrbench.datasets.phantom.anatomy import chest, paint_opacity, random_box_in, to_uint8
+from cxrbench.datasets.phantom.ids import sample_reference_ids, shuffled_ids
 
 DEFAULT_N = 120
 SIZE = 1024
 
 
-def phantom_uuid(rng: np.random.Generator) -> str:
-    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
-
-
 def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
     """Write `n_images` RSNA-like studies; ~45% have 1-3 opacities (Target 1 rows with boxes).
 
-    One image is stored MONOCHROME1 (inverted, uncompressed) to exercise that code path; the
+    Patient ids are a seeded sample of the reference split lists (at most all of them). One image
+    is stored MONOCHROME1 (inverted, uncompressed) to exercise that code path; the
     rest are 8-bit MONOCHROME2 with JPEG Baseline pixel data, like the real download.
     """
     rng = np.random.default_rng(seed)
     image_dir = out_dir / "stage_2_train_images"
     image_dir.mkdir(parents=True, exist_ok=True)
     rows: list[list[object]] = []
-    for k in range(n_images):
-        patient_id = phantom_uuid(rng)
+    for k, patient_id in enumerate(shuffled_ids(rng, sample_reference_ids("rsna", n_images, seed))):
         canvas = chest(rng, SIZE, SIZE)
         boxes = []
         if rng.random() < 0.45:

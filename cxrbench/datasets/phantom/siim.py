@@ -9,6 +9,7 @@ import numpy as np
 
 from cxrbench.datasets.dicom_io import write_dicom
 from cxrbench.datasets.phantom.anatomy import chest, paint_pneumothorax, to_uint8, to_uint16
+from cxrbench.datasets.phantom.ids import sample_reference_ids, shuffled_ids
 from cxrbench.datasets.rle import rle_encode
 
 DEFAULT_N = 80
@@ -17,13 +18,14 @@ ODD_SHAPE = (1024, 880)  # the one 16-bit (12 bits stored), uncompressed, non-sq
 UID_ROOT = "1.2.276.0.7230010.3.1"  # the root the real SIIM UIDs use
 
 
-def siim_uids(rng: np.random.Generator) -> tuple[str, str, str]:
-    """(study, series, SOP instance) UIDs shaped like the real ones (`<root>.{2,3,4}.8323329.<n>.<t>.<k>`)."""
-    n, t, k = (
-        int(rng.integers(lo, hi)) for lo, hi in ((1000, 32000), (1517874000, 1517876000), (10**5, 10**6))
-    )
-    study, series, sop = (f"{UID_ROOT}.{level}.8323329.{n}.{t}.{k + level}" for level in (2, 3, 4))
-    return study, series, sop
+def siim_uids(image_id: str) -> tuple[str, str]:
+    """(study, series) UIDs for a real ImageId, shaped like the real ones: the ImageId is
+    `<root>.4.8323329.<n>.<t>.<k>`, its study and series `<root>.2.…` and `<root>.3.…` (last part k-2, k-1)."""
+    prefix = f"{UID_ROOT}.4."
+    if not image_id.startswith(prefix):
+        return f"{UID_ROOT}.2.{image_id}", f"{UID_ROOT}.3.{image_id}"
+    head, k = image_id[len(prefix) :].rsplit(".", 1)
+    return f"{UID_ROOT}.2.{head}.{int(k) - 2}", f"{UID_ROOT}.3.{head}.{int(k) - 1}"
 
 
 def split_in_halves(mask: np.ndarray) -> list[np.ndarray]:
@@ -38,7 +40,9 @@ def split_in_halves(mask: np.ndarray) -> list[np.ndarray]:
 def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
     """Write `n_images` SIIM-like images; ~30% have a pneumothorax (dark rim of one or both lungs).
 
-    Patients have 1-3 images each (so the by-patient split matters). Image 0 is the 16-bit,
+    ImageIds are a seeded sample of the reference split lists. Patients have 1-3 images each
+    (consecutive in a seeded order, so, as in the reference split by image, a patient's images may
+    fall into different splits; with `--splits patient` they do not). Image 0 is the 16-bit,
     non-square exception; image 1's mask is split over two RLE rows, image 2 has a bilateral
     pneumothorax (one row per lung); further images are random. Empty masks are written as "-1".
     """
@@ -46,7 +50,7 @@ def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
     image_dir = out_dir / "dicom-images-train"
     rows: list[tuple[str, str]] = []
     patient_id, left = "", 0
-    for k in range(n_images):
+    for k, image_id in enumerate(shuffled_ids(rng, sample_reference_ids("siim", n_images, seed))):
         if left == 0:
             patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
             left = int(rng.choice([1, 1, 2, 3]))
@@ -63,7 +67,7 @@ def write(out_dir: Path, n_images: int = DEFAULT_N, seed: int = 0) -> None:
             if k == 1 or (k > 2 and not bilateral and rng.random() < 0.25):
                 masks = split_in_halves(masks[0])
         pixels = canvas.render(rng)
-        study, series, image_id = siim_uids(rng)
+        study, series = siim_uids(image_id)
         write_dicom(
             image_dir / study / series / f"{image_id}.dcm",
             to_uint16(pixels, 12) if odd else to_uint8(pixels),

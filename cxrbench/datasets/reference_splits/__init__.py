@@ -9,10 +9,12 @@ says which id each dataset uses. MIMIC-CXR has no list: pre-training uses its of
 
 from __future__ import annotations
 
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
 from cxrbench.errors import CxrbenchError, DataError
+from cxrbench.io_utils import sha256_text
 
 # Our split name -> the reference file stem (prepared caches call the validation split "val").
 SPLIT_FILES: dict[str, str] = {"train": "train", "val": "validation", "test": "test"}
@@ -60,3 +62,16 @@ def reference_split_ids(dataset: str, root: str | Path | None = None) -> dict[st
             ids.append(image_id)
         splits[split] = ids
     return splits
+
+
+@cache
+def reference_lists_sha256(dataset: str) -> str:
+    """Hash of one dataset's shipped lists (split names and ids in file order): which lists a cache used."""
+    lists = reference_split_ids(dataset)
+    return sha256_text("".join(f"{split}\t{image_id}\n" for split, ids in lists.items() for image_id in ids))
+
+
+@lru_cache(maxsize=1)
+def all_reference_lists_sha256() -> str:
+    """Hash over the shipped lists of all five datasets: the reference splits' part of the protocol hash."""
+    return sha256_text("".join(f"{name}\t{reference_lists_sha256(name)}\n" for name in REFERENCE_DATASETS))

@@ -45,6 +45,8 @@ CSV_COLUMNS = (
     "p_value",
     "protocol_hash",
     "profile",
+    "splits",
+    "comparable",
     "flags",
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrbench.leaderboard.report.layout import METRIC_NAMES, SINGLE_RUN, WIN_MARK, Layout
+from cxrbench.leaderboard.report.layout import COMPARABLE_MARK, METRIC_NAMES, SINGLE_RUN, WIN_MARK, Layout
 
 _SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -70,12 +70,16 @@ def render_latex(layout: Layout) -> str:
         if row.source != previous:
             lines.append(r"\midrule")
             previous = row.source
-        label = escape(row.label) if row.source == "measured" else rf"\textit{{{escape(row.label)}}}"
+        label = escape(row.label).replace(COMPARABLE_MARK, r"$^{\dagger}$")
+        label = label if row.source == "measured" else rf"\textit{{{label}}}"
         cells = [_cell_tex(row.cells.get(c.task_id)) for c in layout.columns]
         rank = escape(row.rank_text(len(layout.columns))).replace("–", "--")
         lines.append(" & ".join([label, *cells, rank, escape(row.wins)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\par\smallskip\footnotesize"]
-    notes = [escape(line).replace(WIN_MARK, r"$^{\blacktriangle}$") for line in layout.footer]
+    notes = [
+        escape(line).replace(WIN_MARK, r"$^{\blacktriangle}$").replace(COMPARABLE_MARK, r"$^{\dagger}$")
+        for line in layout.footer
+    ]
     lines.append(" \\\\\n".join(notes))
     lines.append(r"\end{table*}")
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ DATASET_NAMES = {
 METRIC_NAMES = {"map": "mAP", "froc": "FROC", "dice": "Dice"}
 _WORDS = {"yolo": "YOLO", "unet": "U-Net", "linear": "Linear", "finetune": "ft", "frozen": "frozen"}
 WIN_MARK = "▲"
+COMPARABLE_MARK = "†"  # a measured row comparable with the published rows
 SINGLE_RUN = "(n=1)"
 MISSING = "–"
 
@@ -87,10 +88,11 @@ class Row:
     mean_rank: float = math.nan
     n_ranked: int = 0
     wins: str = ""
+    comparable: bool = False  # measured on the full reference splits under the full profile
 
     @property
     def label(self) -> str:
-        return self.encoder
+        return f"{self.encoder} {COMPARABLE_MARK}" if self.comparable else self.encoder
 
     def rank_text(self, n_columns: int) -> str:
         """Mean rank, with the number of tasks when the encoder was not ranked on all of them."""
@@ -197,7 +199,8 @@ def _measured_rows(ranked: pd.DataFrame, wins: Wins | None) -> list[Row]:
         ranks = grp["rank"].dropna()
         mean_rank = float(ranks.mean()) if len(ranks) else math.nan
         label = per_encoder.get(encoder, "baseline" if wins and encoder in wins.baselines else "")
-        rows.append(Row(str(encoder), "measured", cells, mean_rank, len(ranks), label))
+        comparable = bool(grp["comparable"].astype(bool).all()) if "comparable" in grp else False
+        rows.append(Row(str(encoder), "measured", cells, mean_rank, len(ranks), label, comparable))
     return sorted(rows, key=lambda r: (not np.isfinite(r.mean_rank), r.mean_rank, r.encoder))
 
 
@@ -233,6 +236,7 @@ def _footer(
             f"Rows marked (published) are copied from {CITATION} (mean ± 95% interval over 5 runs as published, "
             "not re-measured here); they take no part in bold, ranks or wins."
         )
+    lines.append(_comparability_line(measured))
     n_failed = int(measured["n_failed"].sum()) if len(measured) else 0
     if n_failed:
         lines.append(f"{n_failed} failed run(s) were excluded from the statistics.")
@@ -242,6 +246,26 @@ def _footer(
     flagged = measured[measured["flags"].astype(str) != ""]
     lines += [f"Flag: {r.encoder} / {r.task_id}: {r.flags}" for r in flagged.itertuples()]
     return lines
+
+
+def _comparability_line(measured: pd.DataFrame) -> str:
+    """Which measured rows may be read beside the published ones, and why the others may not."""
+    rule = (
+        f"{COMPARABLE_MARK}: comparable with the published rows, i.e. measured on the full reference split "
+        "lists (the test images the published numbers were computed on) under the full profile."
+    )
+    if "comparable" not in measured or measured.empty:
+        return rule
+    ok = measured.groupby("encoder")["comparable"].apply(lambda c: bool(c.astype(bool).all()))
+    if ok.all():
+        return rule
+    others = measured[measured["encoder"].isin(ok.index[~ok])]
+    splits = sorted({str(s) for s in others["splits"]})
+    profiles = sorted({p for text in others["profile"] for p in str(text).split(",") if p})
+    return (
+        f"{rule} Rows without {COMPARABLE_MARK} are not comparable with the published rows: they used "
+        f"{'; '.join(splits)} under the {', '.join(profiles)} profile."
+    )
 
 
 def _runs_line(measured: pd.DataFrame, max_listed: int = 6) -> str:
