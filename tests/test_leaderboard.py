@@ -27,7 +27,8 @@ from cxrbench.io_utils import atomic_write_json
 from cxrbench.leaderboard.aggregate import summarize_records
 from cxrbench.leaderboard.compare import add_ranks, count_wins, mean_ranks
 from cxrbench.leaderboard.report import build_leaderboard, load_published
-from cxrbench.protocol import metrics
+from cxrbench.protocol import metrics, records
+from cxrbench.protocol.record_schema import SCHEMA_VERSION
 from cxrbench.protocol.records import load_records, scan_records
 from cxrbench.protocol.rescore import rescore_runs
 
@@ -122,12 +123,13 @@ def _npz_arrays(kind: str, ids: list[str], pred, gt) -> dict[str, np.ndarray]:
     return out
 
 
-def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
-    """A run record in the docs/formats.md schema (+ its predictions .npz), as evaluate writes it."""
+def write_record(runs: Path, run: Run, seed: int, legacy: bool = False, **overrides) -> Path:
+    """A run record in the docs/formats.md schema (+ its predictions .npz), as evaluate writes it
+    (``legacy``: as cxrbench wrote them before the sidecar, schema version 2, statistics inline)."""
     run_id = overrides.pop("run_id", uuid.uuid4().hex)
     kind = KIND[run.task_id]
     record = {
-        "schema_version": 2,
+        "schema_version": 2 if legacy else SCHEMA_VERSION,
         "run_id": run_id,
         "run_key": f"key-{run_id[:8]}",
         "encoder": run.encoder,
@@ -160,7 +162,10 @@ def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
     if run.status == "ok" and run.pred is not None:
         np.savez_compressed(path.with_suffix(".npz"), **_npz_arrays(kind, run.ids, run.pred, run.gt))
         record["predictions"] = path.with_suffix(".npz").name
-    atomic_write_json(path, record)
+    if legacy:
+        atomic_write_json(path, record)
+    else:
+        records.write_record(path, record)
     return path
 
 
@@ -681,9 +686,11 @@ def test_bootstrap_cache_reused_until_a_record_changes(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(first.table, second.table)
     monkeypatch.undo()
     path = next((runs_dir / "enc").rglob("*.json"))  # a changed record (e.g. re-scored) is resampled again
-    record = json.loads(path.read_text())
-    record["test_per_image"]["n_gt"][0] += 1
-    path.write_text(json.dumps(record))
+    record = records.read_record(path)
+    stats = dict(record["test_per_image"])
+    stats["n_gt"] = [stats["n_gt"][0] + 1, *stats["n_gt"][1:]]
+    record["test_per_image"] = stats
+    records.write_record(path, record)
     build_leaderboard(runs_dir, tmp_path / "out", baselines=["base"], **kw)
     assert len(list((tmp_path / "out" / ".cache" / "bootstrap").glob("*.npy"))) == 5
 
@@ -694,15 +701,19 @@ def test_rescore_restores_tampered_values(tmp_path, task_id):
     path = next(runs_dir.rglob("*.json"))
     original = json.loads(path.read_text())
     assert rescore_runs(runs_dir) == 0  # nothing to fix: nothing rewritten
-    tampered = json.loads(path.read_text())
+    tampered = records.read_record(path)
     kind = KIND[task_id]
     tampered["test"][kind] = 0.123
-    tampered["test_per_image"][kind][0] = 0.5
-    path.write_text(json.dumps(tampered))
+    stats = dict(tampered["test_per_image"])
+    stats[kind] = [0.5, *stats[kind][1:]]
+    tampered["test_per_image"] = stats
+    records.write_record(path, tampered)
+    assert json.loads(path.read_text())["per_image_sidecar"] != original["per_image_sidecar"]
     assert rescore_runs(runs_dir) == 1
     restored = json.loads(path.read_text())
     assert np.isclose(restored["test"][kind], original["test"][kind])
-    assert restored["test_per_image"] == original["test_per_image"]
+    assert restored["per_image_sidecar"]["sha256"] == original["per_image_sidecar"]["sha256"]
+    assert len(list(path.parent.glob("*.stats.npz"))) == 2  # one per run: the tampered file is gone
     assert restored["rescored"][0]["old_test"][kind] == 0.123 and "time" in restored["rescored"][0]
     assert "_source" not in restored
 
@@ -735,3 +746,74 @@ def test_cli_commands(tmp_path):
     assert res.exit_code == 0 and "0 record(s)" in res.output
     res = runner.invoke(app, [*args[:-3], "--baseline", "missing"])
     assert res.exit_code == 2 and "unknown baseline" in res.output
+
+
+# ---------------------------------------------------------------- per-image statistics sidecar
+
+
+def _legacy_and_sidecar_worlds(tmp_path: Path) -> tuple[Path, Path]:
+    """The same runs twice: as version-2 records (statistics inline), and as written today."""
+    legacy, current = tmp_path / "legacy", tmp_path / "current"
+    for task_id in (SEG_TASK, NIH_TASK, MAP_TASK, FROC_TASK):
+        for encoder, noise in (("a", 0.1), ("b", 0.3)):
+            for seed in range(2):
+                run = make_run(encoder, task_id, noise, seed, shuffle=seed == 1)
+                run_id = uuid.uuid4().hex
+                write_record(legacy, run, seed, legacy=True, run_id=run_id)
+                write_record(current, run, seed, run_id=run_id)
+    return legacy, current
+
+
+@pytest.mark.parametrize("n_boot", [(1000, 200), (40, 30)])  # defaults: replicates stored in the sidecar
+def test_same_leaderboard_with_and_without_the_sidecar(tmp_path, monkeypatch, n_boot):
+    legacy, current = _legacy_and_sidecar_worlds(tmp_path)
+    old = load_records(legacy)
+    assert all(not isinstance(r["test_per_image"], records.SidecarStats) for r in old)
+    on_disk = json.loads(next(current.rglob("*.json")).read_text())
+    assert on_disk["test_per_image"] == {} and on_disk["per_image_sidecar"]["sha256"]
+    kw = {"n_boot": n_boot[0], "n_boot_detection": n_boot[1]}
+    expected = summarize_records(old, **kw)
+    if n_boot == (1000, 200):  # the stored replicates are read, never recomputed
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("stored replicates were recomputed")
+
+        monkeypatch.setattr(metrics, "bootstrap_aggregate", refuse)
+    new = load_records(current)
+    got = summarize_records(new, **kw)
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(expected.table, got.table)
+    assert expected.image_sets == got.image_sets
+    for key, reps in expected.replicates.items():
+        np.testing.assert_array_equal(reps, got.replicates[key])
+    for rec in new:  # the statistics themselves read back unchanged
+        twin = next(r for r in old if r["run_id"] == rec["run_id"])
+        assert dict(rec["test_per_image"]) == twin["test_per_image"]
+
+
+def test_rescore_moves_old_records_statistics_into_a_sidecar(tmp_path):
+    legacy, _ = _legacy_and_sidecar_worlds(tmp_path)
+    before = summarize_records(load_records(legacy), n_boot=40, n_boot_detection=30)
+    sizes = {p: p.stat().st_size for p in legacy.rglob("*.json")}
+    assert rescore_runs(legacy) == len(sizes)  # upgraded and rewritten, values unchanged
+    for path in sizes:
+        on_disk = json.loads(path.read_text())
+        assert on_disk["schema_version"] == SCHEMA_VERSION and on_disk["test_per_image"] == {}
+        assert (path.parent / on_disk["per_image_sidecar"]["file"]).is_file()
+    after = summarize_records(load_records(legacy), n_boot=40, n_boot_detection=30)
+    pd.testing.assert_frame_equal(before.table, after.table)
+    assert rescore_runs(legacy) == 0
+
+
+def test_a_damaged_or_missing_sidecar_is_flagged_not_trusted(tmp_path):
+    runs_dir, _ = _small_world(tmp_path, {"enc": (0.1, 2)}, task_id=MAP_TASK)
+    first, second = sorted(runs_dir.rglob("*.stats.npz"))
+    data = bytearray(first.read_bytes())
+    data[-30] ^= 0xFF
+    first.write_bytes(bytes(data))
+    row = summarize_records(load_records(runs_dir), n_boot=30, n_boot_detection=30).table.iloc[0]
+    assert "does not match the sha256 in its record" in row["flags"] and np.isnan(row["boot_low"])
+    assert np.isfinite(row["mean"])  # the test values themselves are still used
+    second.unlink()
+    record_path = next(p for p in runs_dir.rglob("*.json") if second.name.startswith(p.stem + "."))
+    assert records.read_record(record_path) is None  # evaluate re-runs such a run

@@ -143,7 +143,7 @@ def test_version_1_records_are_read_upgraded_and_rescore_rewrites_them(tmp_path)
     assert scan_records(tmp_path).upgraded == [] and rescore_runs(tmp_path) == 0
 
 
-@pytest.mark.parametrize("version, message", [(0, "cxrbench evaluate"), (3, "newer cxrbench"), ("2", "'2'")])
+@pytest.mark.parametrize("version, message", [(0, "cxrbench evaluate"), (4, "newer cxrbench"), ("2", "'2'")])
 def test_unknown_schema_versions_are_refused(tmp_path, version, message):
     path = tmp_path / "enc" / "covid_linear" / "run-a.json"
     atomic_write_json(path, {**_failed_record(), "schema_version": version})

@@ -10,6 +10,10 @@ Version history:
   ``"random:<arch>"``) and ``checkpoint.sha256`` only a real file's digest (else null); ``traceback``,
   ``encoder_load``, ``timings``, ``n_images`` and ``sweep`` are present in every record (null when
   they do not apply).
+- 3: the per-image statistics live in a binary sidecar beside the record (`cxrbench.protocol.sidecar`):
+  ``per_image_sidecar`` holds its file name, sha256 and manifest, and ``test_per_image`` on disk only
+  the entries that are not lists (readers see the full statistics, read from the sidecar on first use).
+  Version-2 records carry them inline (``per_image_sidecar`` null); `cxrbench rescore` moves them out.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ if TYPE_CHECKING:
     from cxrbench.protocol.tasks import Task
     from cxrbench.protocol.training import RunResult
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 LR_SEARCH = "lr_search"
 FINAL = "final"
 PHASES = (LR_SEARCH, FINAL)
@@ -94,7 +98,8 @@ class _RunRecordFields(TypedDict):
     traceback: str | None
     val: dict[str, float]
     test: dict[str, float]
-    test_per_image: dict[str, Any] | None
+    test_per_image: Mapping[str, Any] | None  # on disk only the non-list entries (version 3)
+    per_image_sidecar: dict[str, Any] | None  # the sidecar's file, sha256 and manifest (null: inline or none)
     history: list[dict[str, float]]
     best_epoch: int | None
     timings: dict[str, float]
@@ -135,7 +140,8 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "checkpoint": dict,
     "val": dict,
     "test": dict,
-    "test_per_image": (dict, type(None)),
+    "test_per_image": (Mapping, type(None)),
+    "per_image_sidecar": (dict, type(None)),
     "history": list,
     "predictions": (str, type(None)),
 }
@@ -196,6 +202,7 @@ def make_record(
         "wall_time_s": wall_time_s,
         "n_images": None if failed else n_images,
         "predictions": None,
+        "per_image_sidecar": None,  # set by `write_record`
         "sweep": sweep,
     }
     return record
@@ -243,9 +250,11 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
                 else "no upgrade exists for it: re-run its task with `cxrbench evaluate`)"
             )
         )
-    upgraded = version == 1
-    if upgraded:
+    upgraded = version in (1, 2)
+    if version == 1:
         obj = upgrade_v1(obj)
+    if upgraded:
+        obj = upgrade_v2(obj)
     return validate_record(obj, source), upgraded
 
 
@@ -258,6 +267,14 @@ def upgrade_v1(obj: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("traceback", "encoder_load", "n_images", "sweep"):
         record.setdefault(key, None)
     record.setdefault("timings", {})
+    record["schema_version"] = 2
+    return record
+
+
+def upgrade_v2(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-2 record as version 3: its statistics stay inline until `write_record` moves them out."""
+    record = dict(obj)
+    record.setdefault("per_image_sidecar", None)
     record["schema_version"] = SCHEMA_VERSION
     return record
 

@@ -53,8 +53,9 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
 
     import numpy as np
 
-    from cxrbench.io_utils import atomic_write_json
     from cxrbench.protocol import metrics
+    from cxrbench.protocol.record_schema import SCHEMA_VERSION
+    from cxrbench.protocol.records import write_record
 
     rng = np.random.default_rng(seed)
     ids = [f"img{i:02d}" for i in range(6)]
@@ -73,7 +74,7 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
         mask_shape=np.array(pred.shape, np.int64),
     )
     record = {
-        "schema_version": 2, "run_id": run_id, "run_key": run_id[:24], "encoder": encoder,
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "run_key": run_id[:24], "encoder": encoder,
         "checkpoint": {"path": None, "identity": f"random:{encoder}", "sha256": None},
         "task_id": task_id, "dataset": "rsna", "metric": "dice", "phase": "final", "status": "ok",
         "error": None, "traceback": None, "sweep": None, "seed": seed, "lr": 1e-3, "val": {"dice": 0.5},
@@ -83,5 +84,5 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
         "versions": {"python": "3"}, "git_commit": "abc", "created": "2024-01-01T00:00:00+00:00",
         "device": "cpu", "predictions": path.with_suffix(".npz").name,
     }  # fmt: skip
-    atomic_write_json(path, record)
+    write_record(path, record)
     return path
