@@ -239,8 +239,8 @@ def _group_bootstrap(
 ) -> tuple[np.ndarray | None, ImageSet | None, list[str]]:
     """Replicates of the run-mean metric over resampled test images (None when not computable).
 
-    Each run's replicates come from the leaderboard cache, else from its sidecar (stored when the run
-    was written, if they match the settings and metrics code), else are computed from its statistics."""
+    Each run's replicates come from its sidecar (stored when the run was written, if they match the
+    settings and metrics code), else from the leaderboard cache, else are computed from its statistics."""
     n_boot = settings.replicates(info.metric)
     if not used or n_boot <= 0:
         return None, None, []
@@ -279,20 +279,21 @@ def _run_replicates(
 ) -> np.ndarray:
     """[metric on the full test set, metric on every replicate] of one run (see `_group_bootstrap`)."""
     _, _, n_images, n_boot = key
+    values = _sidecar_replicates(per_image, n_boot, settings.seed)
+    if values is not None:
+        return values  # stored beside the record when it was written: no second copy in the cache
     path = _cache_path(rec, settings)
     if path is not None and path.is_file():
         cached = np.load(path, allow_pickle=False)
         if cached.shape == (n_boot + 1,):
             return cached
-    values = _sidecar_replicates(per_image, n_boot, settings.seed)
-    if values is None:
-        if key not in resamples:  # one task at a time: the previous task's resamples are dropped
-            resamples.clear()
-            resamples[key] = Resamples(bootstrap_indices(info.task_id, n_images, n_boot, settings.seed))
-        reps, full = run_replicates(
-            info.metric, per_image, canonical_order(per_image["image_ids"]), resamples[key]
-        )
-        values = np.concatenate([[full], reps])
+    if key not in resamples:  # one task at a time: the previous task's resamples are dropped
+        resamples.clear()
+        resamples[key] = Resamples(bootstrap_indices(info.task_id, n_images, n_boot, settings.seed))
+    reps, full = run_replicates(
+        info.metric, per_image, canonical_order(per_image["image_ids"]), resamples[key]
+    )
+    values = np.concatenate([[full], reps])
     if path is not None:
         atomic_save_npy(path, values)
     return values
