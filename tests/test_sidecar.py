@@ -67,3 +67,19 @@ def test_a_changed_file_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-1] + b"\x01")
     with pytest.raises(SidecarError, match="does not match the sha256"):
         read_stats(path, ref, inline)
+
+
+def test_extra_arrays_are_read_alone_and_verified(tmp_path):
+    reps = np.linspace(0, 1, 11)
+    ref, inline = write_sidecar(tmp_path / "run-x.json", STATS, {"bootstrap": reps})
+    stats = SidecarStats(tmp_path / ref["file"], ref, inline)
+    np.testing.assert_array_equal(stats.extra("bootstrap"), reps)
+    assert stats._stats is None  # the statistics were not decoded
+    with pytest.raises(SidecarError, match="no array"):
+        stats.extra("other")
+    path = tmp_path / ref["file"]
+    data = bytearray(path.read_bytes())
+    data[ref["extra"]["bootstrap"]["offset"] + ref["extra"]["bootstrap"]["size"] - 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(SidecarError, match="does not match the sha256"):
+        stats.extra("bootstrap")

@@ -202,6 +202,21 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return member.getvalue()
 
 
+def _member_ref(data: bytes, name: str) -> dict:
+    """Byte offset, size and sha256 of an (uncompressed) member's .npy bytes inside the npz."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(f"{name}.npy")
+    header = data[info.header_offset : info.header_offset + 30]
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(header[26:28], "little")
+        + int.from_bytes(header[28:30], "little")
+    )
+    member = data[start : start + info.file_size]
+    return {"offset": start, "size": info.file_size, "sha256": hashlib.sha256(member).hexdigest()}
+
+
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """An uncompressed npz with fixed timestamps: equal arrays give equal bytes (hence equal hashes)."""
     buffer = io.BytesIO()
@@ -226,7 +241,7 @@ def write_sidecar(
     if clash:
         raise SidecarError(f"extra sidecar arrays clash with statistics: {sorted(clash)}")
     data = _npz_bytes({**arrays, **extra})
-    extra_sha = {n: hashlib.sha256(_npy_bytes(a)).hexdigest() for n, a in sorted(extra.items())}
+    extra_ref = {n: _member_ref(data, n) for n in sorted(extra)}
     digest = hashlib.sha256(data).hexdigest()
     path = Path(record_path).with_name(sidecar_name(record_path, digest))
     with atomic_path(path, suffix=".npz") as tmp:
@@ -238,7 +253,7 @@ def write_sidecar(
         "file": path.name,
         "sha256": digest,
         "entries": manifest,
-        "extra": extra_sha,  # name -> sha256 of its .npy member, so it is verified without the rest
+        "extra": extra_ref,  # name -> where its .npy member lies and its sha256: read alone, verified alone
         "n_images": None if images is None else images.size,
         "image_ids_sha256": None if images is None else images.digest,
         "image_ids_unique": None if images is None else images.unique,
@@ -317,16 +332,18 @@ class SidecarStats(Mapping):
         )
 
     def extra(self, name: str) -> np.ndarray:
-        """One of the extra arrays, read alone and checked against its own sha256 in the reference."""
-        expected = (self.ref.get("extra") or {}).get(name)
-        if not isinstance(expected, str):
+        """One of the extra arrays, read alone (its offset is in the reference) and checked against its own
+        sha256."""
+        where = (self.ref.get("extra") or {}).get(name)
+        if not isinstance(where, dict):
             raise SidecarError(f"{self.path}: no array {name!r} in the per-image statistics file")
-        try:
-            with zipfile.ZipFile(self.path) as zf:
-                data = zf.read(f"{name}.npy")
-        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        try:  # a seek and one read: no zip directory to parse
+            with open(self.path, "rb") as fh:
+                fh.seek(int(where["offset"]))
+                data = fh.read(int(where["size"]))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
             raise SidecarError(f"{self.path}: per-image statistics file unreadable ({exc})") from exc
-        if hashlib.sha256(data).hexdigest() != expected:
+        if hashlib.sha256(data).hexdigest() != where.get("sha256"):
             raise SidecarError(
                 f"{self.path}: array {name!r} does not match the sha256 in its record (changed or damaged)"
             )
