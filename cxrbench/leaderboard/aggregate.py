@@ -305,6 +305,8 @@ def _sidecar_replicates(per_image: Mapping, n_boot: int, seed: int) -> np.ndarra
         n_boot, seed
     ):
         return None
+    if not isinstance((per_image.ref.get("extra") or {}).get(SIDECAR_ARRAY), dict):
+        return None  # not stored in a form this cxrbench reads: computed instead
     values = per_image.extra(SIDECAR_ARRAY)
     return values if values.shape == (n_boot + 1,) else None
 
