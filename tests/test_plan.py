@@ -78,3 +78,22 @@ def test_plan_and_dry_run_print_every_task_and_the_total(prepared_root, tmp_path
     )
     assert dry.exit_code == 0, dry.output
     assert "about" in dry.output and not (tmp_path / "r").exists()  # probed, nothing trained
+
+
+def test_sweep_time_limit_comes_from_the_plan_estimate(prepared_root, tmp_path, monkeypatch):
+    from cxrbench.protocol import plan
+    from cxrbench.sweep.config import CheckpointSpec, SweepConfig
+    from cxrbench.sweep.planning import estimated_time_min
+
+    def fixed_probe(encoder, kinds, resolution, device, **kw):  # a known device: 10 ms per image and step
+        kinds = list(dict.fromkeys(kinds))
+        return plan.Throughput(0.01, dict.fromkeys(kinds, 0.01), dict.fromkeys(kinds, 0.01), "cpu", 8)
+
+    monkeypatch.setattr(plan, "probe_throughput", fixed_probe)
+    ckpt = CheckpointSpec("random", arch="resnet18")
+    config = SweepConfig([ckpt], prepared_root, tmp_path / "runs", "covid_linear", "full", seeds=5)
+    task = TASKS_BY_ID["covid_linear"]
+    n = split_sizes(prepared_root, task, get_profile("full"))
+    per_run = task.max_epochs * (n["train"] + n["val"]) * 0.01 + n["test"] * 0.01 + sum(n.values()) * 0.01
+    assert per_run * 100 / 60 > 10  # above the floor, so the estimate decides
+    assert estimated_time_min(config, margin=100) == math.ceil(per_run * 100 / 60)
