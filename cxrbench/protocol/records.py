@@ -266,9 +266,10 @@ def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
                 f"runs directory {root} does not exist (pass the --runs-dir of cxrbench evaluate)"
             )
         for path in sorted(root.rglob("*.json")):
-            if path.resolve() in seen:
+            resolved = path.resolve()
+            if resolved in seen:
                 continue
-            seen.add(path.resolve())
+            seen.add(resolved)
             try:
                 obj = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
