@@ -1,16 +1,22 @@
 """Time `cxrbench leaderboard` on synthetic records: 20 encoders x 18 tasks x 5 runs by default.
 
-Per-image statistics are synthesised directly in the run-record JSON form (scores, TP masks, pixel
-counts...) at the protocol's test-split sizes (RSNA 5337, SIIM 2409, Object-CXR 1000, NIH 196, COVID
-44 images; ``--scale`` shrinks them), so the timings include reading realistically large records.
-Prints the time of each phase; nothing is asserted (timings are measured here, never in tests).
+Per-image statistics are synthesised directly in their JSON form (scores, TP masks, pixel counts...)
+at the protocol's test-split sizes (RSNA 5337, SIIM 2409, Object-CXR 1000, NIH 196, COVID 44 images;
+``--scale`` shrinks them) and written as `cxrbench evaluate` writes records: the statistics in a binary
+sidecar beside each record, with the run's default bootstrap replicates (``--legacy``: version-2
+records with the statistics inline, as before the sidecar). Prints the time of each phase and the
+machine's load average; nothing is asserted (timings are measured here, never in tests).
 
-    python benchmarks/bench_leaderboard.py [--encoders 20] [--runs 5] [--scale 1.0] [--n-boot 1000]
+    python benchmarks/bench_leaderboard.py [--encoders 20] [--runs 5] [--scale 1.0] [--legacy]
+
+The default replicate counts are the ones stored in the sidecars; other counts (``--n-boot``) make
+every build resample every run (the cost the stored replicates spare).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import uuid
@@ -25,7 +31,7 @@ from cxrbench.leaderboard.compare import add_ranks, count_wins
 from cxrbench.leaderboard.report import build_leaderboard
 from cxrbench.protocol import metrics
 from cxrbench.protocol.record_schema import SCHEMA_VERSION
-from cxrbench.protocol.records import scan_records
+from cxrbench.protocol.records import scan_records, write_record
 from cxrbench.protocol.tasks import METRICS_VERSION, TASKS
 
 TEST_IMAGES = {"rsna": 5337, "siim": 2409, "object_cxr": 1000, "nih": 196, "covid_rural": 44}
@@ -69,7 +75,7 @@ def _froc_stats(rng, n: int, skill: float) -> dict:
     return {"scores": scores, "codes": codes, "n_gt": n_gt.tolist(), "froc": [None] * n}
 
 
-def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) -> int:
+def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float, legacy: bool = False) -> int:
     """One record per (encoder, task, seed) in the docs/formats.md layout; returns how many."""
     count = 0
     for e in range(n_encoders):
@@ -89,7 +95,7 @@ def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) ->
                 test = metrics.aggregate(task.metric, per_image)
                 run_id = uuid.uuid4().hex
                 record = {
-                    "schema_version": SCHEMA_VERSION,
+                    "schema_version": 3 if legacy else SCHEMA_VERSION,  # 3: statistics inline
                     "metrics_version": METRICS_VERSION,
                     "run_id": run_id,
                     "run_key": run_id[:24],
@@ -117,7 +123,11 @@ def write_records(runs_dir: Path, n_encoders: int, n_runs: int, scale: float) ->
                     "device": "cpu",
                     "predictions": None,
                 }
-                atomic_write_json(runs_dir / encoder / task.task_id / f"{run_id}.json", record)
+                path = runs_dir / encoder / task.task_id / f"{run_id}.json"
+                if legacy:
+                    atomic_write_json(path, record)
+                else:
+                    write_record(path, record)
                 count += 1
     return count
 
@@ -140,22 +150,28 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="replicates for Dice tasks")
     parser.add_argument("--n-boot-detection", type=int, default=200, help="replicates for mAP/FROC tasks")
     parser.add_argument("--baselines", type=int, default=3, help="the first k encoders form the baseline set")
+    parser.add_argument("--legacy", action="store_true", help="version-2 records, statistics inline")
+    parser.add_argument("--runs-dir", type=Path, help="reuse (or write once) the records here")
     args = parser.parse_args()
     boot = {"n_boot": args.n_boot, "n_boot_detection": args.n_boot_detection}
     timings: dict[str, float] = {}
+    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
-        runs_dir, out = Path(tmp) / "runs", Path(tmp) / "out"
-        with timed("write synthetic records (setup, not timed below)", timings):
-            n = write_records(runs_dir, args.encoders, args.runs, args.scale)
+        runs_dir, out = args.runs_dir or Path(tmp) / "runs", Path(tmp) / "out"
+        if not runs_dir.is_dir():
+            with timed("write synthetic records (setup, not timed below)", timings):
+                write_records(runs_dir, args.encoders, args.runs, args.scale, args.legacy)
+        n = sum(1 for _ in runs_dir.rglob("*.json"))
         size = sum(p.stat().st_size for p in runs_dir.rglob("*.json")) / 2**20
-        print(f"{n} records, {size:.0f} MiB of JSON; replicates: {boot}")
+        sidecars = sum(p.stat().st_size for p in runs_dir.rglob("*.stats.npz")) / 2**20
+        print(f"{n} records, {size:.1f} MiB of JSON, {sidecars:.0f} MiB of sidecars; replicates: {boot}")
         with timed("read records", timings):
             records = scan_records(runs_dir).records
         for kind in ("dice", "froc", "map"):
             subset = [r for r in records if r["metric"] == kind]
             with timed(f"statistics + bootstrap: {kind} ({len(subset)} runs)", timings):
                 summarize_records(subset, **boot)
-        baselines = [f"encoder{e:02d}" for e in range(args.baselines)]
+        baselines = [f"encoder{e:02d}" for e in range(min(args.baselines, args.encoders))]
         with timed("statistics + bootstrap: all tasks", timings):
             summary = summarize_records(records, **boot)
         with timed("ranks + wins (paired tests)", timings):
@@ -165,6 +181,7 @@ def main() -> None:
             build_leaderboard(runs_dir, out, baselines=baselines, **boot)
         with timed("build_leaderboard, warm cache (all outputs)", timings):
             build_leaderboard(runs_dir, out, baselines=baselines, **boot)
+    print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":

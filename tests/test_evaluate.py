@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from cxrbench.cli.app import app
 from cxrbench.encoders import ResNetEncoder
 from cxrbench.errors import CxrbenchError
+from cxrbench.protocol.record_schema import SCHEMA_VERSION
+from cxrbench.protocol.records import read_record
 from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.task_data import load_task_split, open_task_dataset
 from cxrbench.protocol.tasks import PROFILES, TASKS, TASKS_BY_ID, get_profile, protocol_hash, select_tasks
@@ -101,7 +103,10 @@ def test_every_task_type_runs_end_to_end(prepared_root, tmp_path, task_id):
         "git_commit",
     ):
         assert key in saved
-    assert len(saved["test_per_image"]["image_ids"]) == saved["n_images"]["test"]
+    assert (
+        saved["test_per_image"] == {} and saved["per_image_sidecar"]["n_images"] == saved["n_images"]["test"]
+    )
+    assert len(read_record(files[0])["test_per_image"]["image_ids"]) == saved["n_images"]["test"]
     assert (files[0].with_suffix(".npz")).exists()
     if TASKS_BY_ID[task_id].mode == "frozen":
         assert saved["feature_cache"] is True
@@ -287,7 +292,7 @@ def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_
     assert first["checkpoint"]["identity"] == "random:resnet18" and first["checkpoint"]["sha256"] is None
     every = set(RunRecord.__required_keys__) | set(RunRecord.__optional_keys__) - {"rescored"}
     assert set(first) == every and first["sweep"] is None
-    path = next((tmp_path / "random" / "covid_linear").glob("run-*.json"))
+    path = tmp_path / "random" / "covid_linear" / f"run-{first['run_key']}.json"  # the final run's record
     old = json.loads(path.read_text())  # rewrite it as version 1 wrote it
     for key in ("traceback", "sweep"):
         del old[key]

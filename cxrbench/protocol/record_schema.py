@@ -13,6 +13,10 @@ Version history:
 - 3: ``metrics_version`` names the metric definitions that computed ``val``, ``test`` and
   ``test_per_image`` (`METRICS_VERSION`; records before it used version 1). The leaderboard refuses
   records of an older metrics version; `cxrbench rescore` recomputes them from their predictions files.
+- 4: the per-image statistics live in a binary sidecar beside the record (`cxrbench.protocol.sidecar`):
+  ``per_image_sidecar`` holds its file name, sha256 and manifest, and ``test_per_image`` on disk only
+  the entries that are not lists (readers see the full statistics, read from the sidecar on first use).
+  Older records carry them inline (``per_image_sidecar`` null); `cxrbench rescore` moves them out.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ if TYPE_CHECKING:
     from cxrbench.protocol.tasks import Task
     from cxrbench.protocol.training import RunResult
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 PRE_METRICS_VERSION = 1  # the metric definitions of records written before `metrics_version` existed
 LR_SEARCH = "lr_search"
 FINAL = "final"
@@ -100,7 +104,8 @@ class _RunRecordFields(TypedDict):
     traceback: str | None
     val: dict[str, float]
     test: dict[str, float]
-    test_per_image: dict[str, Any] | None
+    test_per_image: Mapping[str, Any] | None  # on disk only the non-list entries (version 4)
+    per_image_sidecar: dict[str, Any] | None  # the sidecar's file, sha256 and manifest (null: inline or none)
     history: list[dict[str, float]]
     best_epoch: int | None
     timings: dict[str, float]
@@ -153,7 +158,8 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "checkpoint": dict,
     "val": dict,
     "test": dict,
-    "test_per_image": (dict, type(None)),
+    "test_per_image": (Mapping, type(None)),
+    "per_image_sidecar": (dict, type(None)),
     "history": list,
     "predictions": (str, type(None)),
     "preprocessing": (dict, type(None)),
@@ -230,6 +236,7 @@ def make_record(
         "wall_time_s": wall_time_s,
         "n_images": None if failed else n_images,
         "predictions": None,
+        "per_image_sidecar": None,  # set by `write_record`
         "sweep": sweep,
         "preprocessing": preprocessing,
         "splits": spec.split_identity.as_dict(),
@@ -282,11 +289,13 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
                 else "no upgrade exists for it: re-run its task with `cxrbench evaluate`)"
             )
         )
-    upgraded = version in (1, 2)
+    upgraded = version in (1, 2, 3)
     if version == 1:
         obj = upgrade_v1(obj)
-    if upgraded:
+    if version in (1, 2):
         obj = upgrade_v2(obj)
+    if upgraded:
+        obj = upgrade_v3(obj)
     return validate_record(obj, source), upgraded
 
 
@@ -305,7 +314,15 @@ def upgrade_v1(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def upgrade_v2(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A version-2 record as version 3: its values were computed with the first metric definitions."""
-    return {**obj, "schema_version": SCHEMA_VERSION, "metrics_version": PRE_METRICS_VERSION}
+    return {**obj, "schema_version": 3, "metrics_version": PRE_METRICS_VERSION}
+
+
+def upgrade_v3(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-3 record as version 4: its statistics stay inline until `write_record` moves them out."""
+    record = dict(obj)
+    record.setdefault("per_image_sidecar", None)
+    record["schema_version"] = SCHEMA_VERSION
+    return record
 
 
 def stale_metrics(record: Mapping[str, Any]) -> bool:

@@ -3,7 +3,8 @@
 A record's file name is derived from its run key (encoder name, checkpoint identity, task,
 profile, protocol hash, phase, lr, seed), so re-running a command finds finished runs and skips
 them, and a crashed or repeated run can never leave two records for the same run. Each record
-still carries its own unique `run_id`. What a record holds is defined in `record_schema`.
+still carries its own unique `run_id`. What a record holds is defined in `record_schema`; its per-image statistics live in a sidecar
+(`sidecar`), written before the record and read lazily after it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from cxrbench.datasets.split_scheme import SplitIdentity, full_reference_identity
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json, stable_hash
+from cxrbench.protocol.bootstrap import SIDECAR_ARRAY, stored_replicates
 from cxrbench.protocol.predictions import write_predictions
 from cxrbench.protocol.record_schema import (
     FINAL,
@@ -29,10 +31,12 @@ from cxrbench.protocol.record_schema import (
     RecordError,
     RunRecord,
     UnsupportedVersion,
+    is_ok,
     parse_record,
     stale_metrics,
     validate_record,
 )
+from cxrbench.protocol.sidecar import SidecarStats, remove_stale, write_sidecar
 from cxrbench.protocol.tasks import METRICS_VERSION, TASKS_BY_ID, Profile, Task, protocol_hash
 
 SOURCE_KEY = "_source"  # where a record read by `scan_records` came from (never written to disk)
@@ -149,32 +153,95 @@ class RunSpec:
         return f"{self.encoder} {self.task_id} {self.phase} lr={self.lr:g} seed={self.seed}"
 
 
-def write_record(path: Path, record: RunRecord, predictions: dict[str, np.ndarray] | None = None) -> None:
-    """Write the predictions file first, then the record (so a record never points at nothing)."""
+def write_record(
+    path: Path,
+    record: RunRecord,
+    predictions: dict[str, np.ndarray] | None = None,
+    bootstrap: bool = True,
+) -> None:
+    """Write the predictions file and the per-image statistics sidecar first, then the record (so a
+    record never points at nothing), then remove the record's outdated sidecars.
+
+    ``bootstrap``: store the run's replicates of the default bootstrap settings in the sidecar (ok
+    final runs), so leaderboards never resample it (`cxrbench.protocol.bootstrap`)."""
     path = Path(path)
     record.pop(SOURCE_KEY, None)  # type: ignore[misc]
     if predictions:
         pred_path = path.with_suffix(".npz")
         write_predictions(pred_path, predictions)
         record["predictions"] = pred_path.name
-    validate_record(record, str(path))
-    atomic_write_json(path, record)
+    on_disk = dict(record)
+    on_disk["test_per_image"], on_disk["per_image_sidecar"] = _store_per_image(path, record, bootstrap)
+    validate_record(on_disk, str(path))
+    atomic_write_json(path, on_disk)
+    record["per_image_sidecar"] = on_disk["per_image_sidecar"]
+    remove_stale(path, keep=(on_disk["per_image_sidecar"] or {}).get("file"))
+
+
+def _store_per_image(path: Path, record: RunRecord, bootstrap: bool) -> tuple[dict | None, dict | None]:
+    """(the inline part of test_per_image, the sidecar reference) for the record written at `path`."""
+    per_image = record.get("test_per_image")
+    if per_image is None:
+        return None, None
+    if (
+        isinstance(per_image, SidecarStats)
+        and per_image.path.parent.resolve() == path.parent.resolve()
+        and per_image.path.name.startswith(f"{path.stem}.")
+        and per_image.path.is_file()
+        and (not bootstrap or not _wants_replicates(record) or "bootstrap" in per_image.ref)
+    ):
+        return per_image.inline, per_image.ref  # unchanged statistics: keep the file
+    extra, settings = {}, None
+    if bootstrap and _wants_replicates(record):
+        try:
+            extra[SIDECAR_ARRAY], settings = stored_replicates(record["metric"], record["task_id"], per_image)
+        except (CxrbenchError, KeyError, TypeError, ValueError, IndexError) as exc:
+            warnings.warn(f"{path}: bootstrap replicates not stored ({exc})", stacklevel=3)
+            extra = {}
+    ref, inline = write_sidecar(path, per_image, extra)
+    if ref is not None and settings is not None:
+        ref["bootstrap"] = settings
+    return inline, ref
+
+
+def _wants_replicates(record: RunRecord) -> bool:
+    return is_ok(record) and record.get("phase") == FINAL
+
+
+def attach_sidecar(record: RunRecord, path: Path, source: str) -> RunRecord:
+    """Make a read record's ``test_per_image`` the full statistics, read from its sidecar on first use."""
+    ref = record.get("per_image_sidecar")
+    if ref is None:
+        return record
+    if not (
+        isinstance(ref, dict) and isinstance(ref.get("file"), str) and isinstance(ref.get("sha256"), str)
+    ):
+        raise RecordError(
+            f"{source}: run record field 'per_image_sidecar' is {ref!r}, expected file and sha256"
+        )
+    inline = record.get("test_per_image") or {}
+    record["test_per_image"] = SidecarStats(Path(path).parent / Path(ref["file"]).name, ref, inline)
+    return record
 
 
 def read_record(path: Path) -> RunRecord | None:
     """The record at `path` (upgraded to the current version), or None when absent or unusable (the
-    run is then re-run and its record replaced). A record of a schema version this cxrbench cannot
-    read is refused (UnsupportedVersion), never overwritten."""
+    run is then re-run and its record replaced): unreadable, invalid, or its sidecar missing. A record
+    of a schema version this cxrbench cannot read is refused (UnsupportedVersion), never overwritten."""
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     try:
-        return parse_record(obj, str(path))[0]
+        record = attach_sidecar(parse_record(obj, str(path))[0], path, str(path))
     except UnsupportedVersion:
         raise
     except RecordError:
         return None
+    stats = record.get("test_per_image")
+    if isinstance(stats, SidecarStats) and not stats.path.is_file():
+        return None
+    return record
 
 
 def predictions_file(record: dict) -> Path | None:
@@ -215,9 +282,10 @@ def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
                 f"runs directory {root} does not exist (pass the --runs-dir of cxrbench evaluate)"
             )
         for path in sorted(root.rglob("*.json")):
-            if path.resolve() in seen:
+            resolved = path.resolve()
+            if resolved in seen:
                 continue
-            seen.add(path.resolve())
+            seen.add(resolved)
             try:
                 obj = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -227,6 +295,7 @@ def scan_records(runs_dirs: Path | str | Iterable[Path | str]) -> RecordScan:
                 continue
             try:
                 record, was_upgraded = parse_record(obj, str(path))
+                attach_sidecar(record, path, str(path))
             except UnsupportedVersion:
                 unreadable.append(f"{path} (schema_version {obj['schema_version']!r})")
                 continue

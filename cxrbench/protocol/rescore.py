@@ -1,5 +1,6 @@
 """Recompute the test metrics of stored runs from their predictions files (no retraining), and
-rewrite records of an older schema version in the current one.
+rewrite records of an older schema version in the current one (an older record's inline per-image
+statistics then move into a sidecar, see `sidecar`).
 
 A metric fix then only needs `cxrbench rescore RUNS_DIR`: every ok final record with a predictions
 .npz gets fresh ``test`` values and ``test_per_image`` statistics and the current ``metrics_version``,
@@ -23,6 +24,7 @@ from cxrbench.protocol.predictions import PredictionsError, read_predictions
 from cxrbench.protocol.record_schema import FINAL, RescoreNote, RunRecord, is_ok
 from cxrbench.protocol.records import SOURCE_KEY, predictions_file, scan_records, write_record
 from cxrbench.protocol.tasks import METRICS_VERSION
+from cxrbench.protocol.sidecar import same_stats
 from cxrbench.provenance import git_commit, utc_now
 
 CHUNK = 256  # images unpacked at a time, so a large segmentation split never sits in memory as bools
@@ -154,7 +156,7 @@ def _rescore(rec: RunRecord, path: Path, result: RescoreResult) -> bool:
     result.rescored += 1
     result.note_change(rec.get("test"), new_test)
     current = rec.get("metrics_version") == METRICS_VERSION
-    if current and _same(new_test, rec.get("test")) and _same(per_image, rec.get("test_per_image")):
+    if current and _same(new_test, rec.get("test")) and same_stats(per_image, rec.get("test_per_image")):
         return False
     note: RescoreNote = {"time": utc_now(), "git_commit": git_commit(), "old_test": rec.get("test")}
     rec["rescored"] = [*rec.get("rescored", []), note]

@@ -187,3 +187,25 @@ def describe_jobs(plan: SweepPlan) -> list[tuple[Job | None, str, str, str]]:
         encoder, task_id = blocked.rsplit(" ", 1)
         rows.append((None, encoder, task_id, FINAL))
     return rows
+
+
+def estimated_time_min(config: SweepConfig, margin: float = 1.5) -> int | None:
+    """A per-job time limit from `cxrbench plan`'s estimate: the throughput of each checkpoint's encoder
+    probed on this machine's device (run it where the jobs run), the longest estimated run times
+    `margin`; None when no task is selected."""
+    from cxrbench.protocol.plan import job_time_limit_min, plan_costs, probe_throughput, split_sizes
+    from cxrbench.runtime import resolve_device
+
+    profile = config.resolved_profile()
+    tasks = select_tasks(config.tasks)
+    sizes = {t.task_id: split_sizes(config.data_root, t, profile) for t in tasks}
+    seeds = config.seeds if config.seeds is not None else profile.default_seeds
+    device = resolve_device(config.device)
+    limits = []
+    for ckpt in config.checkpoints:
+        encoder = load_encoder(ckpt.spec, arch=ckpt.arch, prefix=ckpt.prefix).encoder
+        throughput = probe_throughput(encoder, [(t.head, t.mode) for t in tasks], profile.resolution, device)
+        costs = plan_costs(tasks, profile, seeds, sizes, encoder.feature_info, throughput)
+        limits.append(job_time_limit_min(costs, margin))
+    found = [m for m in limits if m is not None]
+    return max(found) if found else None

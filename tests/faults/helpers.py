@@ -53,10 +53,10 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
 
     import numpy as np
 
-    from cxrbench.io_utils import atomic_write_json
     from cxrbench.protocol import metrics
     from cxrbench.protocol.record_schema import SCHEMA_VERSION
     from cxrbench.protocol.tasks import METRICS_VERSION
+    from cxrbench.protocol.records import write_record
 
     rng = np.random.default_rng(seed)
     ids = [f"img{i:02d}" for i in range(6)]
@@ -86,5 +86,5 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
         "versions": {"python": "3"}, "git_commit": "abc", "created": "2024-01-01T00:00:00+00:00",
         "device": "cpu", "predictions": path.with_suffix(".npz").name,
     }  # fmt: skip
-    atomic_write_json(path, record)
+    write_record(path, record)
     return path

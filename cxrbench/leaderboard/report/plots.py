@@ -1,4 +1,7 @@
-"""Matplotlib (Agg) figures: per-task bars with 95% t-intervals and a rank heat-map (measured rows)."""
+"""Matplotlib (Agg) figures: per-task bars with 95% t-intervals and a rank heat-map (measured rows).
+
+Rendering dominates a leaderboard rebuild, so each PNG carries a digest of what it draws (a PNG text
+chunk) and is only redrawn when that changes."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from cxrbench.io_utils import atomic_path
+from cxrbench.io_utils import atomic_path, stable_hash
 from cxrbench.leaderboard.report.layout import METRIC_NAMES, Layout
 
 
@@ -18,23 +21,62 @@ def _measured(layout: Layout):
     return [r for r in layout.rows if r.source == "measured"]
 
 
+_KEY = "cxrbench-input"
+_PLOTS_VERSION = 1  # bump when the drawing code changes, so existing PNGs are redrawn
+
+
+def _up_to_date(path: Path, key: str) -> bool:
+    """Whether the PNG at `path` was drawn from the same inputs (its text chunk holds `key`)."""
+    if not path.is_file():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.text.get(_KEY) == key  # type: ignore[attr-defined]
+    except (OSError, ValueError):
+        return False
+
+
+def _save(fig: Figure, path: Path, key: str) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, metadata={_KEY: key})
+
+
+def _digest(*parts: object) -> str:
+    return stable_hash({"version": _PLOTS_VERSION, "parts": repr(parts)})
+
+
 def plot_bars(layout: Layout, path: Path, max_cols: int = 6) -> Path:
     """One panel per task: a bar per measured encoder (mean, percent) with its 95% t-interval."""
     rows = _measured(layout)
     cols = layout.columns
+    values = [
+        [(c.mean, c.half) if (c := r.cells.get(col.task_id)) is not None else None for col in cols]
+        for r in rows
+    ]
+    key = _digest("bars", max_cols, [(c.task_id, c.metric) for c in cols], [r.encoder for r in rows], values)
+    if _up_to_date(path, key):
+        return path
     ncols = max(1, min(max_cols, len(cols)))
     nrows = max(1, math.ceil(len(cols) / ncols))
     legend_rows = math.ceil(len(rows) / 5)
     fig = Figure(figsize=(2.8 * ncols, 2.4 * nrows + 0.3 * legend_rows + 0.3), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colors = colormaps["tab20"](np.linspace(0, 1, max(len(rows), 1)))
-    for ax, col in zip(axes.flat, cols, strict=False):
-        for x, row in enumerate(rows):
-            cell = row.cells.get(col.task_id)
-            if cell is None or not np.isfinite(cell.mean):
-                continue  # no result: no bar (a zero-height bar would read as a score of 0)
-            err = 100 * cell.half if np.isfinite(cell.half) else None
-            ax.bar(x, 100 * cell.mean, yerr=err, color=colors[x], capsize=2, ecolor="black")
+    for j, (ax, col) in enumerate(zip(axes.flat, cols, strict=False)):
+        # no result: no bar (a zero-height bar would read as a score of 0); one call per panel
+        drawn = [x for x in range(len(rows)) if values[x][j] is not None and np.isfinite(values[x][j][0])]
+        if drawn:
+            means = np.array([100 * values[x][j][0] for x in drawn])
+            halves = np.array([100 * values[x][j][1] for x in drawn])
+            with_err = np.isfinite(halves)
+            ax.bar(drawn, means, color=colors[drawn])
+            if with_err.any():
+                ax.errorbar(
+                    np.array(drawn)[with_err], means[with_err], yerr=halves[with_err],
+                    fmt="none", ecolor="black", capsize=2,
+                )  # fmt: skip
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_title(f"{col.task_id}\n{METRIC_NAMES.get(col.metric, col.metric)} (%)", fontsize=7)
         ax.set_xticks([])
@@ -49,8 +91,7 @@ def plot_bars(layout: Layout, path: Path, max_cols: int = 6) -> Path:
         ncol=min(len(rows), 5) or 1,
         fontsize=7,
     )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    _save(fig, path, key)
     return path
 
 
@@ -60,6 +101,9 @@ def plot_rank_heatmap(layout: Layout, ranks: dict[tuple[str, str], float], path:
     cols = layout.columns
     grid = np.array([[ranks.get((r.encoder, c.task_id), math.nan) for c in cols] for r in rows], dtype=float)
     grid = grid.reshape(len(rows), len(cols))
+    key = _digest("ranks", [c.task_id for c in cols], [r.encoder for r in rows], grid.tolist())
+    if _up_to_date(path, key):
+        return path
     fig = Figure(figsize=(2.5 + 0.5 * len(cols), 2.0 + 0.35 * len(rows)), layout="constrained")
     ax = fig.subplots()
     cmap = colormaps["viridis_r"].with_extremes(bad="#dddddd")
@@ -80,6 +124,5 @@ def plot_rank_heatmap(layout: Layout, ranks: dict[tuple[str, str], float], path:
             )
     fig.colorbar(im, ax=ax, label="rank (1 = best)")
     ax.set_title("Per-task rank of measured encoders", fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    _save(fig, path, key)
     return path
