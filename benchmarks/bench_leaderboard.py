@@ -3,7 +3,7 @@
 Per-image statistics are synthesised directly in their JSON form (scores, TP masks, pixel counts...)
 at the protocol's test-split sizes (RSNA 5337, SIIM 2409, Object-CXR 1000, NIH 196, COVID 44 images;
 ``--scale`` shrinks them) and written as `cxrbench evaluate` writes records: the statistics in a binary
-sidecar beside each record, with the run's default bootstrap replicates (``--legacy``: version-2
+sidecar beside each record, with the run's default bootstrap replicates (``--legacy``: version-3
 records with the statistics inline, as before the sidecar). Prints the time of each phase and the
 machine's load average; nothing is asserted (timings are measured here, never in tests).
 
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="replicates for Dice tasks")
     parser.add_argument("--n-boot-detection", type=int, default=200, help="replicates for mAP/FROC tasks")
     parser.add_argument("--baselines", type=int, default=3, help="the first k encoders form the baseline set")
-    parser.add_argument("--legacy", action="store_true", help="version-2 records, statistics inline")
+    parser.add_argument("--legacy", action="store_true", help="version-3 records, statistics inline")
     parser.add_argument("--runs-dir", type=Path, help="reuse (or write once) the records here")
     args = parser.parse_args()
     boot = {"n_boot": args.n_boot, "n_boot_detection": args.n_boot_detection}

@@ -283,7 +283,7 @@ def test_cli_error_keeps_bracketed_paths_readable(tmp_path):
 
 
 def test_records_written_before_schema_2_are_skipped_read_and_upgraded(prepared_root, tmp_path):
-    from cxrbench.protocol.record_schema import SCHEMA_VERSION, RunRecord
+    from cxrbench.protocol.record_schema import RunRecord
     from cxrbench.protocol.records import scan_records
     from cxrbench.protocol.rescore import rescore_runs
 

@@ -127,7 +127,7 @@ def _npz_arrays(kind: str, ids: list[str], pred, gt) -> dict[str, np.ndarray]:
 
 def write_record(runs: Path, run: Run, seed: int, legacy: bool = False, **overrides) -> Path:
     """A run record in the docs/formats.md schema (+ its predictions .npz), as evaluate writes it
-    (``legacy``: as cxrbench wrote them before the sidecar, schema version 2, statistics inline)."""
+    (``legacy``: as cxrbench wrote them before the sidecar, schema version 3, statistics inline)."""
     run_id = overrides.pop("run_id", uuid.uuid4().hex)
     kind = KIND[run.task_id]
     record = {
@@ -829,5 +829,106 @@ def test_cli_commands(tmp_path):
     assert res.exit_code == 2 and "unknown baseline" in res.output
 
 
-        "schema_version": 3 if legacy else SCHEMA_VERSION,  # 3: statistics inline
-        "metrics_version": METRICS_VERSION,
+@pytest.mark.parametrize("task_id", [MAP_TASK, FROC_TASK, SEG_TASK])
+def test_records_of_older_metric_definitions_are_refused_until_rescored(tmp_path, task_id):
+    """A metric change bumps the metrics version: the leaderboard refuses older records, naming
+    `cxrbench rescore`, which recomputes them from their predictions files and says what changed."""
+    runs_dir, truth = _small_world(tmp_path, {"enc": (0.2, 2)}, task_id=task_id)
+    kind = KIND[task_id]
+    paths = sorted(runs_dir.rglob("*.json"))
+    current = json.loads(paths[0].read_text())
+    old = {k: v for k, v in current.items() if k != "metrics_version"}  # as schema version 2 wrote it
+    old["schema_version"] = 2
+    old["test"] = {kind: current["test"][kind] + 0.05, "retired_value": 0.5}
+    old["test_per_image"] = {"image_ids": current["test_per_image"]["image_ids"], "old_stats": [0] * N_IMAGES}
+    paths[0].write_text(json.dumps(old))
+    with pytest.raises(CxrbenchError, match=r"cxrbench rescore RUNS_DIR") as info:
+        summarize_records(load_records(runs_dir), n_boot=0)
+    assert str(paths[0]) in str(info.value) and "metrics_version 1" in str(info.value)
+    app = typer.Typer()
+    app.command("rescore")(rescore_command)
+    app.command("other")(lambda: None)  # two commands: the CLI keeps the command name
+    res = CliRunner().invoke(app, ["rescore", str(runs_dir)])
+    assert res.exit_code == 0, res.output
+    assert (
+        f"changed {kind}: changed in 1 run(s)" in res.output and "retired_value: changed in 1" in res.output
+    )
+    assert "1 record(s) re-scored" in res.output
+    rescored = json.loads(paths[0].read_text())
+    assert rescored["metrics_version"] == METRICS_VERSION and rescored["schema_version"] == SCHEMA_VERSION
+    assert rescored["test"] == current["test"] and rescored["test_per_image"] == current["test_per_image"]
+    assert rescored["rescored"][0]["old_test"] == old["test"]
+    summary = summarize_records(load_records(runs_dir), n_boot=20)
+    assert summary.table.iloc[0]["n_runs"] == 2
+    assert np.isclose(summary.table.iloc[0]["mean"], np.mean([r.value for r in truth["enc"]]))
+
+
+# ---------------------------------------------------------------- per-image statistics sidecar
+
+
+def _legacy_and_sidecar_worlds(tmp_path: Path) -> tuple[Path, Path]:
+    """The same runs twice: as version-2 records (statistics inline), and as written today."""
+    legacy, current = tmp_path / "legacy", tmp_path / "current"
+    for task_id in (SEG_TASK, NIH_TASK, MAP_TASK, FROC_TASK):
+        for encoder, noise in (("a", 0.1), ("b", 0.3)):
+            for seed in range(2):
+                run = make_run(encoder, task_id, noise, seed, shuffle=seed == 1)
+                run_id = uuid.uuid4().hex
+                write_record(legacy, run, seed, legacy=True, run_id=run_id)
+                write_record(current, run, seed, run_id=run_id)
+    return legacy, current
+
+
+@pytest.mark.parametrize("n_boot", [(1000, 200), (40, 30)])  # defaults: replicates stored in the sidecar
+def test_same_leaderboard_with_and_without_the_sidecar(tmp_path, monkeypatch, n_boot):
+    legacy, current = _legacy_and_sidecar_worlds(tmp_path)
+    old = load_records(legacy)
+    assert all(not isinstance(r["test_per_image"], records.SidecarStats) for r in old)
+    on_disk = json.loads(next(current.rglob("*.json")).read_text())
+    assert on_disk["test_per_image"] == {} and on_disk["per_image_sidecar"]["sha256"]
+    kw = {"n_boot": n_boot[0], "n_boot_detection": n_boot[1]}
+    expected = summarize_records(old, **kw)
+    if n_boot == (1000, 200):  # the stored replicates are read, never recomputed
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("stored replicates were recomputed")
+
+        monkeypatch.setattr(metrics, "bootstrap_aggregate", refuse)
+    new = load_records(current)
+    got = summarize_records(new, **kw)
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(expected.table, got.table)
+    assert expected.image_sets == got.image_sets
+    for key, reps in expected.replicates.items():
+        np.testing.assert_array_equal(reps, got.replicates[key])
+    for rec in new:  # the statistics themselves read back unchanged
+        twin = next(r for r in old if r["run_id"] == rec["run_id"])
+        assert dict(rec["test_per_image"]) == twin["test_per_image"]
+
+
+def test_rescore_moves_old_records_statistics_into_a_sidecar(tmp_path):
+    legacy, _ = _legacy_and_sidecar_worlds(tmp_path)
+    before = summarize_records(load_records(legacy), n_boot=40, n_boot_detection=30)
+    sizes = {p: p.stat().st_size for p in legacy.rglob("*.json")}
+    assert rescore_runs(legacy) == len(sizes)  # upgraded and rewritten, values unchanged
+    for path in sizes:
+        on_disk = json.loads(path.read_text())
+        assert on_disk["schema_version"] == SCHEMA_VERSION and on_disk["test_per_image"] == {}
+        assert (path.parent / on_disk["per_image_sidecar"]["file"]).is_file()
+    after = summarize_records(load_records(legacy), n_boot=40, n_boot_detection=30)
+    pd.testing.assert_frame_equal(before.table, after.table)
+    assert rescore_runs(legacy) == 0
+
+
+def test_a_damaged_or_missing_sidecar_is_flagged_not_trusted(tmp_path):
+    runs_dir, _ = _small_world(tmp_path, {"enc": (0.1, 2)}, task_id=MAP_TASK)
+    first, second = sorted(runs_dir.rglob("*.stats.npz"))
+    data = bytearray(first.read_bytes())
+    data[-30] ^= 0xFF
+    first.write_bytes(bytes(data))
+    row = summarize_records(load_records(runs_dir), n_boot=30, n_boot_detection=30).table.iloc[0]
+    assert "does not match the sha256 in its record" in row["flags"] and np.isnan(row["boot_low"])
+    assert np.isfinite(row["mean"])  # the test values themselves are still used
+    second.unlink()
+    record_path = next(p for p in runs_dir.rglob("*.json") if second.name.startswith(p.stem + "."))
+    assert records.read_record(record_path) is None  # evaluate re-runs such a run

@@ -23,8 +23,8 @@ from cxrbench.protocol import metrics
 from cxrbench.protocol.predictions import PredictionsError, read_predictions
 from cxrbench.protocol.record_schema import FINAL, RescoreNote, RunRecord, is_ok
 from cxrbench.protocol.records import SOURCE_KEY, predictions_file, scan_records, write_record
-from cxrbench.protocol.tasks import METRICS_VERSION
 from cxrbench.protocol.sidecar import same_stats
+from cxrbench.protocol.tasks import METRICS_VERSION
 from cxrbench.provenance import git_commit, utc_now
 
 CHUNK = 256  # images unpacked at a time, so a large segmentation split never sits in memory as bools

@@ -55,8 +55,8 @@ def write_seg_run(runs: Path, encoder: str, seed: int, task_id: str = "rsna_seg_
 
     from cxrbench.protocol import metrics
     from cxrbench.protocol.record_schema import SCHEMA_VERSION
-    from cxrbench.protocol.tasks import METRICS_VERSION
     from cxrbench.protocol.records import write_record
+    from cxrbench.protocol.tasks import METRICS_VERSION
 
     rng = np.random.default_rng(seed)
     ids = [f"img{i:02d}" for i in range(6)]
