@@ -143,6 +143,18 @@ def test_version_1_records_are_read_upgraded_and_rescore_rewrites_them(tmp_path)
     assert scan_records(tmp_path).upgraded == [] and rescore_runs(tmp_path) == 0
 
 
+def test_head_parameters_is_checked_and_older_records_read_it_as_null():
+    record = _failed_record()
+    assert record["head_parameters"] is None  # the run failed
+    older = {k: v for k, v in record.items() if k != "head_parameters"}  # written before the field
+    parsed, upgraded = parse_record(older)
+    assert parsed["head_parameters"] is None and not upgraded
+    assert parse_record({**record, "head_parameters": 86_699_329})[0]["head_parameters"] == 86_699_329
+    for bad in (1.5, True, "12"):
+        with pytest.raises(RecordError, match="field 'head_parameters'"):
+            validate_record({**record, "head_parameters": bad})
+
+
 @pytest.mark.parametrize("version, message", [(0, "cxrbench evaluate"), (3, "newer cxrbench"), ("2", "'2'")])
 def test_unknown_schema_versions_are_refused(tmp_path, version, message):
     path = tmp_path / "enc" / "covid_linear" / "run-a.json"

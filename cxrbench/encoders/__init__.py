@@ -13,7 +13,7 @@ from cxrbench.encoders.checkpoint import (
     extract_state_dict,
     read_checkpoint,
 )
-from cxrbench.encoders.features import STAGES, STRIDES, FeatureInfo
+from cxrbench.encoders.features import INPUT, INPUT_CHANNELS, STAGES, STRIDES, FeatureInfo
 from cxrbench.encoders.imagenet import IMAGENET_ENV, IMAGENET_WEIGHTS_NAME, find_imagenet_weights
 from cxrbench.encoders.load import (
     BUILTIN_ENCODERS,
@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_ARCH",
     "IMAGENET_ENV",
     "IMAGENET_WEIGHTS_NAME",
+    "INPUT",
+    "INPUT_CHANNELS",
     "MIN_FRACTION",
     "RANDOM_INIT_SEED",
     "STAGES",

@@ -10,6 +10,8 @@ Version history:
   ``"random:<arch>"``) and ``checkpoint.sha256`` only a real file's digest (else null); ``traceback``,
   ``encoder_load``, ``timings``, ``n_images`` and ``sweep`` are present in every record (null when
   they do not apply).
+  Later additions to version 2 (readers fill them in as null for records written before):
+  ``head_parameters``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class _RunRecordFields(TypedDict):
     device: str
     encoder_load: EncoderLoad | None  # null when the run failed before its encoder was loaded
     feature_cache: bool | None
+    head_parameters: int | None  # parameters of the task head (null: failed run, or an older record)
     versions: dict[str, str]
     git_commit: str
     created: str
@@ -138,7 +141,10 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "test_per_image": (dict, type(None)),
     "history": list,
     "predictions": (str, type(None)),
+    "head_parameters": (int, type(None)),
 }
+# Fields added to the current version after records were written: filled in as null when absent.
+ADDED_FIELDS = ("head_parameters",)
 
 
 def sha256_of_identity(identity: str | None) -> str | None:
@@ -183,6 +189,7 @@ def make_record(
         "device": device,
         "encoder_load": encoder_load,
         "feature_cache": None if failed else outcome.used_feature_cache,
+        "head_parameters": None if failed else outcome.head_parameters,
         **provenance(),
         "status": "failed" if failed else "ok",
         "error": f"{type(outcome).__name__}: {outcome}" if failed else None,
@@ -217,7 +224,8 @@ def validate_record(obj: Any, source: str = "run record") -> RunRecord:
             f"{source}: run record schema_version {obj['schema_version']!r}, expected {SCHEMA_VERSION}"
         )
     for key, kind in (*REQUIRED.items(), *OPTIONAL.items()):
-        if key in obj and (not isinstance(obj[key], kind) or (isinstance(obj[key], bool) and kind is int)):
+        numeric = kind is int or (isinstance(kind, tuple) and int in kind)
+        if key in obj and (not isinstance(obj[key], kind) or (isinstance(obj[key], bool) and numeric)):
             expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise RecordError(f"{source}: run record field {key!r} is {obj[key]!r}, expected {expected}")
     for key, valid in (("phase", PHASES), ("status", STATUSES)):
@@ -246,6 +254,8 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
     upgraded = version == 1
     if upgraded:
         obj = upgrade_v1(obj)
+    if isinstance(obj, Mapping) and any(k not in obj for k in ADDED_FIELDS):
+        obj = {**obj, **{k: None for k in ADDED_FIELDS if k not in obj}}
     return validate_record(obj, source), upgraded
 
 
