@@ -57,8 +57,8 @@ PINNED = {
         },
         "test": {"map": 0.00024752475247524753, "map50": 0.0, "kaggle_map": 0.002976190476190476},
         "best_epoch": 1,
-        "val_loss": [103.99021911621094, 4554799.5, 34558096.0, 28613690.0],
-        "summary": {"n_boxes": 99, "score_sum": 71.44299772381783, "box_sum": 18930.35960793495, "n_gt": 17},
+        "val_loss": [103.99022674560547, 4554799.0, 34558084.0, 28614000.0],
+        "summary": {"n_boxes": 99, "score_sum": 71.44299890100956, "box_sum": 18930.359664440155, "n_gt": 17},
     },
     # fine-tuning with a head-only warm-up, U-Net head (the reference ResUNet, with the demo's U-Net caps)
     ("covid_unet_finetune", None): {
