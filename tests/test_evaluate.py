@@ -107,6 +107,9 @@ def test_every_task_type_runs_end_to_end(prepared_root, tmp_path, task_id):
         saved["test_per_image"] == {} and saved["per_image_sidecar"]["n_images"] == saved["n_images"]["test"]
     )
     assert len(read_record(files[0])["test_per_image"]["image_ids"]) == saved["n_images"]["test"]
+    assert isinstance(saved["head_parameters"], int) and saved["head_parameters"] > 0
+    if TASKS_BY_ID[task_id].head == "unet":  # the reference ResUNet on a ResNet-18, one class
+        assert saved["head_parameters"] == 86_699_329
     assert (files[0].with_suffix(".npz")).exists()
     if TASKS_BY_ID[task_id].mode == "frozen":
         assert saved["feature_cache"] is True

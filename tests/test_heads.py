@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import box_iou
 from toy_head import Conv4BceHead, register_toy_head
 
-from cxrbench.encoders import STRIDES, FeatureInfo, ResNetEncoder
+from cxrbench.encoders import INPUT, STAGES, STRIDES, FeatureInfo, ResNetEncoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.heads import (
     Head,
@@ -65,13 +65,14 @@ def test_linear_head_shapes(r18_features):
 
 
 def test_unet_head_shapes(r18_features):
+    """The full-width ResUNet on real ResNet-18 features (more in test_unet_head.py)."""
     info, feats = r18_features
     head = build_head("unet", info, n_classes=1, image_size=96)
     assert isinstance(head, UNetHead)
-    assert set(head.required_stages) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
-    out = head({s: feats[s] for s in head.required_stages}, (96, 96))
+    assert set(head.required_stages) == {"conv1", "conv2", "conv3", "conv4", "conv5", INPUT}
+    image = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    out = head({**{s: feats[s] for s in STAGES}, INPUT: image}, (96, 96))
     assert out.shape == (2, 1, 96, 96)
-    assert head(feats).shape == (2, 1, 96, 96)
     out.mean().backward()
     assert all(p.grad is not None for p in head.parameters())
 

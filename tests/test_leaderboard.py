@@ -32,6 +32,7 @@ from cxrbench.protocol import metrics, records
 from cxrbench.protocol.record_schema import SCHEMA_VERSION
 from cxrbench.protocol.records import load_records, scan_records
 from cxrbench.protocol.rescore import rescore_runs
+from cxrbench.protocol.sidecar import same_stats
 from cxrbench.protocol.tasks import METRICS_VERSION
 
 N_BOOT = 200
@@ -836,11 +837,13 @@ def test_records_of_older_metric_definitions_are_refused_until_rescored(tmp_path
     runs_dir, truth = _small_world(tmp_path, {"enc": (0.2, 2)}, task_id=task_id)
     kind = KIND[task_id]
     paths = sorted(runs_dir.rglob("*.json"))
-    current = json.loads(paths[0].read_text())
-    old = {k: v for k, v in current.items() if k != "metrics_version"}  # as schema version 2 wrote it
-    old["schema_version"] = 2
+    current = records.read_record(paths[0])  # its per-image statistics read from the sidecar
+    old = json.loads(paths[0].read_text())  # rewritten as schema version 2 wrote it: statistics inline
+    del old["metrics_version"]
+    old.update(schema_version=2, per_image_sidecar=None)
     old["test"] = {kind: current["test"][kind] + 0.05, "retired_value": 0.5}
-    old["test_per_image"] = {"image_ids": current["test_per_image"]["image_ids"], "old_stats": [0] * N_IMAGES}
+    ids = list(current["test_per_image"]["image_ids"])
+    old["test_per_image"] = {"image_ids": ids, "old_stats": [0] * N_IMAGES}
     paths[0].write_text(json.dumps(old))
     with pytest.raises(CxrbenchError, match=r"cxrbench rescore RUNS_DIR") as info:
         summarize_records(load_records(runs_dir), n_boot=0)
@@ -854,9 +857,10 @@ def test_records_of_older_metric_definitions_are_refused_until_rescored(tmp_path
         f"changed {kind}: changed in 1 run(s)" in res.output and "retired_value: changed in 1" in res.output
     )
     assert "1 record(s) re-scored" in res.output
-    rescored = json.loads(paths[0].read_text())
+    rescored = records.read_record(paths[0])
     assert rescored["metrics_version"] == METRICS_VERSION and rescored["schema_version"] == SCHEMA_VERSION
-    assert rescored["test"] == current["test"] and rescored["test_per_image"] == current["test_per_image"]
+    assert rescored["test"] == current["test"]
+    assert same_stats(rescored["test_per_image"], current["test_per_image"])
     assert rescored["rescored"][0]["old_test"] == old["test"]
     summary = summarize_records(load_records(runs_dir), n_boot=20)
     assert summary.table.iloc[0]["n_runs"] == 2

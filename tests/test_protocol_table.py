@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cxrbench.errors import CxrbenchError
-from cxrbench.protocol.tasks import PROFILES, TASKS, Profile, Task, _parse_table
+from cxrbench.protocol.tasks import PROFILES, TASKS, TASKS_BY_ID, HeadCaps, Profile, Task, _parse_table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
@@ -39,6 +39,14 @@ PROFILE_COLUMNS = {  # document column -> (Profile field, words that stand for N
     "seeds": ("default_seeds", ()),
     "train images": ("max_train_images", ("all",)),
     "eval images": ("max_eval_images", ("all",)),
+}
+HEAD_CAP_COLUMNS = {  # document column -> HeadCaps field ("profile": the profile's own cap)
+    "max epochs": "max_epochs",
+    "patience": "patience",
+    "warm-up steps": "warmup_steps",
+    "batch": "batch_size",
+    "train images": "max_train_images",
+    "eval images": "max_eval_images",
 }
 
 
@@ -107,13 +115,46 @@ def _profile_value(cell: str, none_words: tuple[str, ...]) -> int | None:
 def test_profile_table_states_every_profile_setting():
     rows = {r["profile"]: r for r in _table("profile")}
     assert list(rows) == list(PROFILES)
-    assert {f.name for f in dataclasses.fields(Profile)} == {"name"} | {
+    assert {f.name for f in dataclasses.fields(Profile)} == {"name", "head_caps"} | {
         f for f, _ in PROFILE_COLUMNS.values()
     }
     for name, profile in PROFILES.items():
         for column, (field, none_words) in PROFILE_COLUMNS.items():
             value = _profile_value(rows[name][column], none_words)
             assert value == getattr(profile, field), f"profile {name}: {column} {rows[name][column]!r}"
+
+
+def test_head_caps_table_states_every_head_cap_of_every_profile():
+    rows = _table("caps of profile")
+    assert list(rows[0]) == ["caps of profile", "head", *HEAD_CAP_COLUMNS]
+    stated = {(r["caps of profile"], r["head"]): r for r in rows}
+    assert list(stated) == [(name, c.head) for name, p in PROFILES.items() for c in p.head_caps]
+    assert {f.name for f in dataclasses.fields(HeadCaps)} == {"head", *HEAD_CAP_COLUMNS.values()}
+    for (name, head), row in stated.items():
+        (caps,) = [c for c in PROFILES[name].head_caps if c.head == head]
+        for column, field in HEAD_CAP_COLUMNS.items():
+            value = _profile_value(row[column], ("profile",))
+            assert value == getattr(caps, field), f"profile {name}, head {head}: {column} {row[column]!r}"
+
+
+def test_head_caps_tighten_the_profile_for_one_head_only():
+    demo = PROFILES["demo"]
+    base = dataclasses.replace(demo, head_caps=())
+    capped = dataclasses.replace(
+        demo, head_caps=[{"head": "unet", "max_epochs": 1, "max_train_images": 500, "batch_size": 4}]
+    )
+    (caps,) = capped.head_caps
+    assert isinstance(caps, HeadCaps) and hash(capped)  # mappings become HeadCaps; still hashable
+    unet, linear = TASKS_BY_ID["covid_unet_frozen"], TASKS_BY_ID["covid_linear"]
+    assert capped.apply(linear) == base.apply(linear)
+    assert (capped.apply(unet).max_epochs, capped.apply(unet).batch_size) == (1, 4)
+    assert capped.apply(unet).patience == base.apply(unet).patience
+    assert capped.max_images(unet, "train") == base.max_train_images  # a cap never raises a value
+    assert capped.max_images(linear, "test") == base.max_eval_images
+    with pytest.raises(CxrbenchError, match="head_caps entry"):
+        dataclasses.replace(demo, head_caps=[{"head": "unet", "epochs": 1}])
+    with pytest.raises(CxrbenchError, match="twice"):
+        dataclasses.replace(demo, head_caps=[HeadCaps("unet"), HeadCaps("unet", max_epochs=1)])
 
 
 @pytest.mark.parametrize("kind", ["head", "metric"])

@@ -173,6 +173,18 @@ def test_version_2_records_carry_the_first_metric_definitions_and_are_refused_wh
     assert "rescore" not in str(info.value)
 
 
+def test_head_parameters_is_checked_and_older_records_read_it_as_null():
+    record = _failed_record()
+    assert record["head_parameters"] is None  # the run failed
+    older = {k: v for k, v in record.items() if k != "head_parameters"}  # written before the field
+    parsed, upgraded = parse_record(older)
+    assert parsed["head_parameters"] is None and not upgraded
+    assert parse_record({**record, "head_parameters": 86_699_329})[0]["head_parameters"] == 86_699_329
+    for bad in (1.5, True, "12"):
+        with pytest.raises(RecordError, match="field 'head_parameters'"):
+            validate_record({**record, "head_parameters": bad})
+
+
 @pytest.mark.parametrize(
     "version, message", [(0, "cxrbench evaluate"), (SCHEMA_VERSION + 1, "newer cxrbench"), ("2", "'2'")]
 )

@@ -20,7 +20,7 @@ from cxrbench.encoders.checkpoint import (
 from cxrbench.encoders.convnext import ConvNeXtConfig, ConvNeXtEncoder, register_convnext_variant
 from cxrbench.encoders.densenet import DenseNetConfig, DenseNetEncoder, register_densenet_variant
 from cxrbench.encoders.families import Family, family_of, list_families, register_family
-from cxrbench.encoders.features import STAGES, STRIDES, FeatureInfo
+from cxrbench.encoders.features import INPUT, INPUT_CHANNELS, STAGES, STRIDES, FeatureInfo
 from cxrbench.encoders.imagenet import IMAGENET_ENV, IMAGENET_WEIGHTS_NAME, find_imagenet_weights
 from cxrbench.encoders.load import (
     BUILTIN_ENCODERS,
@@ -44,6 +44,8 @@ __all__ = [
     "DEFAULT_ARCH",
     "IMAGENET_ENV",
     "IMAGENET_WEIGHTS_NAME",
+    "INPUT",
+    "INPUT_CHANNELS",
     "MIN_FRACTION",
     "RANDOM_INIT_SEED",
     "STAGES",

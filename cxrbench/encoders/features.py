@@ -4,6 +4,9 @@ Every encoder returns a dict {stage: B x C x H/stride x W/stride} and describes 
 so heads (and the feature cache) can be built from the description alone, whatever the family. An
 encoder whose own outputs are not these stages (a ViT's tapped blocks) also provides a trainable
 neck that makes them (see neck.py); heads always read the neck's output.
+
+`INPUT` is not an encoder stage: a head that lists it in its `required_stages` also gets the
+normalised input image (B x 3 x H x W, stride 1) under that name, from the training loop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 STRIDES = {"conv1": 2, "conv2": 4, "conv3": 8, "conv4": 16, "conv5": 32}
+INPUT = "input"  # the normalised input image a head may read beside the stages (never cached)
+INPUT_CHANNELS = 3  # the grey image repeated to 3 channels, as every encoder receives it
 
 
 @dataclass(frozen=True)

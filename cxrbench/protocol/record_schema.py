@@ -17,6 +17,9 @@ Version history:
   ``per_image_sidecar`` holds its file name, sha256 and manifest, and ``test_per_image`` on disk only
   the entries that are not lists (readers see the full statistics, read from the sidecar on first use).
   Older records carry them inline (``per_image_sidecar`` null); `cxrbench rescore` moves them out.
+  Later additions to version 4 (readers fill them in as null for records written before): the cost
+  fields (``encoder_parameters``, ``head_parameters``, ``peak_memory_*``, ``train_images_per_s``,
+  ``grad_checkpointing``).
 """
 
 from __future__ import annotations
@@ -177,6 +180,8 @@ COST_FIELDS = (
     "train_images_per_s",
     "grad_checkpointing",
 )
+# Fields added to the current version after records were written: filled in as null when absent.
+ADDED_FIELDS = COST_FIELDS
 
 
 def sha256_of_identity(identity: str | None) -> str | None:
@@ -263,7 +268,8 @@ def validate_record(obj: Any, source: str = "run record") -> RunRecord:
             f"{source}: run record schema_version {obj['schema_version']!r}, expected {SCHEMA_VERSION}"
         )
     for key, kind in (*REQUIRED.items(), *OPTIONAL.items()):
-        if key in obj and (not isinstance(obj[key], kind) or (isinstance(obj[key], bool) and kind is int)):
+        numeric = kind is int or (isinstance(kind, tuple) and int in kind)
+        if key in obj and (not isinstance(obj[key], kind) or (isinstance(obj[key], bool) and numeric)):
             expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise RecordError(f"{source}: run record field {key!r} is {obj[key]!r}, expected {expected}")
     for key, valid in (("phase", PHASES), ("status", STATUSES)):
@@ -296,6 +302,8 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
         obj = upgrade_v2(obj)
     if upgraded:
         obj = upgrade_v3(obj)
+    if isinstance(obj, Mapping) and any(k not in obj for k in ADDED_FIELDS):
+        obj = {**obj, **{k: None for k in ADDED_FIELDS if k not in obj}}
     return validate_record(obj, source), upgraded
 
 

@@ -89,7 +89,7 @@ def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: P
     """Load one split for a task at the profile resolution (nested subset for the train split), with
     the targets its head learns from (masks or boxes)."""
     source = dataset.split(split, task.percent if split == "train" else None)
-    limit = profile.max_train_images if split == "train" else profile.max_eval_images
+    limit = profile.max_images(task, split)
     keep = _limit(np.arange(len(source)), limit, seed=len(source))
     source = source.subset(keep)
     resolution = profile.resolution

@@ -139,6 +139,31 @@ TASKS: tuple[Task, ...] = _parse_table(_TABLE)
 TASKS_BY_ID: dict[str, Task] = {t.task_id: t for t in TASKS}
 
 
+_CAPS = ("max_epochs", "patience", "warmup_steps", "batch_size", "max_train_images", "max_eval_images")
+
+
+def _tighter(value: int | None, limit: int | None) -> int | None:
+    """The smaller of two caps (None: no cap)."""
+    return value if limit is None else limit if value is None else min(value, limit)
+
+
+@dataclass(frozen=True)
+class HeadCaps:
+    """Tighter caps for the tasks of one head kind within a profile (None: the profile's own cap).
+
+    A head whose step costs much more than the others' (the 87M-parameter U-Net decoder on a CPU)
+    gets fewer images or epochs in a quick profile without shrinking every other task.
+    """
+
+    head: str
+    max_epochs: int | None = None
+    patience: int | None = None
+    warmup_steps: int | None = None
+    batch_size: int | None = None
+    max_train_images: int | None = None
+    max_eval_images: int | None = None
+
+
 @dataclass(frozen=True)
 class Profile:
     """How a run scales the protocol. `full` changes nothing; `demo` shrinks everything."""
@@ -153,19 +178,52 @@ class Profile:
     default_seeds: int = 5
     max_train_images: int | None = None
     max_eval_images: int | None = None
+    head_caps: tuple[HeadCaps, ...] = ()  # tighter caps for one head kind's tasks
+
+    def __post_init__(self) -> None:
+        # A sweep config gives mappings in a list: store HeadCaps in a tuple, so the profile hashes.
+        caps = []
+        for entry in self.head_caps:
+            if not isinstance(entry, HeadCaps):
+                try:
+                    entry = HeadCaps(**entry)
+                except TypeError as exc:
+                    raise CxrbenchError(
+                        f"profile {self.name!r}: head_caps entry {entry!r} is not "
+                        f"{{head: NAME, <cap>: value}} with caps among {', '.join(_CAPS)}"
+                    ) from exc
+            caps.append(entry)
+        heads = [c.head for c in caps]
+        if len(set(heads)) != len(heads):
+            raise CxrbenchError(f"profile {self.name!r}: head_caps names a head twice ({heads})")
+        object.__setattr__(self, "head_caps", tuple(caps))
+
+    def caps_for(self, head: str) -> HeadCaps:
+        """The caps tasks of `head` run under: the profile's, tightened by its head_caps entry."""
+        mine = HeadCaps(head, **{k: getattr(self, k) for k in _CAPS})
+        for entry in self.head_caps:
+            if entry.head == head:
+                return HeadCaps(head, **{k: _tighter(getattr(mine, k), getattr(entry, k)) for k in _CAPS})
+        return mine
+
+    def max_images(self, task: Task, split: str) -> int | None:
+        """At most this many images of `split` for `task` (None: all)."""
+        caps = self.caps_for(task.head)
+        return caps.max_train_images if split == "train" else caps.max_eval_images
 
     def apply(self, task: Task) -> Task:
         """The task as this profile runs it."""
+        caps = self.caps_for(task.head)
         cap = lambda value, limit: value if limit is None else min(value, limit)  # noqa: E731
         grid = (
             task.lr_grid if self.max_lrs is None or len(task.lr_grid) <= self.max_lrs else (task.default_lr,)
         )
         return replace(
             task,
-            max_epochs=cap(task.max_epochs, self.max_epochs),
-            patience=cap(task.patience, self.patience),
-            warmup_steps=cap(task.warmup_steps, self.warmup_steps),
-            batch_size=cap(task.batch_size, self.batch_size),
+            max_epochs=cap(task.max_epochs, caps.max_epochs),
+            patience=cap(task.patience, caps.patience),
+            warmup_steps=cap(task.warmup_steps, caps.warmup_steps),
+            batch_size=cap(task.batch_size, caps.batch_size),
             lr_grid=grid,
         )
 
@@ -183,6 +241,11 @@ PROFILES: dict[str, Profile] = {
         default_seeds=2,
         max_train_images=96,
         max_eval_images=48,
+        head_caps=(
+            HeadCaps(
+                "unet", max_epochs=1, warmup_steps=1, batch_size=8, max_train_images=8, max_eval_images=8
+            ),
+        ),
     ),
 }
 
@@ -227,4 +290,6 @@ def protocol_hash(profile: Profile, splits: SplitIdentity | None = None) -> str:
         "tasks": [asdict(t) for t in TASKS],
         "profile": asdict(profile),
     }
+    if not profile.head_caps:  # hashes of profiles without head caps stay what they were before them
+        del payload["profile"]["head_caps"]
     return stable_hash(payload)[:16]

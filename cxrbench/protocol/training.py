@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cxrbench.encoders import INPUT
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
 from cxrbench.protocol.cost import count_parameters, peak_memory, reset_peak_memory
@@ -62,8 +63,14 @@ class RunResult:
     cost: dict = field(default_factory=dict)
 
 
+def encoder_stages(stages) -> tuple[str, ...]:
+    """The stages among a head's `required_stages` that the encoder computes (all but `INPUT`)."""
+    return tuple(s for s in stages if s != INPUT)
+
+
 class _Batches:
-    """Feeds the head either cached features or features computed by the encoder per batch."""
+    """Feeds the head either cached features or features computed by the encoder per batch, plus
+    the normalised input image under `INPUT` when the head reads it (it is never cached)."""
 
     def __init__(self, split: TaskSplit, encoder: nn.Module, stages, device, autocast, cache: dict | None):
         self.split, self.encoder, self.stages = split, encoder, stages
@@ -73,10 +80,18 @@ class _Batches:
         return self.split.normalise(self.split.images[index])
 
     def features(self, index: Tensor) -> dict[str, Tensor]:
+        wants_input = INPUT in self.stages
+        images = None
+        if self.cache is None or wants_input:
+            images = self.images(index).to(self.device, non_blocking=True)
         if self.cache is not None:
-            return {s: self.cache[s][index].to(self.device, non_blocking=True) for s in self.stages}
-        with self.autocast():
-            return self.encoder(self.images(index).to(self.device, non_blocking=True))
+            feats = {s: self.cache[s][index].to(self.device, non_blocking=True) for s in self.cache}
+        else:
+            with self.autocast():
+                feats = dict(self.encoder(images))
+        if wants_input:
+            feats[INPUT] = images
+        return feats
 
 
 def head_and_metric(task: Task) -> tuple[type[Head], Metric]:
@@ -88,6 +103,14 @@ def head_and_metric(task: Task) -> tuple[type[Head], Metric]:
             f"{task.metric!r} scores {metric.target.name}"
         )
     return head, metric
+
+
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """The protocol's Adam (weight decay 1e-6), fused on CPU and CUDA: one pass over each tensor
+    instead of a dozen, several times faster for the 87M-124M-parameter U-Net head on a CPU (equal to
+    the unfused update up to float rounding)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.Adam(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=fused)
 
 
 def _to_device(targets, device):
@@ -128,6 +151,7 @@ def train_run(
         encoder.set_grad_checkpointing(True)
     head = build_head_with_neck(head_class, encoder, n_classes, resolution).to(device)
     stages = head.required_stages  # encoder outputs the head's neck reads
+    cached_stages = encoder_stages(stages)
     out_size = (resolution, resolution)
     generator = torch.Generator().manual_seed(seed)
 
@@ -135,12 +159,18 @@ def train_run(
         p.requires_grad_(False)
     encoder.eval()
     caches = {name: None for name in data}
-    fits = sum(cache_bytes(encoder.feature_info, stages, len(s), resolution) for s in data.values())
+    fits = sum(cache_bytes(encoder.feature_info, cached_stages, len(s), resolution) for s in data.values())
     use_cache = task.frozen and use_feature_cache and fits <= cache_budget_bytes
     if use_cache:
         for name, split in data.items():
             caches[name] = encode_all(
-                encoder, len(split), lambda i, s=split: s.normalise(s.images[i]), stages, 64, device, autocast
+                encoder,
+                len(split),
+                lambda i, s=split: s.normalise(s.images[i]),
+                cached_stages,
+                64,
+                device,
+                autocast,
             )
     batches = {
         name: _Batches(split, encoder, stages, device, autocast, caches[name]) for name, split in data.items()
@@ -169,7 +199,7 @@ def train_run(
 
     # Fine-tune warm-up: head only, encoder frozen and in eval mode.
     if not task.frozen and task.warmup_steps > 0:
-        warm = torch.optim.Adam(head.parameters(), lr=task.warmup_lr, weight_decay=WEIGHT_DECAY)
+        warm = adam(head.parameters(), task.warmup_lr, device)
         step = 0
         while step < task.warmup_steps:
             for index in data["train"].batches(task.batch_size, shuffle=True, generator=generator):
@@ -183,7 +213,7 @@ def train_run(
         for p in encoder.parameters():
             p.requires_grad_(True)
         params += list(encoder.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    optimizer = adam(params, lr, device)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE
     )

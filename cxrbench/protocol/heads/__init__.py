@@ -1,6 +1,6 @@
 """Task heads on encoder features, registered by name (see base.py for the `Head` contract).
 
-Built-in heads: "linear" (1x1 conv on conv5), "unet" (U-Net decoder over conv1..conv5), "yolo"
+Built-in heads: "linear" (1x1 conv on conv5), "unet" (ResUNet over conv1..conv5 and the image), "yolo"
 (three-scale YOLOv3). Segmentation heads return B x n_classes x H x W logits at `out_size`, the YOLO
 head raw per-scale maps (see yolo.py). A new head: a `Head` subclass in its own module and one
 `register_head` line below (or a call from outside the package).

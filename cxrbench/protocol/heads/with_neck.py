@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from cxrbench.encoders import build_neck, neck_feature_info
+from cxrbench.encoders import INPUT, build_neck, neck_feature_info
 from cxrbench.protocol.heads.base import Head
 
 
@@ -21,7 +21,8 @@ class HeadWithNeck(nn.Module):
         super().__init__()
         self.neck, self.head = neck, head
         self.name, self.target = head.name, head.target
-        self.required_stages = tuple(neck.inputs)
+        self.reads_input = INPUT in head.required_stages
+        self.required_stages = tuple(neck.inputs) + ((INPUT,) if self.reads_input else ())
 
     def __getattr__(self, name: str):
         """Anything else a head offers (e.g. a head-specific decoding option) is the inner head's."""
@@ -34,7 +35,11 @@ class HeadWithNeck(nn.Module):
             return getattr(head, name)
 
     def forward(self, features: dict[str, Tensor], out_size: tuple[int, int] | None = None) -> object:
-        return self.head(self.neck(features), out_size)
+        staged = self.neck({k: v for k, v in features.items() if k != INPUT})
+        if self.reads_input:  # the image skip (ResUNet) bypasses the neck; a grey 1-channel input is repeated
+            image = features[INPUT]
+            staged = {**staged, INPUT: image.expand(-1, 3, -1, -1) if image.shape[1] == 1 else image}
+        return self.head(staged, out_size)
 
     def training_loss(self, output: object, targets: object) -> Tensor:
         return self.head.training_loss(output, targets)
@@ -48,4 +53,4 @@ def build_head_with_neck(
 ) -> HeadWithNeck:
     """The head a task names, built from what `encoder`'s neck offers, behind a neck for its stages."""
     head = head_class.build(neck_feature_info(encoder), n_classes, image_size)
-    return HeadWithNeck(build_neck(encoder, head.required_stages), head)
+    return HeadWithNeck(build_neck(encoder, tuple(s for s in head.required_stages if s != INPUT)), head)
