@@ -35,6 +35,7 @@ PROFILE_COLUMNS = {  # document column -> (Profile field, words that stand for N
     "patience": ("patience", ("task",)),
     "warm-up steps": ("warmup_steps", ("task",)),
     "batch": ("batch_size", ("task",)),
+    "batch per head": ("head_batch_size", ("none",)),
     "learning rates": ("max_lrs", ("grid",)),
     "seeds": ("default_seeds", ()),
     "train images": ("max_train_images", ("all",)),
@@ -98,9 +99,11 @@ def test_task_table_covers_every_task_setting():
     assert "Every warm-up runs at lr 1e-3." in DOC.read_text(encoding="utf-8")
 
 
-def _profile_value(cell: str, none_words: tuple[str, ...]) -> int | None:
+def _profile_value(cell: str, none_words: tuple[str, ...]) -> object:
     if cell in none_words:
-        return None
+        return () if cell == "none" else None
+    if cell[:1].isalpha() and cell != "default":  # per-head caps: "yolo 4, unet 8"
+        return tuple((head, int(n)) for head, n in (pair.split() for pair in cell.split(",")))
     return 1 if cell == "default" else int(cell)
 
 

@@ -139,10 +139,16 @@ class Profile:
     patience: int | None = None  # cap on each task's patience
     warmup_steps: int | None = None  # cap on fine-tune warm-up steps
     batch_size: int | None = None  # cap on batch size
+    # Tighter batch caps for tasks of one head kind, e.g. (("yolo", 4),): more optimisation steps
+    # per epoch where a head needs them to learn within the epoch cap (same images, same epochs).
+    head_batch_size: tuple[tuple[str, int], ...] = ()
     max_lrs: int | None = None  # None: the whole lr grid; 1: the default lr only
     default_seeds: int = 5
     max_train_images: int | None = None
     max_eval_images: int | None = None
+
+    def __post_init__(self) -> None:  # a sweep config may give lists: keep the profile hashable
+        object.__setattr__(self, "head_batch_size", tuple((str(h), int(n)) for h, n in self.head_batch_size))
 
     def apply(self, task: Task) -> Task:
         """The task as this profile runs it."""
@@ -150,12 +156,16 @@ class Profile:
         grid = (
             task.lr_grid if self.max_lrs is None or len(task.lr_grid) <= self.max_lrs else (task.default_lr,)
         )
+        batch = cap(task.batch_size, self.batch_size)
+        for head, limit in self.head_batch_size:
+            if head == task.head:
+                batch = min(batch, limit)
         return replace(
             task,
             max_epochs=cap(task.max_epochs, self.max_epochs),
             patience=cap(task.patience, self.patience),
             warmup_steps=cap(task.warmup_steps, self.warmup_steps),
-            batch_size=cap(task.batch_size, self.batch_size),
+            batch_size=batch,
             lr_grid=grid,
         )
 
@@ -169,6 +179,7 @@ PROFILES: dict[str, Profile] = {
         patience=3,
         warmup_steps=4,
         batch_size=16,
+        head_batch_size=(("yolo", 4),),
         max_lrs=1,
         default_seeds=2,
         max_train_images=96,
