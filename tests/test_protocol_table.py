@@ -106,9 +106,11 @@ def test_task_table_covers_every_task_setting():
     assert "Every warm-up runs at lr 1e-3." in DOC.read_text(encoding="utf-8")
 
 
-def _profile_value(cell: str, none_words: tuple[str, ...]) -> int | None:
+def _profile_value(cell: str, none_words: tuple[str, ...]) -> object:
     if cell in none_words:
-        return None
+        return () if cell == "none" else None
+    if cell[:1].isalpha() and cell != "default":  # per-head caps: "yolo 4, unet 8"
+        return tuple((head, int(n)) for head, n in (pair.split() for pair in cell.split(",")))
     return 1 if cell == "default" else int(cell)
 
 

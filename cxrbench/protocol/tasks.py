@@ -245,6 +245,8 @@ PROFILES: dict[str, Profile] = {
             HeadCaps(
                 "unet", max_epochs=1, warmup_steps=1, batch_size=8, max_train_images=8, max_eval_images=8
             ),
+            # more optimisation steps per epoch: the YOLO head needs them to learn within the epoch cap
+            HeadCaps("yolo", batch_size=4),
         ),
     ),
 }
