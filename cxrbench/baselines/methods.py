@@ -157,6 +157,9 @@ _CONVIRT = {
 # tokens, BatchNorm MLPs, fixed temperature 0.1, 0.75/0.25, one random sentence, LoVT's schedule.
 _CLIP = {"pooling": "attention", "report_pooling": "max", "report_sentences": "one"}
 _GAUSSIAN = {"prior": "gaussian_potential", "prior_kwargs": (("t", 2.0),)}
+# The uniformity-prior method and its control keep this project's former schedule, one cosine over
+# the run (the one its demo results were established with); LoVT's is the per-epoch cosine.
+_PRIOR_SCHEDULE = {"schedule": "cosine"}
 
 BUILTIN_METHODS: tuple[MethodConfig, ...] = (
     MethodConfig("random", kind="init", description="random initialisation (torchvision init), no training"),
@@ -200,23 +203,27 @@ BUILTIN_METHODS: tuple[MethodConfig, ...] = (
     ),
     MethodConfig(
         "global_attention",
+        **_PRIOR_SCHEDULE,
         description="control: global InfoNCE only, with every other setting of uniformity_prior "
         "(the reference's 'no local loss' ablation); what the prior adds is uniformity_prior minus this",
     ),
     MethodConfig(
         "uniformity_prior",
         **_GAUSSIAN,
+        **_PRIOR_SCHEDULE,
         description="global InfoNCE + within-sample Gaussian-potential uniformity prior, no local alignment",
     ),
     MethodConfig(
         "uniformity_prior_sw",
         prior="sliced_wasserstein",
+        **_PRIOR_SCHEDULE,
         prior_dim_scaled=True,
         description="global InfoNCE + sliced-Wasserstein prior towards the uniform law on the sphere",
     ),
     MethodConfig(
         "uniformity_prior_mm",
         prior="moment_matching",
+        **_PRIOR_SCHEDULE,
         description="global InfoNCE + moment-matching prior (mean 0, covariance I/D) within each sample",
     ),
     MethodConfig(
