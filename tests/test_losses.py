@@ -16,7 +16,8 @@ from cxrbench.baselines.losses import (
     image_spatial_weights,
     local_alignment_term,
     local_intra_sample_contrastive,
-    local_uniformity_term,
+    local_negatives_term,
+    local_within_sample_uniformity,
     lovt_local_loss,
     lovt_local_terms,
     moment_matching_prior,
@@ -86,14 +87,15 @@ def test_image_spatial_weights():
     cells = torch.stack(torch.meshgrid(torch.arange(7.0), torch.arange(7.0), indexing="ij"), -1).reshape(
         49, 2
     )
-    dist = torch.cdist(cells, cells) / math.hypot(6, 6)  # normalised by the grid diagonal
+    dist = torch.cdist(cells, cells) / math.hypot(7, 7)  # normalised by sqrt(H^2 + W^2), as the reference
     assert w.shape == (49, 49)
     assert torch.allclose(w.sum(-1), torch.ones(49), atol=1e-6)
     assert (w[dist > 0.5 + 1e-6] == 0).all()
     assert (w[dist <= 0.5 - 1e-6] > 0).all()
     assert (w.diagonal() == w.max(-1).values).all()
     # ratio of weights within a row is exp(-(d1 - d0))
-    assert (w[0, 1] / w[0, 0]).item() == pytest.approx(math.exp(-1 / math.hypot(6, 6)), rel=1e-5)
+    assert (w[0, 1] / w[0, 0]).item() == pytest.approx(math.exp(-1 / math.hypot(7, 7)), rel=1e-5)
+    assert w[0, 0].item() == pytest.approx(0.0600, abs=5e-4)  # the reference's corner self-weight
     assert torch.equal(image_spatial_weights((1, 1)), torch.ones(1, 1))
 
 
@@ -134,7 +136,7 @@ def test_alignment_plus_uniformity_equals_local_loss_exactly():
     mask[1, 4:] = False
     for w, m in [(None, None), (weights, None), (None, mask), (weights, mask)]:
         full = local_intra_sample_contrastive(z, z_att, w, pool, m)
-        parts = local_alignment_term(z, z_att, w, pool, m) + local_uniformity_term(z, z_att, pool, m)
+        parts = local_alignment_term(z, z_att, w, pool, m) + local_negatives_term(z, z_att, pool, m)
         assert torch.equal(full, parts)
 
 
@@ -181,11 +183,11 @@ def test_lovt_local_loss_combines_four_terms():
     expected_report = local_intra_sample_contrastive(sentences_att, sentences, None, sentence_pool, mask)
     assert terms["report_att2l"].item() == pytest.approx(expected_report.item(), rel=1e-6)
     # the ablation parts add up to the full loss; grid defaults to square
-    parts = lovt_local_loss(*tensors, part="alignment") + lovt_local_loss(*tensors, part="uniformity")
+    parts = lovt_local_loss(*tensors, part="alignment") + lovt_local_loss(*tensors, part="negatives")
     assert parts.item() == pytest.approx(loss.item(), rel=1e-5)
-    assert set(LOCAL_PARTS) == {"full", "alignment", "uniformity"}
+    assert set(LOCAL_PARTS) == {"full", "alignment", "negatives"}
     with pytest.raises(ValueError):
-        lovt_local_loss(*tensors, part="negatives")
+        lovt_local_loss(*tensors, part="uniformity")
     with pytest.raises(ValueError):
         lovt_local_loss(*tensors, grid=(2, 4))
 
@@ -287,7 +289,9 @@ def test_all_losses_have_finite_gradients_with_dropped_sentences():
         "global": global_infonce(zi, zr),
         "lovt": lovt_local_loss(r, ra, s, sa, mask, image_pool, sentence_pool, grid=grid),
         "lovt_alignment": lovt_local_loss(r, ra, s, sa, mask, image_pool, sentence_pool, part="alignment"),
-        "lovt_uniformity": lovt_local_loss(r, ra, s, sa, mask, image_pool, sentence_pool, part="uniformity"),
+        "lovt_negatives": lovt_local_loss(r, ra, s, sa, mask, image_pool, sentence_pool, part="negatives"),
+        "within_uniformity_regions": local_within_sample_uniformity(r, image_pool),
+        "within_uniformity_sentences": local_within_sample_uniformity(s, sentence_pool, mask),
     }
     for name in UNIFORMITY_PRIORS:
         kwargs = {"generator": _gen(0)} if name == "sliced_wasserstein" else {}
@@ -313,3 +317,250 @@ def test_all_losses_have_finite_gradients_with_dropped_sentences():
         value.backward()
         assert value.item() == 0.0
         assert torch.isfinite(empty.grad).all()
+
+
+# ------------------------------------------------------------------------- LoVT's four local directions
+def _hand_spatial_weights_3x3() -> list[list[float]]:
+    """The reference's image weights on a 3 x 3 grid, computed with plain loops (no library code)."""
+    cells = [(r, c) for r in range(3) for c in range(3)]
+    diagonal = math.sqrt(3**2 + 3**2)
+    rows = []
+    for rn, cn in cells:
+        row = []
+        for rm, cm in cells:
+            d = math.sqrt((rn - rm) ** 2 + (cn - cm) ** 2) / diagonal
+            row.append(math.exp(-d) if d <= 0.5 else 0.0)
+        total = sum(row)
+        rows.append([w / total for w in row])
+    return rows
+
+
+def _hand_direction(queries, candidates, weights, pool, valid, tau) -> float:
+    """1/B sum_i sum_n p_in (-sum_m w_nm s(q_in, c_im)/tau + log sum_m exp(s(q_in, c_im)/tau)), by loops."""
+    total, samples = 0.0, 0
+    for i in range(queries.shape[0]):
+        items = [n for n in range(queries.shape[1]) if valid[i][n]]
+        if not items:
+            continue
+        samples += 1
+        p_sum = sum(float(pool[i][n]) for n in items)
+        for n in items:
+            sims = {
+                m: F.cosine_similarity(queries[i, n], candidates[i, m], dim=0).item() / tau for m in items
+            }
+            w_sum = sum(weights[n][m] for m in items)
+            align = -sum(weights[n][m] / w_sum * sims[m] for m in items)
+            negatives = math.log(sum(math.exp(v) for v in sims.values()))
+            total += float(pool[i][n]) / p_sum * (align + negatives)
+    return total / samples
+
+
+def test_four_local_directions_match_hand_computed_weights_on_a_3x3_grid():
+    """image_l2att and image_att2l both use the row-normalised matrix W (row n = targets of region n);
+    the report directions use the identity. Any transposition or renormalisation of W fails here."""
+    hand = _hand_spatial_weights_3x3()
+    torch.testing.assert_close(image_spatial_weights((3, 3)), torch.tensor(hand), rtol=0, atol=1e-7)
+    w = torch.tensor(hand)
+    assert not torch.allclose(w, w.T, atol=1e-3)  # rows normalised: corner, edge and centre rows differ
+    assert hand[0][0] == pytest.approx(
+        1
+        / (
+            1
+            + 2 * math.exp(-1 / math.sqrt(18))
+            + math.exp(-math.sqrt(2 / 18))
+            + 2 * math.exp(-2 / math.sqrt(18))
+        )
+    )
+    regions, regions_att, sentences, sentences_att, mask, image_pool, sentence_pool, grid = _lovt_inputs()
+    tau = 0.3
+    terms = lovt_local_terms(
+        regions, regions_att, sentences, sentences_att, mask, image_pool, sentence_pool, grid=grid, tau=tau
+    )
+    identity = [[float(n == m) for m in range(4)] for n in range(4)]
+    all_regions = [[True] * 9 for _ in range(3)]
+    expected = {
+        "image_l2att": _hand_direction(regions, regions_att, hand, image_pool, all_regions, tau),
+        "image_att2l": _hand_direction(regions_att, regions, hand, image_pool, all_regions, tau),
+        "report_l2att": _hand_direction(sentences, sentences_att, identity, sentence_pool, mask, tau),
+        "report_att2l": _hand_direction(sentences_att, sentences, identity, sentence_pool, mask, tau),
+    }
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value, rel=1e-5), name
+    transposed = _hand_direction(
+        regions_att, regions, [list(r) for r in zip(*hand)], image_pool, all_regions, tau
+    )
+    assert abs(transposed - expected["image_att2l"]) > 1e-3  # the old bug would be visible
+
+
+# ----------------------------------------------------------------------------------- float32 losses
+def _nearly_collapsed(b: int = 2, n: int = 49, d: int = 64, cosine: float = 0.999) -> torch.Tensor:
+    """Regions of a sample around one direction with mean pairwise cosine about `cosine`.
+
+    centre + eps u_n with unit u_n orthogonal to the centre and nearly orthogonal to each other:
+    cos = (1 + eps^2 u_n.u_m) / (1 + eps^2), about 1 / (1 + eps^2).
+    """
+    g = _gen(7)
+    centre = l2_normalize(torch.randn(b, 1, d, generator=g))
+    noise = torch.randn(b, n, d, generator=g)
+    noise = l2_normalize(noise - (noise * centre).sum(-1, keepdim=True) * centre)
+    return centre + math.sqrt(1 / cosine - 1) * noise
+
+
+def _mean_cosine(z: torch.Tensor) -> float:
+    z = l2_normalize(z)
+    sims = z @ z.transpose(-1, -2)
+    n = z.shape[1]
+    return ((sims.sum((-1, -2)) - n) / (n * (n - 1))).mean().item()
+
+
+@pytest.mark.parametrize("regime", ["spread", "nearly_collapsed"])
+def test_prior_under_cpu_bf16_autocast_equals_float32(regime):
+    regions = torch.randn(2, 49, 64, generator=_gen(1)) if regime == "spread" else _nearly_collapsed()
+    if regime == "nearly_collapsed":
+        assert _mean_cosine(regions) == pytest.approx(0.999, abs=3e-4)
+
+    def value_and_grad(autocast: bool):
+        leaf = regions.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value = within_sample_uniformity_prior(leaf)
+        value.backward()
+        return value.detach(), leaf.grad
+
+    ref_value, ref_grad = value_and_grad(False)
+    value, grad = value_and_grad(True)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, ref_value, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-5)
+    if regime == "nearly_collapsed":
+        assert ref_value.item() < -1e-3  # -0.0035-ish: not rounded to 0
+        # the same statistic left to bf16 autocast is visibly wrong in this regime (why the fix matters)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            naive = gaussian_potential_uniformity(l2_normalize(regions)).mean()
+        assert abs(naive.float().item() - ref_value.item()) > 1e-4
+
+
+def test_every_loss_returns_float32_under_autocast():
+    regions, regions_att, sentences, sentences_att, mask, image_pool, sentence_pool, grid = _lovt_inputs()
+    args = [t.bfloat16() for t in (regions, regions_att, sentences, sentences_att)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = [
+            global_infonce(args[0].mean(1), args[2].mean(1)),
+            lovt_local_loss(*args, mask, image_pool, sentence_pool, grid=grid),
+            local_within_sample_uniformity(args[0]),
+            *(
+                distribution_prior(
+                    name, args[0], **({"generator": _gen(0)} if name == "sliced_wasserstein" else {})
+                )
+                for name in UNIFORMITY_PRIORS
+            ),
+        ]
+    assert all(v.dtype == torch.float32 for v in values)
+    plain = lovt_local_loss(*(a.float() for a in args), mask, image_pool, sentence_pool, grid=grid)
+    assert values[1].item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------- within-sample uniformity
+def test_within_sample_uniformity_matches_loops_and_spreads():
+    z, _, pool = _local_inputs(b=2, n=5, d=6)
+    mask = torch.tensor([[True, True, False, True, True], [True, True, True, True, True]])
+    tau = 0.3
+    total = 0.0
+    for i in range(2):
+        items = [n for n in range(5) if mask[i, n]]
+        p_sum = sum(pool[i, n].item() for n in items)
+        for n in items:
+            others = [F.cosine_similarity(z[i, n], z[i, m], dim=0).item() / tau for m in items if m != n]
+            total += pool[i, n].item() / p_sum * math.log(sum(math.exp(v) for v in others) / len(others))
+    got = local_within_sample_uniformity(z, pool, mask, tau)
+    assert got.item() == pytest.approx(total / 2, rel=1e-5)
+    collapsed = torch.ones(2, 5, 6)
+    assert local_within_sample_uniformity(collapsed, tau=tau).item() == pytest.approx(1 / tau, rel=1e-6)
+    orthogonal = torch.eye(6)[:5].expand(2, 5, 6)
+    assert local_within_sample_uniformity(orthogonal, tau=tau).item() == pytest.approx(0.0, abs=1e-6)
+    single = torch.tensor([[True, False, False, False, False]] * 2)
+    assert local_within_sample_uniformity(z, pool, single).item() == 0.0
+
+
+# ------------------------------------------------------------------------------- ablations vs collapse
+def _outputs(regions, regions_att, sentences, sentences_att):
+    from cxrbench.baselines.models import PretrainOutputs
+
+    b, n, _ = regions.shape
+    s = sentences.shape[1]
+    spread = torch.eye(8)[:b]
+    return PretrainOutputs(
+        image_global=spread,
+        report_global=spread,
+        image_local=regions,
+        sentence_local=sentences,
+        sentence_mask=torch.ones(b, s, dtype=torch.bool),
+        image_pool_weights=torch.full((b, n), 1 / n),
+        sentence_pool_weights=torch.full((b, s), 1 / s),
+        grid=(3, 3),
+        image_attended=regions_att,
+        sentence_attended=sentences_att,
+    )
+
+
+def _local_objective(name: str, outputs) -> float:
+    """Everything but the global term of a registered method (the global term is the same for all)."""
+    from cxrbench.baselines import get_method
+    from cxrbench.baselines.methods import method_loss
+
+    losses = method_loss(get_method(name), outputs)
+    return sum(v.item() for k, v in losses.items() if k not in ("loss", "global"))
+
+
+def test_which_ablation_objectives_a_constant_output_minimises():
+    """A constant projection output (its bias: every region v, every sentence v or -v) minimises the
+    alignment-only objective (as its name says: nothing keeps it from collapsing) and the old
+    negatives-only 'no alignment' objective (regions v, sentences -v), but none of the others."""
+    b, d, tau, w = 2, 8, 0.3, 0.375
+    v = torch.zeros(d)
+    v[0] = 1.0
+    same = _outputs(*(v.expand(b, n, d).clone() for n in (9, 9, 4, 4)))
+    # regions v, sentences -v: each region's attended report is -v, each sentence's attended image is v
+    opposite = _outputs(v.expand(b, 9, d), -v.expand(b, 9, d), -v.expand(b, 4, d), v.expand(b, 4, d))
+    # a spread, perfectly aligned alternative: orthogonal-ish items, attended = themselves
+    regions = torch.randn(b, 9, d, generator=_gen(3))
+    sentences = torch.eye(d)[:4].expand(b, 4, d)
+    aligned = _outputs(regions, regions, sentences, sentences)
+
+    minimised = {}
+    for name in (
+        "lovt",
+        "lovt_no_alignment",
+        "lovt_no_uniformity",
+        "lovt_alignment_prior",
+        "uniformity_prior",
+    ):
+        constant = min(_local_objective(name, same), _local_objective(name, opposite))
+        minimised[name] = constant <= _local_objective(name, aligned) + 1e-6
+    assert minimised == {
+        "lovt": False,
+        "lovt_no_alignment": False,
+        "lovt_no_uniformity": True,
+        "lovt_alignment_prior": False,
+        "uniformity_prior": False,
+    }
+    # the constant reaches the alignment-only lower bound exactly: -1/tau per direction
+    assert _local_objective("lovt_no_uniformity", same) == pytest.approx(-4 * w / tau, rel=1e-5)
+    # the re-defined lovt_no_alignment is at its maximum (1/tau per item) there, not its minimum
+    assert _local_objective("lovt_no_alignment", same) == pytest.approx(2 * w * 2 / tau, rel=1e-5)
+    # the old lovt_no_alignment (the negatives part alone) reached its lower bound by collapse:
+    # -1/tau + log N per direction, below any aligned configuration
+    old = {
+        name: lovt_local_loss(
+            out.image_local,
+            out.image_attended,
+            out.sentence_local,
+            out.sentence_attended,
+            out.sentence_mask,
+            grid=(3, 3),
+            part="negatives",
+        ).item()
+        for name, out in (("opposite", opposite), ("aligned", aligned))
+    }
+    bound = w * (2 * (-1 / tau + math.log(9)) + 2 * (-1 / tau + math.log(4)))
+    assert old["opposite"] == pytest.approx(bound, rel=1e-5)
+    assert old["opposite"] < old["aligned"]

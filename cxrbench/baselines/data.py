@@ -45,7 +45,11 @@ def eval_transform(resolution: int) -> A.Compose:
 
 
 class PretrainPairs(Dataset):
-    """(image, sentences) pairs of one prepared split; `epoch` re-seeds the augmentation per epoch."""
+    """(image, sentences) pairs of one prepared split; `epoch` re-seeds the augmentation per epoch.
+
+    With `augment`, sentences="all" keeps every sentence in a random order (LoVT) and "one" keeps a
+    single random sentence (ConVIRT, CLIP* in the reference); without it, all sentences in order.
+    """
 
     def __init__(
         self,
@@ -56,7 +60,11 @@ class PretrainPairs(Dataset):
         augment: bool,
         seed: int = 0,
         max_images: int | None = None,
+        sentences: str = "all",
     ):
+        if sentences not in ("all", "one"):
+            raise ValueError(f"sentences must be 'all' or 'one', not {sentences!r}")
+        self.sampling = sentences
         indices = np.arange(len(split))
         if max_images is not None and len(indices) > max_images:
             indices = np.sort(np.random.default_rng(seed).choice(indices, max_images, replace=False))
@@ -77,6 +85,8 @@ class PretrainPairs(Dataset):
         if self.augment:
             self.transform.set_random_seed(int(rng.integers(2**31)))
             rng.shuffle(sentences)
+            if self.sampling == "one" and sentences:
+                sentences = sentences[:1]  # the first of a random permutation: one random sentence
         pixels = self.transform(image=np.ascontiguousarray(image))["image"]
         x = torch.from_numpy(pixels.astype(np.float32) / 255.0).sub_(self.mean).div_(self.std)
         return {"image": x.unsqueeze(0).expand(3, -1, -1).contiguous(), "sentences": sentences}

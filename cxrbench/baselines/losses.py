@@ -13,8 +13,11 @@ B x N bool (True = valid, e.g. real rather than padded sentences).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +36,14 @@ __all__ = [
     "LOCAL_PARTS",
     "UNIFORMITY_PRIORS",
     "distribution_prior",
+    "float32_loss",
+    "float32_outside_autocast",
     "global_infonce",
     "image_spatial_weights",
     "local_alignment_term",
     "local_intra_sample_contrastive",
-    "local_uniformity_term",
+    "local_negatives_term",
+    "local_within_sample_uniformity",
     "lovt_local_loss",
     "lovt_local_terms",
     "moment_matching_prior",
@@ -45,10 +51,44 @@ __all__ = [
     "within_sample_uniformity_prior",
 ]
 
-LOCAL_PARTS = ("full", "alignment", "uniformity")
+LOCAL_PARTS = ("full", "alignment", "negatives")  # the LoVT local loss and its two components
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def float32_outside_autocast() -> Iterator[None]:
+    """Leave every enabled autocast region (CPU and CUDA) for the duration of the block.
+
+    Under bf16 autocast the similarity matmuls of a loss run in bf16: near collapse (cosines of 0.999)
+    that rounds the Gaussian prior to 0 and turns its gradient. Losses are cheap, so they run in float32.
+    """
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
+
+
+def _as_float32(value: object) -> object:
+    if isinstance(value, Tensor) and value.is_floating_point() and value.element_size() < 4:
+        return value.float()  # float16 / bfloat16 up; float64 stays
+    return value
+
+
+def float32_loss(fn: _F) -> _F:
+    """Decorator: the loss runs outside autocast, its half-precision tensor inputs cast to float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> Any:
+        with float32_outside_autocast():
+            return fn(*(_as_float32(a) for a in args), **{k: _as_float32(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------- global
+@float32_loss
 def global_infonce(z_img: Tensor, z_rep: Tensor, tau: float = 0.1, weight_i2r: float = 0.75) -> Tensor:
     """Global image-report InfoNCE (ConVIRT / CLIP*), negatives from the other modality of the batch.
 
@@ -77,16 +117,16 @@ def image_spatial_weights(
 ) -> Tensor:
     """LoVT's image-side target weights (H*W) x (H*W): w_nm proportional to 1[d_nm <= max_dist] exp(-d_nm).
 
-    d_nm is the Euclidean distance between region centres (row-major grid) divided by the grid diagonal
-    sqrt((H-1)^2 + (W-1)^2), the largest possible distance, so d is in [0, 1] (this project's reading
-    of "normalised by the grid diagonal"). Rows are normalised to sum to 1; the diagonal always has the
+    d_nm is the Euclidean distance between region centres (row-major grid, one unit per cell) divided by
+    sqrt(H^2 + W^2), as the reference implementation normalises "by the grid diagonal" (so d < 1).
+    Rows are normalised to sum to 1 (row n holds the targets of region n); the diagonal always has the
     largest weight, so a region's own attended representation stays its main positive while its
-    neighbours count as softer positives rather than negatives.
+    neighbours count as softer positives rather than negatives. The same row-normalised matrix serves
+    both image directions (l2att and att2l), as in the reference.
     """
     h, w = grid
     dist = grid_distances(grid, "euclidean", device=device).to(dtype)
-    diagonal = math.hypot(h - 1, w - 1)
-    d = dist / diagonal if diagonal > 0 else dist
+    d = dist / math.hypot(h, w)
     weights = torch.where(d <= max_dist, torch.exp(-d), torch.zeros_like(d))
     return weights / weights.sum(-1, keepdim=True)
 
@@ -126,6 +166,7 @@ def _pool_and_average(per_item: Tensor, pool: Tensor, non_empty: Tensor) -> Tens
     return masked_mean((pool * per_item).sum(-1), non_empty)
 
 
+@float32_loss
 def local_alignment_term(
     z_local: Tensor,
     z_attended: Tensor,
@@ -137,29 +178,69 @@ def local_alignment_term(
     """The local *alignment* part of the LoVT local loss: a_n = -sum_m w_nm s(z_n, z'_m)/tau.
 
     Pulls each local representation towards its (spatially weighted) cross-modal positives. Pooled and
-    averaged exactly like `local_intra_sample_contrastive`, so alignment + uniformity == that loss.
+    averaged exactly like `local_intra_sample_contrastive`, so alignment + negatives == that loss. Alone
+    it is minimised by any collapse where z_n = z'_n (e.g. a constant output).
     """
     align, _, pool, non_empty = _local_parts(z_local, z_attended, weights, pool_weights, mask, tau)
     return _pool_and_average(align, pool, non_empty)
 
 
-def local_uniformity_term(
+@float32_loss
+def local_negatives_term(
     z_local: Tensor,
     z_attended: Tensor,
     pool_weights: Tensor | None = None,
     mask: Tensor | None = None,
     tau: float = 0.3,
 ) -> Tensor:
-    """The local *uniformity* part of the LoVT local loss: u_n = log sum_m exp(s(z_n, z'_m)/tau).
+    """The *negatives* part of the LoVT local loss: u_n = log sum_m exp(s(z_n, z'_m)/tau).
 
-    The intra-sample negatives: pushes each local representation away from the attended
-    representations of the other items of the same sample (the sum runs over valid m only). It does not
-    depend on the target weights w.
+    The contrastive denominator over the intra-sample cross-modal candidates (the sum runs over valid m
+    only; it does not depend on the target weights w). Alone it is NOT a uniformity loss: it reaches
+    its lower bound -1/tau + log N when every z_n equals v and every z'_m equals -v (a collapse), so it
+    only spreads representations when paired with the alignment part. See
+    `local_within_sample_uniformity` for a term that does spread them.
     """
     _, uniform, pool, non_empty = _local_parts(z_local, z_attended, None, pool_weights, mask, tau)
     return _pool_and_average(uniform, pool, non_empty)
 
 
+@float32_loss
+def local_within_sample_uniformity(
+    z_local: Tensor,
+    pool_weights: Tensor | None = None,
+    mask: Tensor | None = None,
+    tau: float = 0.3,
+) -> Tensor:
+    """Local uniformity without alignment: u_n = log mean_{m != n} exp(s(z_n, z_m)/tau), one modality.
+
+    What the negatives of LoVT's local loss enforce once the positives are aligned (z'_m = z_m): each
+    local representation is pushed away from the other items of its own sample and modality. Pooled
+    like the LoVT terms (detached pooling weights over the items with another valid item), averaged over
+    the samples with >= 2 valid items (0 when there is none). Maximal (1/tau) for a collapsed sample;
+    as s = 1 - ||a - b||^2 / 2 on the sphere, it is a Gaussian potential with t = 1/(2 tau) per item.
+    """
+    if z_local.dim() != 3:
+        raise ValueError(f"expected B x N x D local representations, got {tuple(z_local.shape)}")
+    n = z_local.shape[1]
+    valid = _item_mask(z_local, mask)
+    z = l2_normalize(z_local)
+    sims = z @ z.transpose(-1, -2) / tau
+    others = valid[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=z.device)
+    count = others.sum(-1)
+    lse = torch.logsumexp(sims.masked_fill(~others, torch.finfo(sims.dtype).min), dim=-1)
+    per_item = lse - count.clamp_min(1).to(sims.dtype).log()
+    has_other = valid & (count > 0)
+    per_item = per_item.masked_fill(~has_other, 0.0)
+    if pool_weights is None:
+        pool = has_other.to(sims.dtype)
+    else:
+        pool = pool_weights.detach().to(device=sims.device, dtype=sims.dtype) * has_other
+    pool = pool / pool.sum(-1, keepdim=True).clamp_min(torch.finfo(sims.dtype).tiny)
+    return _pool_and_average(per_item, pool, has_other.any(-1))
+
+
+@float32_loss
 def local_intra_sample_contrastive(
     z_local: Tensor,
     z_attended: Tensor,
@@ -176,7 +257,7 @@ def local_intra_sample_contrastive(
     weights: target weights w (N x N or B x N x N; identity when None), restricted to valid m and
     renormalised so each row sums to 1. pool_weights p: B x N attention-pooling weights, detached here,
     restricted to valid n and renormalised to sum to 1 (uniform over valid items when None). B' are the
-    samples with at least one valid item. Equals local_alignment_term + local_uniformity_term exactly.
+    samples with at least one valid item. Equals local_alignment_term + local_negatives_term exactly.
     """
     align, uniform, pool, non_empty = _local_parts(z_local, z_attended, weights, pool_weights, mask, tau)
     return _pool_and_average(align, pool, non_empty) + _pool_and_average(uniform, pool, non_empty)
@@ -193,11 +274,12 @@ def _local_term(
 ) -> Tensor:
     if part == "alignment":
         return local_alignment_term(z_local, z_attended, weights, pool_weights, mask, tau)
-    if part == "uniformity":
-        return local_uniformity_term(z_local, z_attended, pool_weights, mask, tau)
+    if part == "negatives":
+        return local_negatives_term(z_local, z_attended, pool_weights, mask, tau)
     return local_intra_sample_contrastive(z_local, z_attended, weights, pool_weights, mask, tau)
 
 
+@float32_loss
 def lovt_local_terms(
     image_regions: Tensor,
     image_attended: Tensor,
@@ -218,8 +300,9 @@ def lovt_local_terms(
     report attended with each region as query), sentences B x S x D, sentence_attended B x S x D (the
     image attended with each sentence as query). Image side uses `image_spatial_weights(grid,
     max_dist)`, report side the identity and `sentence_mask`. Terms: image_l2att (region n vs attended
-    m), image_att2l (attended n vs region m), report_l2att, report_att2l. `part` picks the full loss
-    ("full"), only its alignment part ("alignment") or only its uniformity part ("uniformity").
+    m; targets w_nm), image_att2l (attended n vs region m; the same row-normalised w_nm, as the
+    reference builds it), report_l2att, report_att2l. `part` picks the full loss ("full"), only its
+    alignment part ("alignment") or only its negatives part ("negatives").
     """
     if part not in LOCAL_PARTS:
         raise ValueError(f"unknown local loss part {part!r}; use one of {', '.join(LOCAL_PARTS)}")
@@ -237,7 +320,7 @@ def lovt_local_terms(
             part, image_regions, image_attended, spatial, image_pool_weights, None, tau
         ),
         "image_att2l": _local_term(
-            part, image_attended, image_regions, spatial.T, image_pool_weights, None, tau
+            part, image_attended, image_regions, spatial, image_pool_weights, None, tau
         ),
         "report_l2att": _local_term(
             part, sentences, sentence_attended, None, sentence_pool_weights, sentence_mask, tau
@@ -248,6 +331,7 @@ def lovt_local_terms(
     }
 
 
+@float32_loss
 def lovt_local_loss(
     image_regions: Tensor,
     image_attended: Tensor,
@@ -267,8 +351,9 @@ def lovt_local_loss(
 
     Each term is `local_intra_sample_contrastive` (tau 0.3; image side with spatial weights, report
     side with identity weights and the sentence mask; each weighted by the detached attention-pooling
-    weights of its modality); each weighted 0.375 as in docs/protocol.md. part="alignment" / "uniformity"
-    keeps only that component of every term, for the ablations. See `lovt_local_terms` for the inputs.
+    weights of its modality); each weighted 0.375 as in docs/protocol.md. part="alignment" / "negatives"
+    keeps only that component of every term (the decomposition; see docs/baselines.md for which of them
+    a collapse minimises). See `lovt_local_terms` for the inputs.
     """
     terms = lovt_local_terms(
         image_regions,
@@ -302,6 +387,7 @@ def _defined_samples(regions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tens
     return valid, valid.sum(-1) >= 2
 
 
+@float32_loss
 def within_sample_uniformity_prior(regions: Tensor, t: float = 2.0, mask: Tensor | None = None) -> Tensor:
     """Gaussian-potential prior: Wang & Isola uniformity computed within each sample.
 
@@ -316,6 +402,7 @@ def within_sample_uniformity_prior(regions: Tensor, t: float = 2.0, mask: Tensor
     return masked_mean(per_sample, defined)
 
 
+@float32_loss
 def sliced_wasserstein_prior(
     regions: Tensor,
     n_projections: int = 64,
@@ -350,6 +437,7 @@ def sliced_wasserstein_prior(
     return masked_mean(per_sample, defined)
 
 
+@float32_loss
 def moment_matching_prior(regions: Tensor, mask: Tensor | None = None) -> Tensor:
     """Distribution-matching prior by moments: within-sample mean -> 0 and covariance -> I/D.
 

@@ -3,12 +3,15 @@
 The image side wraps `ResNetEncoder` (the class `cxrbench evaluate` loads), so exporting the trained
 backbone is just its state dict. Local image features are the conv5 regions (7 x 7 at 224 px);
 local report features are sentences (max over each sentence's tokens). Global features pool the
-local ones (attention pooling with 8 heads and the average as query, or the average), then 2-layer
-MLP projections with BatchNorm map both modalities into the shared space.
+local ones (attention pooling with 8 heads and the average as query, the average, or the max), then
+2-layer MLP projections (with or without BatchNorm) map both modalities into the shared space. LoVT's
+learned cross-modal attention (`CrossAttention`) relates the two modalities' local representations.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,33 +21,53 @@ from torch import Tensor, nn
 from cxrbench.encoders import ResNetEncoder
 from cxrbench.errors import CxrbenchError
 
+PROJECTIONS = ("mlp", "mlp_nonorm", "linear")
+POOLINGS = ("attention", "avg", "max")
+
+
+def _masked_apply(fn: Callable[[Tensor], Tensor], x: Tensor, mask: Tensor | None) -> Tensor:
+    """fn on the valid items of x (..., d) only (BatchNorm statistics see no padding); zeros elsewhere."""
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    if mask is None:
+        return fn(flat).reshape(*lead, -1)
+    keep = mask.reshape(-1)
+    computed = fn(flat[keep])
+    out = computed.new_zeros(flat.shape[0], computed.shape[-1])
+    out[keep] = computed
+    return out.reshape(*lead, -1)
+
+
+def _reference_init(linear: nn.Linear, nonlinearity: str) -> None:
+    """The reference's projection init: Kaiming normal (fan_out), zero bias."""
+    nn.init.kaiming_normal_(linear.weight, mode="fan_out", nonlinearity=nonlinearity)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
 
 class Projection(nn.Module):
-    """Linear -> BatchNorm -> ReLU -> Linear (d_hidden 2048, d_z 512: docs/protocol.md) or one Linear (CLIP)."""
+    """The reference's projection head (d_hidden 2048, d_z 512: docs/protocol.md).
+
+    "mlp": Linear -> BatchNorm -> ReLU -> Linear (LoVT, CLIP*); "mlp_nonorm": Linear -> ReLU -> Linear
+    (ConVIRT, the reference's projection_norm null); "linear": one Linear without bias.
+    """
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int, kind: str = "mlp"):
         super().__init__()
+        if kind not in PROJECTIONS:
+            raise CxrbenchError(f"projection must be one of {', '.join(PROJECTIONS)}, not {kind!r}")
         if kind == "linear":
             self.net: nn.Module = nn.Linear(d_in, d_out, bias=False)
-        else:
-            self.net = nn.Sequential(
-                nn.Linear(d_in, d_hidden, bias=False),
-                nn.BatchNorm1d(d_hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(d_hidden, d_out),
-            )
+            return
+        first, last = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_out)
+        _reference_init(first, "relu")
+        _reference_init(last, "linear")
+        norm = [nn.BatchNorm1d(d_hidden)] if kind == "mlp" else []
+        self.net = nn.Sequential(first, *norm, nn.ReLU(inplace=True), last)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: (..., d_in). With a mask only the valid items are projected (BatchNorm sees no padding)."""
-        lead = x.shape[:-1]
-        flat = x.reshape(-1, x.shape[-1])
-        if mask is None:
-            return self.net(flat).reshape(*lead, -1)
-        keep = mask.reshape(-1)
-        projected = self.net(flat[keep])
-        out = projected.new_zeros(flat.shape[0], projected.shape[-1])
-        out[keep] = projected
-        return out.reshape(*lead, -1)
+        return _masked_apply(self.net, x, mask)
 
 
 class GlobalPooling(nn.Module):
@@ -52,10 +75,14 @@ class GlobalPooling(nn.Module):
 
     "attention": multi-head attention (8 heads) whose single query is the (masked) average of the
     items; the weights are the head-averaged attention. "avg": the masked mean (uniform weights).
+    "max": the masked element-wise max (ConVIRT's report side: over sentences that are each a max over
+    their tokens, so the max over all tokens); it has no per-item weights, uniform ones are returned.
     """
 
     def __init__(self, dim: int, kind: str = "attention", heads: int = 8):
         super().__init__()
+        if kind not in POOLINGS:
+            raise CxrbenchError(f"pooling must be one of {', '.join(POOLINGS)}, not {kind!r}")
         self.kind = kind
         if kind == "attention":
             if dim % heads:
@@ -70,24 +97,69 @@ class GlobalPooling(nn.Module):
         mean = (weights[..., None] * x).sum(1)
         if self.kind == "avg":
             return mean, weights
+        if self.kind == "max":
+            lowest = torch.finfo(x.dtype).min
+            pooled = x.masked_fill(~valid[..., None], lowest).amax(1)
+            return pooled.masked_fill(~valid.any(-1, keepdim=True), 0.0), weights
         keys = valid | ~valid.any(-1, keepdim=True)  # a sample without items attends to its padding
         pooled, attn = self.attention(mean[:, None], x, x, key_padding_mask=~keys, need_weights=True)
         return pooled[:, 0], attn[:, 0]
 
 
 def cross_attention(queries: Tensor, keys: Tensor, key_mask: Tensor | None = None) -> Tensor:
-    """For every query item, the other modality's items of the same sample averaged by attention.
+    """A parameter-free cross-modal attention, the measurement `cxrbench analyze` uses for any method.
 
     softmax_m(<q_n, k_m> / sqrt(D)) over the valid m, values = keys: B x N x D (queries) and B x M x D
-    (keys) -> B x N x D, so z'_n lives in the same projected space as the local representations. No
-    parameters: the projections are what learns. A sample without any valid key attends to all keys
-    (its rows are masked out of the losses anyway).
+    (keys) -> B x N x D. Training uses LoVT's learned `CrossAttention` instead. A sample without any
+    valid key attends to all keys (its rows are masked out of the losses anyway).
     """
     mask = None
     if key_mask is not None:
         key_mask = key_mask | ~key_mask.any(-1, keepdim=True)
         mask = key_mask[:, None, :].expand(-1, queries.shape[1], -1)
     return F.scaled_dot_product_attention(queries, keys, keys, attn_mask=mask)
+
+
+class CrossAttention(nn.Module):
+    """LoVT's learned cross-modal attention, built as the reference builds it (symmetric variant).
+
+    One key, one value and one output projection (Linear d_z -> d_z with bias, Kaiming-normal fan_out
+    init, zero bias) shared by both modalities, scaled dot-product scores <K a_n, K b_m> / sqrt(d_z)
+    (no separate query projection: a bilinear similarity), softmax over the other modality's valid
+    items, attended = Out(sum_m p_nm V b_m), then BatchNorm1d over d_z. Padded query items get a zero
+    attention vector, as in the reference; unlike the reference, BatchNorm statistics here skip them.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
+        for linear in (self.key, self.value, self.output):
+            _reference_init(linear, "linear")
+        self.norm = nn.BatchNorm1d(dim)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def _attend(
+        self, scores: Tensor, values: Tensor, query_mask: Tensor | None, key_mask: Tensor | None
+    ) -> Tensor:
+        if key_mask is not None:
+            key_mask = key_mask | ~key_mask.any(-1, keepdim=True)  # no valid key: attend to all
+            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        if query_mask is not None:
+            probs = probs * query_mask[..., None].to(probs.dtype)
+        return _masked_apply(lambda x: self.norm(self.output(x)), probs @ values, query_mask)
+
+    def forward(
+        self, a: Tensor, b: Tensor, mask_a: Tensor | None = None, mask_b: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """a: B x N x d (e.g. regions), b: B x M x d (sentences) -> (b attended by each a_n: B x N x d,
+        a attended by each b_m: B x M x d)."""
+        scores = self.key(a) @ self.key(b).transpose(-1, -2) * self.scale  # B x N x M
+        attended_b = self._attend(scores, self.value(b), mask_a, mask_b)
+        attended_a = self._attend(scores.transpose(-1, -2), self.value(a), mask_b, mask_a)
+        return attended_b, attended_a
 
 
 class ImageModel(nn.Module):
@@ -112,7 +184,7 @@ class ReportModel(nn.Module):
 
     def __init__(
         self, bert: nn.Module, pooling: str, freeze_layers: int = 0, freeze_embeddings: bool = False
-    ):
+    ):  # pooling "max" = the max over every token of the report
         super().__init__()
         self.bert = bert
         self.dim = bert.config.hidden_size
@@ -157,7 +229,11 @@ class PretrainOutputs:
 
 
 class PretrainModel(nn.Module):
-    """Both encoders, poolings, projections and (for local losses) the cross-modal attention."""
+    """Both encoders, poolings, projections and (for LoVT's local losses) the learned cross-attention.
+
+    Modules are created in a fixed order (encoders, global projections, local projections, attention,
+    temperature), so two methods that share the first ones start from the same weights for one seed.
+    """
 
     def __init__(
         self,
@@ -177,10 +253,15 @@ class PretrainModel(nn.Module):
         # Local projections only where a loss uses them (DDP and the optimiser see no idle parameters).
         self.image_local_proj = Projection(image.dim, d_hidden, d_z, projection) if local else None
         self.report_local_proj = Projection(report.dim, d_hidden, d_z, projection) if local else None
-        self.cross_attention = cross_attention and local
+        self.attention = CrossAttention(d_z) if cross_attention and local else None
         self.log_tau = (
             None if learnable_tau is None else nn.Parameter(torch.tensor(float(learnable_tau)).log())
         )
+
+    @property
+    def cross_attention(self) -> bool:
+        """Whether the model has LoVT's learned cross-attention (it fills image/sentence_attended)."""
+        return self.attention is not None
 
     def forward(self, batch: dict[str, Tensor]) -> PretrainOutputs:
         regions, image_pooled, image_weights, grid = self.image(batch["images"])
@@ -200,7 +281,8 @@ class PretrainModel(nn.Module):
             grid=grid,
             global_tau=None if self.log_tau is None else self.log_tau.exp().clamp_min(0.01),
         )
-        if self.cross_attention and image_local is not None and sentence_local is not None:
-            out.image_attended = cross_attention(image_local, sentence_local, mask)
-            out.sentence_attended = cross_attention(sentence_local, image_local)
+        if self.attention is not None and image_local is not None and sentence_local is not None:
+            out.image_attended, out.sentence_attended = self.attention(
+                image_local, sentence_local, None, mask
+            )
         return out

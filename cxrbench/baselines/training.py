@@ -1,4 +1,5 @@
-"""Pre-training loop: AdamW + cosine schedule, gradient accumulation, early stopping, resume, AMP, DDP.
+"""Pre-training loop: the method's optimiser and schedule, gradient accumulation, early stopping,
+resume, AMP (encoders only; losses in float32), DDP.
 
 One function, `pretrain`, takes a method name, a prepared MIMIC-CXR folder and an output folder and
 leaves there: encoder.safetensors and encoder.pt (the ResNet backbone of the best validation epoch,
@@ -73,6 +74,9 @@ class PretrainProfile:
     max_val_images: int | None = None
     workers: int = 8
     seed: int = 0
+    # True: a method's own lr / max_epochs / patience / accumulation (e.g. ConVIRT's 500 epochs) replace
+    # the values above; False (demo, tests): the profile's short budget holds for every method.
+    method_budget: bool = True
 
 
 PRETRAIN_PROFILES: dict[str, PretrainProfile] = {
@@ -98,8 +102,22 @@ PRETRAIN_PROFILES: dict[str, PretrainProfile] = {
         max_train_images=256,
         max_val_images=64,
         workers=0,
+        method_budget=False,
     ),
 }
+
+
+def method_profile(config: MethodConfig, profile: PretrainProfile) -> PretrainProfile:
+    """The profile a method trains with: its own budget where the profile lets methods set it."""
+    if not profile.method_budget:
+        return profile
+    own = {
+        "lr": config.lr,
+        "max_epochs": config.max_epochs,
+        "patience": config.patience,
+        "accumulation": config.accumulation,
+    }
+    return replace(profile, **{k: v for k, v in own.items() if v is not None})
 
 
 def get_pretrain_profile(name: str) -> PretrainProfile:
@@ -250,9 +268,9 @@ def build_model(
     `image` is an already initialised ImageModel (training's ImageNet init); by default a fresh one.
     Modules are created in the same order either way (the RNG draws of training do not change).
     """
-    image = image if image is not None else ImageModel(profile.arch, config.pooling)
+    image = image if image is not None else ImageModel(profile.arch, config.image_pooling)
     report = ReportModel(
-        bert_model, config.pooling, profile.freeze_bert_layers, profile.freeze_bert_embeddings
+        bert_model, config.sentence_pooling, profile.freeze_bert_layers, profile.freeze_bert_embeddings
     )
     return PretrainModel(
         image,
@@ -372,7 +390,7 @@ def _unavailable_loss(name: str) -> Callable:
 
 
 def _image_model(config: MethodConfig, profile: PretrainProfile) -> tuple[ImageModel, str]:
-    image = ImageModel(profile.arch, config.pooling)
+    image = ImageModel(profile.arch, config.image_pooling)
     if profile.image_init == "imagenet_if_available":
         try:
             path = find_imagenet_weights(profile.arch)
@@ -393,6 +411,25 @@ def _cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def _step_lr(config: MethodConfig, base: float, step: int, steps_per_epoch: int, total: int) -> float | None:
+    """The learning rate of optimiser step `step`, or None when the schedule acts per epoch (plateau).
+
+    "cosine": one cosine from `base` to 0 over the run. "cosine_per_epoch": the reference's
+    CosineAnnealingLR with T_max = one epoch of steps, stepped every step and never reset, i.e. the
+    periodic curve 0.5 base (1 + cos(pi step / steps_per_epoch)): 0 after odd epochs, `base` after even.
+    """
+    if config.schedule == "cosine":
+        return _cosine_lr(base, step, total)
+    if config.schedule == "cosine_per_epoch":
+        return 0.5 * base * (1.0 + math.cos(math.pi * step / max(steps_per_epoch, 1)))
+    return None
+
+
+def _optimizer(config: MethodConfig, params: list, prof: PretrainProfile) -> torch.optim.Optimizer:
+    kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=prof.lr, weight_decay=prof.weight_decay, foreach=True)
+
+
 # ------------------------------------------------------------------------------------------- training
 def pretrain(
     method: str | MethodConfig,
@@ -410,6 +447,7 @@ def pretrain(
     """Pre-train `method` on a prepared MIMIC-CXR folder; see the module docstring for the outputs."""
     config = get_method(method) if isinstance(method, str) else method
     prof = get_pretrain_profile(profile) if isinstance(profile, str) else profile
+    prof = method_profile(config, prof)
     if epochs is not None:
         prof = replace(prof, max_epochs=epochs)
     if percent is not None:
@@ -458,7 +496,16 @@ def _train(
             f"{data} has no report sentences: prepare MIMIC-CXR with `cxrbench prepare mimic_cxr`"
         ) from None
     mean, std = dataset.stats["mean"], dataset.stats["std"]
-    train = PretrainPairs(train_split, prof.resolution, mean, std, True, prof.seed, prof.max_train_images)
+    train = PretrainPairs(
+        train_split,
+        prof.resolution,
+        mean,
+        std,
+        True,
+        prof.seed,
+        prof.max_train_images,
+        sentences=config.report_sentences,
+    )
     val = PretrainPairs(
         dataset.split("val"), prof.resolution, mean, std, False, prof.seed, prof.max_val_images
     )
@@ -483,7 +530,14 @@ def _train(
     steps_per_epoch = math.ceil(len(train_loader) / prof.accumulation)
     total_steps = steps_per_epoch * prof.max_epochs
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=prof.lr, weight_decay=prof.weight_decay, foreach=True)
+    optimizer = _optimizer(config, params, prof)
+    plateau = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, patience=config.plateau_patience, factor=config.plateau_factor
+        )
+        if config.schedule == "plateau"
+        else None
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 autocast needs none; kept for checkpoint.pt
     history: list[dict] = []
     epoch = step = bad_epochs = 0
@@ -493,6 +547,8 @@ def _train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if plateau is not None:
+            plateau.load_state_dict(state["scheduler"])
         history, epoch, step = list(state["history"]), state["epoch"], state["step"]
         best_val, best_epoch, bad_epochs = state["best_val"], state["best_epoch"], state["bad_epochs"]
         stopped = state["stopped_early"]
@@ -548,6 +604,7 @@ def _train(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
+            "scheduler": None if plateau is None else plateau.state_dict(),
             "best_encoder": best_encoder,
         }
         with atomic_path(out / CHECKPOINT) as tmp:
@@ -597,8 +654,9 @@ def _train(
                     )
                 scaler.scale(loss / prof.accumulation).backward()
             if sync:
+                lr = _step_lr(config, prof.lr, step, steps_per_epoch, total_steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = _cosine_lr(prof.lr, step, total_steps)
+                    group["lr"] = group["lr"] if lr is None else lr
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -609,11 +667,14 @@ def _train(
         epoch += 1
         train_loss = ctx.mean([running / max(count, 1)])[0]
         val_losses = evaluate()
+        lr_used = optimizer.param_groups[0]["lr"]
+        if plateau is not None:
+            plateau.step(val_losses["loss"])
         entry = {
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": val_losses["loss"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr_used,
             "val": val_losses,
             "time_s": time.perf_counter() - start,
         }
