@@ -416,6 +416,12 @@ def pretrain(
         prof = replace(prof, percent=percent)
     out = Path(out)
     reporter = reporter or PretrainReporter()
+    if config.kind == "image_only":
+        from cxrbench.baselines.image_only import pretrain_image_only
+
+        return pretrain_image_only(
+            config, Path(data), out, prof, resume=resume, device=device, reporter=reporter
+        )
     if not config.trains:
         return export_init(config, out, prof)
     if (out / CHECKPOINT).exists() and not resume:
