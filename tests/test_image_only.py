@@ -14,6 +14,7 @@ import pytest
 import torch
 from tiny_profiles import TINY_PRETRAIN
 
+from cxrbench.analysis import analyze_encoder
 from cxrbench.baselines import get_method
 from cxrbench.baselines.chexpert import COMPETITION_LABELS, binary_targets
 from cxrbench.baselines.image_only import nt_xent
@@ -30,7 +31,7 @@ from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.tasks import get_profile, select_tasks
 
 IMAGE_ONLY = ("simclr", "byol", "chexpert")
-TINY = dataclasses.replace(TINY_PRETRAIN, max_epochs=1, max_train_images=16, max_val_images=8)
+TINY = dataclasses.replace(TINY_PRETRAIN, resolution=32, max_epochs=1, max_train_images=16, max_val_images=8)
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +120,21 @@ def test_image_only_method_pretrains_exports_and_is_reproducible(mimic, tmp_path
     assert any(not torch.equal(start[k], trained[k]) for k in start if k.endswith("weight"))
 
 
-def test_image_only_resume_reaches_the_uninterrupted_weights(mimic, tmp_path):
+@pytest.mark.parametrize("name", ["chexpert", pytest.param("byol", marks=pytest.mark.slow)])
+def test_image_only_resume_reaches_the_uninterrupted_weights(mimic, tmp_path, name):
+    """chexpert: the plateau scheduler's state; byol: the momentum target (about 60 s, slow)."""
     two = dataclasses.replace(TINY, max_epochs=2)
-    straight = pretrain("byol", mimic, tmp_path / "straight", two, device="cpu")
-    pretrain("byol", mimic, tmp_path / "resumed", TINY, device="cpu")
+    straight = pretrain(name, mimic, tmp_path / "straight", two, device="cpu")
+    pretrain(name, mimic, tmp_path / "resumed", TINY, device="cpu")
     with pytest.raises(CxrbenchError, match="--resume"):
-        pretrain("byol", mimic, tmp_path / "resumed", two, device="cpu")
+        pretrain(name, mimic, tmp_path / "resumed", two, device="cpu")
+    other = "simclr" if name != "simclr" else "byol"
     with pytest.raises(CxrbenchError, match="does not hold"):
-        pretrain("simclr", mimic, tmp_path / "resumed", two, resume=True, device="cpu")
-    resumed = pretrain("byol", mimic, tmp_path / "resumed", two, resume=True, device="cpu")
+        pretrain(other, mimic, tmp_path / "resumed", two, resume=True, device="cpu")
+    resumed = pretrain(name, mimic, tmp_path / "resumed", two, resume=True, device="cpu")
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert _sha(resumed.encoder_path) == _sha(straight.encoder_path)
+    assert (tmp_path / "resumed" / "history.json").read_text() != ""
 
 
 def test_image_only_encoder_loads_in_evaluate_without_options(mimic, prepared_root, tmp_path):
@@ -146,3 +152,7 @@ def test_image_only_encoder_loads_in_evaluate_without_options(mimic, prepared_ro
     record = evaluate_checkpoint(result.encoder_path, select_tasks("covid_linear"), options)[0].records[-1]
     assert record["status"] == "ok", record.get("error")
     assert record["encoder_load"]["fraction_loaded"] == 1.0
+    # `cxrbench analyze` takes the folder too: its encoder file (no report half, no projected regions)
+    analysis = analyze_encoder(tmp_path / "simclr", prepared_root / "covid_rural", n_images=4, resolution=64)
+    assert analysis["checkpoint"]["path"] == str(result.encoder_path)
+    assert analysis["projected_statistics"] is None and analysis["alignment_pairs"] is None
