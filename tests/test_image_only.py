@@ -134,7 +134,6 @@ def test_image_only_resume_reaches_the_uninterrupted_weights(mimic, tmp_path, na
     resumed = pretrain(name, mimic, tmp_path / "resumed", two, resume=True, device="cpu")
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert _sha(resumed.encoder_path) == _sha(straight.encoder_path)
-    assert (tmp_path / "resumed" / "history.json").read_text() != ""
 
 
 def test_image_only_encoder_loads_in_evaluate_without_options(mimic, prepared_root, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -238,6 +239,8 @@ def pretrain_image_only(
     """Train one image-only method on the prepared MIMIC-CXR train split (profile's percent / caps)."""
     spec = IMAGE_ONLY_SPECS[config.name]
     reporter = reporter or PretrainReporter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CxrbenchError(f"{config.name}: image-only methods train in one process; run without torchrun")
     if (out / CHECKPOINT).exists() and not resume:
         raise CxrbenchError(
             f"{out} already holds a pre-training checkpoint; pass --resume or choose a new --out"
