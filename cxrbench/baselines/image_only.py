@@ -15,6 +15,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -211,7 +212,8 @@ def _init_backbone(model: ImageOnlyModel, prof: PretrainProfile) -> str:
         return "random"
     try:
         path = find_imagenet_weights(prof.arch)
-    except CheckpointError:
+    except CheckpointError as exc:
+        warnings.warn(f"training from random init: {exc}", stacklevel=3)
         return "random"
     model.backbone.load_state_dict(load_encoder(path, arch=prof.arch).encoder.state_dict())
     if model.spec.objective == "byol":

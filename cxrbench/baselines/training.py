@@ -5,8 +5,9 @@ leaves there: encoder.safetensors and encoder.pt (the ResNet backbone of the bes
 torchvision key names, loadable by `cxrbench evaluate` without options), projection_heads.safetensors
 (the projection heads of that same epoch), checkpoint.pt (the full training state after the last
 finished epoch, tensors and plain containers only, so it loads with weights_only=True) and
-history.json. Image-only methods (SimCLR, BYOL, CheXpert) are trained by `image_only.py`. Launched by torchrun (RANK / WORLD_SIZE in the environment) it
-trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs) and only rank 0 writes files.
+history.json. Image-only methods (SimCLR, BYOL, CheXpert) are trained by `image_only.py`.
+Launched by torchrun (RANK / WORLD_SIZE in the environment) it trains with DistributedDataParallel
+(nccl on GPUs, gloo on CPUs) and only rank 0 writes files.
 `load_pretrained_model` rebuilds a run's model from its output folder (for `cxrbench analyze`).
 """
 
