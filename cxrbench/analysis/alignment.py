@@ -8,17 +8,18 @@ that imports `cxrbench.baselines`: scoring an encoder never depends on how it wa
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cxrbench.analysis.statistics import finite_or_none, sample_indices
 from cxrbench.datasets.splits import ids_hash
 from cxrbench.encoders import LoadedEncoder, LoadReport, ResNetEncoder, is_builtin, read_checkpoint
 from cxrbench.errors import CheckpointError, CxrbenchError
-from cxrbench.io_utils import sha256_file
+from cxrbench.io_utils import read_json, sha256_file
 from cxrbench.protocol.task_data import open_task_dataset
 from cxrbench.representation import alignment
 
@@ -48,9 +49,12 @@ def local_alignment(regions: Tensor, attended: Tensor, mask: Tensor | None = Non
 
 
 def folder_source(checkpoint: str | Path) -> str | Path:
-    """A pre-training output folder without checkpoint.pt (random / imagenet exports): its encoder file."""
+    """A pre-training output folder without an image-report checkpoint.pt (random / imagenet exports,
+    image-only methods): its encoder file."""
     path = Path(checkpoint)
-    if is_builtin(checkpoint) or not path.is_dir() or (path / "checkpoint.pt").is_file():
+    if is_builtin(checkpoint) or not path.is_dir():
+        return checkpoint
+    if (path / "checkpoint.pt").is_file() and not folder_is_image_only(path):
         return checkpoint
     exported = path / "encoder.safetensors"
     if not exported.is_file():
@@ -77,6 +81,49 @@ def open_pretrained(checkpoint: str | Path, device: torch.device) -> LoadedPretr
     except CheckpointError:
         return None  # load_encoder raises the same error with its context
     return load_pretrained_model(path, device, state=obj) if is_pretrain_checkpoint(obj) else None
+
+
+def folder_is_image_only(path: Path) -> bool:
+    """An image-only run (SimCLR, BYOL, CheXpert): its checkpoint.pt has no report half to rebuild."""
+    try:
+        record = read_json(path / "history.json")
+    except (OSError, ValueError):
+        return False
+    method = record.get("method") if isinstance(record, dict) else None
+    return isinstance(method, dict) and method.get("kind") == "image_only"
+
+
+def local_projection(pretrained: LoadedPretrainModel) -> tuple[nn.Module | None, nn.Module | None, str]:
+    """(region projection, backbone it belongs to or None = the best-epoch one, where both come from).
+
+    The projection maps conv5 regions into the d_z space the local losses and the uniformity prior act
+    on. It is the best epoch's (projection_heads.safetensors, written with encoder.safetensors); a run
+    without that file falls back to checkpoint.pt's last-epoch projection with its own backbone.
+    """
+    from safetensors.torch import load_file
+
+    from cxrbench.baselines.training import PROJECTION_HEADS
+
+    model = pretrained.model
+    if model.image_local_proj is None:
+        return None, None, f"{pretrained.config.name!r} has no local projection (no local loss or prior)"
+    projection = copy.deepcopy(model.image_local_proj).eval()
+    heads = pretrained.checkpoint.parent / PROJECTION_HEADS
+    if not heads.is_file():
+        return (
+            projection,
+            model.image.backbone,
+            f"checkpoint.pt, last epoch {pretrained.epoch} (no {PROJECTION_HEADS})",
+        )
+    prefix = "image_local_proj."
+    state = {k[len(prefix) :]: v for k, v in load_file(str(heads)).items() if k.startswith(prefix)}
+    try:
+        projection.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{heads}: does not fit the run's region projection ({str(exc).splitlines()[0]})"
+        ) from None
+    return projection, None, f"{PROJECTION_HEADS}, best epoch {pretrained.best_epoch}"
 
 
 def best_backbone(pretrained: LoadedPretrainModel, source: str | Path) -> LoadedEncoder:

@@ -60,8 +60,17 @@ def spearman_permutation(
     return rho, (extreme + 1) / (n_permutations + 1), f"{n_permutations} random permutations (seed {seed})"
 
 
-def load_analyses(analysis_dir: str | Path) -> pd.DataFrame:
-    """One row per analysis record (name, dataset, scalar statistics) found in `analysis_dir`."""
+FEATURES = {"backbone": "statistics", "projected": "projected_statistics"}
+
+
+def load_analyses(analysis_dir: str | Path, features: str = "backbone") -> pd.DataFrame:
+    """One row per analysis record (name, dataset, scalar statistics) found in `analysis_dir`.
+
+    `features`: "backbone" (conv5 regions of the encoder) or "projected" (the pre-training run's
+    projected regions, the space its local losses act on; NaN for encoders without projections).
+    """
+    if features not in FEATURES:
+        raise CxrbenchError(f"unknown features {features!r}; valid: {', '.join(FEATURES)}")
     root = Path(analysis_dir)
     if not root.is_dir():
         raise CxrbenchError(
@@ -76,8 +85,12 @@ def load_analyses(analysis_dir: str | Path) -> pd.DataFrame:
             continue
         if not isinstance(rec, dict) or "analysis_schema_version" not in rec:
             continue
-        st = rec.get("statistics", {})
-        row = {"name": rec.get("name") or path.stem.split("__")[0], "dataset": rec.get("dataset")}
+        st = rec.get(FEATURES[features]) or {}
+        row = {
+            "name": rec.get("name") or path.stem.split("__")[0],
+            "dataset": rec.get("dataset"),
+            "has_features": bool(rec.get(FEATURES[features])),
+        }
         row.update({k: math.nan if st.get(k) is None else float(st[k]) for k in SCALAR_STATISTICS})
         rows.append(row)
     if not rows:
@@ -116,6 +129,7 @@ def correlate(
     out_dir: str | Path | None = None,
     n_permutations: int = N_PERMUTATIONS,
     seed: int = 0,
+    features: str = "backbone",
 ) -> pd.DataFrame:
     """Spearman correlation of each statistic with each task's mean test score, across encoders.
 
@@ -124,15 +138,25 @@ def correlate(
     matched encoder has. Writes correlation.csv, a heat map per dataset and the scatter plot of
     within-image uniformity against the mean score to `out_dir` (default: `analysis_dir`); their paths
     are in `df.attrs["paths"]`, and notes (unmatched encoders, too few encoders) in `df.attrs["notes"]`.
+    `features` picks the statistics correlated: "backbone" (conv5) or "projected" (see
+    `load_analyses`); the output file names and the frame's "features" column say which.
     """
     from cxrbench.analysis.plots import plot_heatmap, plot_scatter
 
     runs = [Path(runs_dirs)] if isinstance(runs_dirs, str | Path) else [Path(d) for d in runs_dirs]
-    analyses = load_analyses(analysis_dir)
+    analyses = load_analyses(analysis_dir, features)
+    notes_first = []
+    missing = sorted(analyses.loc[~analyses["has_features"], "name"])
+    if missing:
+        analyses = analyses[analyses["has_features"]]
+        notes_first.append(
+            f"no {features} features (not a run with region projections): {', '.join(missing)}"
+        )
     scores = _task_scores(runs)
     out = Path(analysis_dir if out_dir is None else out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, notes, paths = [], [], {}
+    rows, notes, paths = [], notes_first, {}
+    suffix = "" if features == "backbone" else f"_{features}"
     scatter_data = {}
     for dataset, group in analyses.groupby("dataset", sort=True):
         group = group.drop_duplicates("name", keep="last")
@@ -165,6 +189,7 @@ def correlate(
                 rows.append(
                     {
                         "dataset": dataset,
+                        "features": features,
                         "statistic": stat,
                         "task_id": task,
                         "n_encoders": n,
@@ -179,20 +204,36 @@ def correlate(
             score_table[MEAN_TASK],
         )
     frame = pd.DataFrame(
-        rows, columns=["dataset", "statistic", "task_id", "n_encoders", "spearman_rho", "p_value", "note"]
+        rows,
+        columns=[
+            "dataset",
+            "features",
+            "statistic",
+            "task_id",
+            "n_encoders",
+            "spearman_rho",
+            "p_value",
+            "note",
+        ],
     )
-    csv_path = out / "correlation.csv"
+    csv_path = out / f"correlation{suffix}.csv"
     with atomic_path(csv_path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False)
     paths["csv"] = csv_path
     for dataset, sub in frame.groupby("dataset", sort=True):
         if not scatter_data[dataset][0]:
             continue  # no analysed encoder has run records: nothing to plot (noted above)
-        paths[f"heatmap_{dataset}"] = plot_heatmap(sub, out / f"correlation_heatmap__{dataset}.png", dataset)
+        paths[f"heatmap_{dataset}"] = plot_heatmap(
+            sub, out / f"correlation_heatmap{suffix}__{dataset}.png", dataset
+        )
         names, x, y = scatter_data[dataset]
         rho = sub[(sub.statistic == "within_image_uniformity") & (sub.task_id == MEAN_TASK)]
         paths[f"scatter_{dataset}"] = plot_scatter(
-            names, x, y, rho.iloc[0] if len(rho) else None, out / f"within_uniformity_vs_score__{dataset}.png"
+            names,
+            x,
+            y,
+            rho.iloc[0] if len(rho) else None,
+            out / f"within_uniformity_vs_score{suffix}__{dataset}.png",
         )
     frame.attrs["paths"] = paths
     frame.attrs["notes"] = notes

@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from cxrbench.analysis.alignment import best_backbone, folder_source, open_pretrained, pair_alignment
+from cxrbench.analysis.alignment import (
+    best_backbone,
+    folder_source,
+    local_projection,
+    open_pretrained,
+    pair_alignment,
+)
 from cxrbench.analysis.statistics import TEMPERATURE, feature_statistics, sample_indices
 from cxrbench.datasets import open_prepared
 from cxrbench.datasets.splits import ids_hash
@@ -86,6 +93,11 @@ def analyze_encoder(
             maps.append(encoder(x.to(torch_device))[stage].float().cpu())
     feature_map = torch.cat(maps)
     statistics = feature_statistics(feature_map)
+    projected_statistics, projected_features = None, None
+    if pretrained is not None:
+        projected_statistics, projected_features = _projected(
+            pretrained, inputs, feature_map, stage, torch_device
+        )
     pair_statistics, pairs = pair_alignment(
         checkpoint, pretrained, dataset.root, n_images, seed, torch_device
     )
@@ -121,11 +133,36 @@ def analyze_encoder(
             "temperature": TEMPERATURE,
         },
         "statistics": statistics,
+        "projected_features": projected_features,
+        "projected_statistics": projected_statistics,
         "alignment_pairs": pairs,
         "device": str(torch_device),
         "wall_time_s": round(time.perf_counter() - start, 3),
         **provenance(),
     }
+
+
+def _projected(
+    pretrained: Any, inputs: TaskSplit, feature_map: Tensor, stage: str, device: torch.device
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The same statistics on the run's projected region features (the d_z space of its local
+    losses and uniformity prior), or None with the reason when the method has no region projection."""
+    projection, backbone, source = local_projection(pretrained)
+    if projection is None:
+        return None, {"source": None, "note": source}
+    projection = projection.to(device)
+    maps = []
+    with torch.no_grad():
+        for index in inputs.batches(BATCH_SIZE):
+            if backbone is None:  # the best-epoch backbone's conv5 map, already computed
+                fmap = feature_map[index].to(device)
+            else:
+                fmap = backbone(inputs.normalise(inputs.images[index]).to(device))[stage].float()
+            regions = projection(fmap.flatten(2).transpose(1, 2))  # B x N x d_z
+            maps.append(regions.transpose(1, 2).reshape(len(fmap), -1, *fmap.shape[-2:]).float().cpu())
+    projected = torch.cat(maps)
+    info = {"source": source, "dim": projected.shape[1], "grid": list(projected.shape[-2:])}
+    return feature_statistics(projected), info
 
 
 def default_name(checkpoint: str | Path) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from cxrbench.baselines.image_only_specs import IMAGE_ONLY_SPECS
 from cxrbench.baselines.losses import (
     UNIFORMITY_PRIORS,
     distribution_prior,
@@ -85,8 +86,12 @@ class MethodConfig:
     plateau_factor: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.kind not in ("init", "pretrain"):
-            raise CxrbenchError(f"method {self.name!r}: kind must be 'init' or 'pretrain', not {self.kind!r}")
+        if self.kind not in ("init", "pretrain", "image_only"):
+            raise CxrbenchError(
+                f"method {self.name!r}: kind must be 'init', 'pretrain' or 'image_only', not {self.kind!r}"
+            )
+        if self.kind == "image_only" and self.name not in IMAGE_ONLY_SPECS:
+            raise CxrbenchError(f"method {self.name!r}: image-only methods are {', '.join(IMAGE_ONLY_SPECS)}")
         if self.kind == "init" and self.name not in INIT_METHODS:
             raise CxrbenchError(f"method {self.name!r}: init methods are {', '.join(INIT_METHODS)}")
         choices = {
@@ -247,8 +252,14 @@ BUILTIN_METHODS: tuple[MethodConfig, ...] = (
 )
 
 
+# Image-only baselines (no report): trained by cxrbench.baselines.image_only, settings in image_only_specs.
+IMAGE_ONLY_METHODS: tuple[MethodConfig, ...] = tuple(
+    MethodConfig(s.name, kind="image_only", description=s.description) for s in IMAGE_ONLY_SPECS.values()
+)
+
+
 def _builtin_registry() -> dict[str, MethodConfig]:
-    return {m.name: m for m in BUILTIN_METHODS}
+    return {m.name: m for m in (*BUILTIN_METHODS, *IMAGE_ONLY_METHODS)}
 
 
 _REGISTRY: dict[str, MethodConfig] = _builtin_registry()

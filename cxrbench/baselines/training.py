@@ -3,10 +3,12 @@ resume, AMP (encoders only; losses in float32), DDP.
 
 One function, `pretrain`, takes a method name, a prepared MIMIC-CXR folder and an output folder and
 leaves there: encoder.safetensors and encoder.pt (the ResNet backbone of the best validation epoch,
-torchvision key names, loadable by `cxrbench evaluate` without options), checkpoint.pt (the full
-training state after the last finished epoch, tensors and plain containers only, so it loads with
-weights_only=True) and history.json. Launched by torchrun (RANK / WORLD_SIZE in the environment) it
-trains with DistributedDataParallel (nccl on GPUs, gloo on CPUs) and only rank 0 writes files.
+torchvision key names, loadable by `cxrbench evaluate` without options), projection_heads.safetensors
+(the projection heads of that same epoch), checkpoint.pt (the full training state after the last
+finished epoch, tensors and plain containers only, so it loads with weights_only=True) and
+history.json. Image-only methods (SimCLR, BYOL, CheXpert) are trained by `image_only.py`.
+Launched by torchrun (RANK / WORLD_SIZE in the environment) it trains with DistributedDataParallel
+(nccl on GPUs, gloo on CPUs) and only rank 0 writes files.
 `load_pretrained_model` rebuilds a run's model from its output folder (for `cxrbench analyze`).
 """
 
@@ -40,6 +42,8 @@ from cxrbench.runtime import autocast, resolve_device
 CHECKPOINT = "checkpoint.pt"
 ENCODER_FILES = ("encoder.safetensors", "encoder.pt")
 HISTORY = "history.json"
+PROJECTION_HEADS = "projection_heads.safetensors"  # best epoch's projections, for `cxrbench analyze`
+HEAD_PREFIXES = ("image_global_proj.", "report_global_proj.", "image_local_proj.", "report_local_proj.")
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
@@ -208,6 +212,24 @@ def save_encoder(encoder: ResNetEncoder | dict[str, Tensor], out: Path) -> Path:
     with atomic_path(out / ENCODER_FILES[1]) as tmp:
         torch.save(state, tmp)
     return out / ENCODER_FILES[0]
+
+
+def save_projection_heads(model: nn.Module, out: Path) -> Path:
+    """Write the projection heads (global and local, PretrainModel key names) next to the encoder.
+
+    Written with the best-epoch encoder, so `cxrbench analyze` projects that backbone's regions with
+    the heads trained alongside it (checkpoint.pt holds the last epoch's model instead).
+    """
+    from safetensors.torch import save_file
+
+    state = {
+        k: v.detach().cpu().clone().contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith(HEAD_PREFIXES)
+    }
+    with atomic_path(out / PROJECTION_HEADS) as tmp:
+        save_file(state, str(tmp))
+    return out / PROJECTION_HEADS
 
 
 def export_init(config: MethodConfig, out: Path, profile: PretrainProfile) -> PretrainResult:
@@ -454,6 +476,12 @@ def pretrain(
         prof = replace(prof, percent=percent)
     out = Path(out)
     reporter = reporter or PretrainReporter()
+    if config.kind == "image_only":
+        from cxrbench.baselines.image_only import pretrain_image_only
+
+        return pretrain_image_only(
+            config, Path(data), out, prof, resume=resume, device=device, reporter=reporter
+        )
     if not config.trains:
         return export_init(config, out, prof)
     if (out / CHECKPOINT).exists() and not resume:
@@ -629,6 +657,7 @@ def _train(
         best_encoder = {k: v.detach().cpu().clone() for k, v in model.image.backbone.state_dict().items()}
         if ctx.main:
             save_encoder(best_encoder, out)
+            save_projection_heads(model, out)
         reporter.epoch(history[-1])
         save(False)
     while epoch < prof.max_epochs and not stopped:
@@ -684,6 +713,7 @@ def _train(
             best_encoder = {k: v.detach().cpu().clone() for k, v in model.image.backbone.state_dict().items()}
             if ctx.main:
                 save_encoder(best_encoder, out)
+                save_projection_heads(model, out)
         else:
             bad_epochs += 1
             stopped = bad_epochs >= prof.patience

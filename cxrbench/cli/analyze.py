@@ -78,10 +78,13 @@ def statistics_table(record: dict) -> Table:
         title=f"{record.get('name', '')} on {record['dataset']}: {sample['n_images']} test images, "
         f"{sample['resolution']} px, conv5 grid {'x'.join(map(str, record['features']['grid']))}"
     )
+    projected = record.get("projected_statistics")
     table.add_column("statistic")
-    table.add_column("value", justify="right")
+    table.add_column("backbone" if projected else "value", justify="right")
+    if projected:
+        table.add_column(f"projected ({record['projected_features']['dim']}-d)", justify="right")
     for key, label in ROW_LABELS.items():
-        table.add_row(label, _fmt(st.get(key)))
+        table.add_row(label, _fmt(st.get(key)), *([_fmt(projected.get(key))] if projected else []))
     dist = st["effective_rank_distribution"]
     table.add_row(
         "effective rank per image (min / median / max)",
@@ -89,8 +92,13 @@ def statistics_table(record: dict) -> Table:
     )
     curve = ", ".join(f"{d}: {_fmt(v)}" for d, v in st["spatial_smoothness"].items())
     table.add_row("spatial smoothness (cosine by grid distance)", curve or "n/a")
+    captions = []
     if st.get("alignment_note"):
-        table.caption = f"alignment: {st['alignment_note']}"
+        captions.append(f"alignment: {st['alignment_note']}")
+    if projected:
+        captions.append(f"projected regions from {record['projected_features']['source']}")
+    if captions:
+        table.caption = "; ".join(captions)
     return table
 
 
@@ -196,11 +204,21 @@ def correlate_command(
         Path | None,
         typer.Option("--out", help="Where correlation.csv and the plots go (default: the analysis folder)."),
     ] = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            "--features",
+            help="Statistics to correlate: 'backbone' (conv5 regions) or 'projected' (a pre-training run's "
+            "projected regions, the space its local losses and prior act on; files get a _projected suffix).",
+        ),
+    ] = "backbone",
 ) -> None:
     """Spearman correlation (permutation p-values) of the analysed statistics with run-record scores."""
     from cxrbench.analysis import MEAN_TASK, correlate
 
-    frame = correlate(runs_dir, analysis_dir or default_analysis_dir(runs_dir), out_dir=out)
+    frame = correlate(
+        runs_dir, analysis_dir or default_analysis_dir(runs_dir), out_dir=out, features=features
+    )
     console.print(correlation_table(frame, MEAN_TASK))
     for note in frame.attrs.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

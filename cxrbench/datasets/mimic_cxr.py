@@ -16,7 +16,10 @@ sentences (`reports.py`, no model download), studies whose findings + impression
 word tokens are dropped, and "30%" runs use a fixed, seeded 30% of the train images. Lateral views
 and short reports are *excluded by protocol* (counted in `info`, not errors); a malformed row or
 a missing report is a problem (skipped with a warning and counted, an error with --strict).
-The CheXpert label CSV is not needed: pre-training uses the report text.
+The CheXpert label CSV is optional: when present, each image gets its study's 14 raw label codes
+(field "chexpert": label -> 1 positive, 0 negative, -1 uncertain, None blank; None for a study the
+table lacks) for the CheXpert-supervised baseline, which applies its own uncertain-label policy
+(`cxrbench.baselines.chexpert`). The cache keeps the raw codes so the policy stays a training choice.
 """
 
 from __future__ import annotations
@@ -38,6 +41,23 @@ FILES = "files"
 FRONTAL_VIEWS = ("PA", "AP")
 SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
 MIN_TOKENS = 3
+CHEXPERT_LABELS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+CHEXPERT_CODES = {"1.0": 1, "1": 1, "0.0": 0, "0": 0, "-1.0": -1, "-1": -1, "": None}
 NON_FRONTAL = "dropped_as_lateral_or_other_view"  # `info` keys: excluded by protocol, not errors
 SHORT_REPORT = "dropped_with_report_under_3_tokens"
 
@@ -78,6 +98,32 @@ def read_report(path: Path) -> ReportText | str:
     return parse_report(text)
 
 
+def read_chexpert(path: Path, problems: Problems) -> dict[tuple[str, str], dict[str, int | None]]:
+    """(subject_id, study_id) -> {label: 1 | 0 | -1 | None} from mimic-cxr-2.0.0-chexpert.csv.gz.
+
+    The raw codes as distributed: 1.0 positive, 0.0 negative, -1.0 uncertain, blank = not mentioned
+    (None). A value outside these, or a duplicate study, is a problem (row skipped).
+    """
+    labels: dict[tuple[str, str], dict[str, int | None]] = {}
+    for number, row in read_table(path, ["subject_id", "study_id", *CHEXPERT_LABELS]):
+        key = (row["subject_id"], row["study_id"])
+        bad = [c for c in CHEXPERT_LABELS if row[c].strip() not in CHEXPERT_CODES]
+        if bad or not key[0].isdigit() or not key[1].isdigit():
+            what = f"{bad[0]}={row[bad[0]]!r}" if bad else f"subject_id={key[0]!r}, study_id={key[1]!r}"
+            problems.add(
+                path,
+                f"malformed label row ({what}); row skipped",
+                row=number,
+                expected="numeric subject_id and study_id and labels 1.0, 0.0, -1.0 or blank",
+            )
+            continue
+        if key in labels:
+            problems.add(path, f"duplicate study {key[1]} (subject {key[0]}); row skipped", row=number)
+            continue
+        labels[key] = {c: CHEXPERT_CODES[row[c].strip()] for c in CHEXPERT_LABELS}
+    return labels
+
+
 class MimicCXRAdapter(DatasetAdapter):
     name = "mimic_cxr"
     classes = ()
@@ -85,12 +131,12 @@ class MimicCXRAdapter(DatasetAdapter):
     has_boxes = False
     equalize = False
     subset_percents = (30,)
-    extra_fields = ("report", "sentences", "study_id", "view")
+    extra_fields = ("report", "sentences", "study_id", "view", "chexpert")
     layout = (
         "RAW_DIR/\n"
         f"  {SPLIT_CSV}      dicom_id,study_id,subject_id,split (train/validate/test)\n"
         f"  {METADATA_CSV}   dicom_id,subject_id,study_id,...,ViewPosition,Rows,Columns,...\n"
-        f"  {CHEXPERT_CSV}   (optional, not used)\n"
+        f"  {CHEXPERT_CSV}   (optional) subject_id,study_id,<14 CheXpert labels: 1.0/0.0/-1.0/blank>\n"
         f"  {FILES}/p1x/p<subject_id>/s<study_id>/<dicom_id>.jpg   MIMIC-CXR-JPG images\n"
         f"  {FILES}/p1x/p<subject_id>/s<study_id>.txt              MIMIC-CXR reports (mimic-cxr-reports.zip)\n"
         "  (p1x = 'p' + the first two digits of the subject id; uncompressed .csv files are accepted too)"
@@ -114,6 +160,8 @@ class MimicCXRAdapter(DatasetAdapter):
         self._known_unlisted = set()
         splits = self._read_split(table_path(raw_root, SPLIT_CSV), problems)
         meta_path = table_path(raw_root, METADATA_CSV)
+        chexpert_path = table_path(raw_root, CHEXPERT_CSV)
+        chexpert = read_chexpert(chexpert_path, problems) if chexpert_path.exists() else {}
         reports: dict[tuple[str, str], ReportText | str] = {}
         samples: list[RawSample] = []
         seen: set[str] = set()
@@ -185,6 +233,7 @@ class MimicCXRAdapter(DatasetAdapter):
                         "sentences": report.sentences,
                         "study_id": study,
                         "view": view,
+                        "chexpert": chexpert.get(key),
                     },
                 )
             )
