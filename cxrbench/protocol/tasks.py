@@ -232,7 +232,7 @@ PROFILES: dict[str, Profile] = {
     "full": Profile("full"),
     "demo": Profile(
         "demo",
-        resolution=128,
+        resolution=96,
         max_epochs=6,
         patience=3,
         warmup_steps=4,
@@ -245,8 +245,9 @@ PROFILES: dict[str, Profile] = {
             HeadCaps(
                 "unet", max_epochs=1, warmup_steps=1, batch_size=8, max_train_images=8, max_eval_images=8
             ),
-            # more optimisation steps per epoch: the YOLO head needs them to learn within the epoch cap
-            HeadCaps("yolo", batch_size=4),
+            # more optimisation steps per epoch (the YOLO head needs them to learn within the epoch
+            # cap) on fewer images (its fine-tune runs dominate the demo's time otherwise)
+            HeadCaps("yolo", batch_size=4, max_train_images=32, max_eval_images=24),
         ),
     ),
 }
