@@ -21,8 +21,8 @@ DEMO = PROFILES["demo"]
 
 
 def test_protocol_hash_is_pinned():
-    assert protocol_hash(PROFILES["full"]) == "97eafc3ddc9cbde8"
-    assert protocol_hash(PROFILES["demo"]) == "b86ff96d93a89dbc"
+    assert protocol_hash(PROFILES["full"]) == "5f5b93981f180866"
+    assert protocol_hash(PROFILES["demo"]) == "2a9cdf3d221b560b"
 
 
 def _summary(predictions: dict[str, np.ndarray]) -> dict:

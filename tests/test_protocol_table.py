@@ -21,6 +21,7 @@ TASK_COLUMNS = {  # document column -> (Task field, parser of the cell)
     "head": ("head", str),
     "mode": ("mode", str),
     "train %": ("percent", int),
+    "val %": ("val_fraction", lambda cell: int(cell) / 100),
     "metric": ("metric", str),
     "batch": ("batch_size", int),
     "default lr": ("default_lr", float),
@@ -166,3 +167,36 @@ def test_every_head_and_metric_a_task_names_is_described(kind):
         assert re.search(rf"^- \*\*{name}\*\* ", text, re.MULTILINE), (
             f"{DOC} does not describe {kind} {name!r}"
         )
+
+
+def _share(cell: str) -> float:
+    """'all' -> 100; 'first 10%' / 'seeded 1%' -> the percentage."""
+    return 100.0 if cell == "all" else float(cell.split()[1].rstrip("%"))
+
+
+FIDELITY_OURS = {  # fidelity-table column -> (Task field, parser of the cell)
+    "batch: ours": ("batch_size", int),
+    "lr: ours": ("default_lr", float),
+    "lr grid: ours": ("lr_grid", lambda cell: tuple(float(v) for v in cell.split(","))),
+    "max epochs: ours": ("max_epochs", int),
+    "patience: ours": ("patience", int),
+    "warm-up steps: ours": ("warmup_steps", int),
+    "train subset: ours": ("percent", _share),
+    "val subset: ours": ("val_fraction", lambda cell: _share(cell) / 100),
+}
+
+
+def test_fidelity_table_states_our_value_of_every_task_and_names_its_only_difference():
+    rows = _table("task")
+    assert [r["task"] for r in rows] == [t.task_id for t in TASKS]
+    for row, task in zip(rows, TASKS, strict=True):
+        for column, (field, parse) in FIDELITY_OURS.items():
+            assert parse(row[column]) == getattr(task, field), f"{task.task_id}: {column} {row[column]!r}"
+        # our subsets are seeded prefixes, the reference's its list's first rows; the val share is
+        # the first images of the list in both
+        assert row["train subset: ours"].startswith("seeded") == (task.percent < 100)
+        assert task.val_fraction == 1 or row["val subset: ours"].startswith("first")
+        differing = [c[: -len(": ours")] for c in FIDELITY_OURS if row[c] != row[c.replace("ours", "ref")]]
+        grid_fixed = row["lr grid: ref"] == "fixed" and len(task.lr_grid) == 1
+        expected = (["train subset"] if task.percent < 100 else []) + (["lr grid"] if grid_fixed else [])
+        assert sorted(differing) == sorted(expected), f"{task.task_id}: ref and ours differ in {differing}"

@@ -67,14 +67,14 @@ class TaskCost:
 
 
 def split_sizes(data_root: Path, task: Task, profile: Profile) -> dict[str, int]:
-    """Images per split the task uses (its nested train subset; the profile's caps applied)."""
-    from cxrbench.protocol.task_data import open_task_dataset
+    """Images per split the task uses (its train subset and validation share; the profile's caps applied)."""
+    from cxrbench.protocol.task_data import open_task_dataset, task_split_source
 
     dataset = open_task_dataset(data_root, task.dataset)
     sizes = {}
     for split in SPLITS:
-        n = len(dataset.split(split, task.percent if split == "train" else None))
-        limit = profile.max_train_images if split == "train" else profile.max_eval_images
+        n = len(task_split_source(dataset, task, split))
+        limit = profile.max_images(task, split)
         sizes[split] = n if limit is None else min(n, limit)
     return sizes
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrbench.datasets import PreparedDataset, open_prepared
+from cxrbench.datasets import PreparedDataset, PreparedSplit, open_prepared
 from cxrbench.encoders.presets import Preprocessing
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.heads import get_head
@@ -48,12 +48,19 @@ class TaskSplit:
         return x.unsqueeze(1).expand(-1, 3, -1, -1)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
     ) -> Iterator[torch.Tensor]:
-        """Index tensors of each batch (a random permutation when shuffling)."""
+        """Index tensors of each batch (a random permutation when shuffling). `drop_last` leaves out
+        a final partial batch, as the reference's training loaders do, unless it is the only batch
+        (a split smaller than the batch still trains)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
+        end = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, end, batch_size):
             yield order[start : start + batch_size]
 
     def targets(self, index: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -85,10 +92,19 @@ def _limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
 
 
-def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: Profile) -> TaskSplit:
-    """Load one split for a task at the profile resolution (nested subset for the train split), with
-    the targets its head learns from (masks or boxes)."""
+def task_split_source(dataset: PreparedDataset, task: Task, split: str) -> PreparedSplit:
+    """The images of `split` the task uses before any profile cap: the nested train subset, the
+    validation share (its first images in list order, as the reference), the whole test split."""
     source = dataset.split(split, task.percent if split == "train" else None)
+    if split == "val":
+        source = source.subset(np.arange(task.validation_count(len(source))))
+    return source
+
+
+def load_task_split(dataset: PreparedDataset, task: Task, split: str, profile: Profile) -> TaskSplit:
+    """Load one split for a task at the profile resolution (`task_split_source`, then the profile's
+    image caps), with the targets its head learns from (masks or boxes)."""
+    source = task_split_source(dataset, task, split)
     limit = profile.max_images(task, split)
     keep = _limit(np.arange(len(source)), limit, seed=len(source))
     source = source.subset(keep)

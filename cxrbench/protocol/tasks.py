@@ -25,6 +25,8 @@ PROTOCOL_VERSION = 2
 # records carry it; the leaderboard refuses older ones (`cxrbench rescore` recomputes them).
 METRICS_VERSION = 2
 MODES = ("frozen", "finetune")
+# A validation share never leaves fewer images than this (the full RSNA share is 534 images).
+MIN_VALIDATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Task:
     patience: int
     warmup_steps: int = 0  # fine-tune only: head-only steps with the encoder frozen
     warmup_lr: float = 1e-3
+    # share of the validation split used: its first round(n * share) images in list order (the
+    # reference's `val_subset`); early stopping, the plateau schedule and the lr choice see only these
+    val_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +66,8 @@ class Task:
             problems.append(f"max_epochs {self.max_epochs} is negative")
         if not self.lr_grid or min(self.lr_grid) <= 0 or self.default_lr <= 0 or self.warmup_lr <= 0:
             problems.append("learning rates must be positive and the lr grid non-empty")
+        if not 0 < self.val_fraction <= 1:
+            problems.append(f"val_fraction {self.val_fraction} is not in (0, 1]")
         if self.warmup_steps < 0 or (self.frozen and self.warmup_steps):
             problems.append(f"warmup_steps {self.warmup_steps}: only fine-tune tasks warm up, never < 0")
         if problems:
@@ -69,6 +76,14 @@ class Task:
     @property
     def frozen(self) -> bool:
         return self.mode == "frozen"
+
+    def validation_count(self, n: int) -> int:
+        """How many of the `n` validation images (in list order) the task validates on: the first
+        round(n * val_fraction), as the reference's `apply_subset`, but never fewer than
+        MIN_VALIDATION_IMAGES (all of a smaller split): a share of a phantom's or a small download's
+        few images would leave early stopping and the lr choice a split without findings."""
+        share = round(n * self.val_fraction)
+        return n if self.val_fraction >= 1 else max(share, min(n, MIN_VALIDATION_IMAGES))
 
 
 # One row per task, in protocol order. Columns: task id, dataset, head, encoder mode, % of the train
@@ -98,6 +113,9 @@ nih_seg_linear         nih         linear frozen   100 dice      64    100  10  
 """
 _COLUMNS = ["task_id", "dataset", "head", "mode", "%", "metric", "batch", "epochs", "pat", "warmup", "lr", "lr_grid"]
 # fmt: on
+# Validation shares per dataset (the rest validate on the whole split): the reference's dataset
+# configs configs/dataset/rsna*.yaml and rsna_seg*.yaml set `val_subset: 0.1` for every RSNA task.
+_VAL_FRACTION = {"rsna": 0.1}
 
 
 def _parse_table(text: str) -> tuple[Task, ...]:
@@ -125,6 +143,7 @@ def _parse_table(text: str) -> tuple[Task, ...]:
                 max_epochs=int(epochs),
                 patience=int(patience),
                 warmup_steps=int(warmup),
+                val_fraction=_VAL_FRACTION.get(dataset, 1.0),
             )
         except ValueError as exc:
             raise CxrbenchError(f"task table row {number} ({task_id}): {exc}") from None

@@ -252,7 +252,8 @@ def _comparability_line(measured: pd.DataFrame) -> str:
     """Which measured rows may be read beside the published ones, and why the others may not."""
     rule = (
         f"{COMPARABLE_MARK}: comparable with the published rows, i.e. measured on the full reference split "
-        "lists (the test images the published numbers were computed on) under the full profile."
+        "lists (the test images the published numbers were computed on) under the full profile; "
+        'deliberate differences from the reference: docs/protocol.md, "Fidelity to the reference evaluation".'
     )
     if "comparable" not in measured or measured.empty:
         return rule
