@@ -13,12 +13,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
 from cxrbench.output_dirs import DEMO, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
+
+if TYPE_CHECKING:
+    from cxrbench.baselines.training import PretrainProfile
 
 DEMO_ARCH = "resnet18"
 DEMO_SIZE = 224
@@ -79,8 +83,10 @@ def pretrain_baselines(
     epochs: int | None = None,
     log: Callable[[str], None] = print,
     reporter_factory: Callable[[], contextlib.AbstractContextManager] | None = None,
+    profile: str | PretrainProfile = "demo",
 ) -> dict[str, Path]:
-    """Pre-train each method briefly on phantom MIMIC-CXR (demo profile); resume or reuse finished ones."""
+    """Pre-train each method on the prepared MIMIC-CXR (demo profile by default, one budget for all);
+    resume or reuse finished ones."""
     from cxrbench.baselines.training import CHECKPOINT, HISTORY, pretrain
     from cxrbench.io_utils import read_json
 
@@ -91,14 +97,14 @@ def pretrain_baselines(
         if (out / HISTORY).exists() and read_json(out / HISTORY).get("finished") and done.exists():
             log(f"{method}: reusing {done}")
         else:
-            log(f"pre-training {method} (demo profile)")
+            log(f"pre-training {method} ({profile if isinstance(profile, str) else profile.name} profile)")
             resume = (out / CHECKPOINT).exists()
             with (reporter_factory or (lambda: contextlib.nullcontext(None)))() as reporter:
                 pretrain(
                     method,
                     paths.prepared / "mimic_cxr",
                     out,
-                    "demo",
+                    profile,
                     resume=resume,
                     epochs=epochs,
                     reporter=reporter,

@@ -47,6 +47,7 @@ LEADERBOARD = FolderKind("leaderboard folder", ".cxrbench-leaderboard.json", ("l
 PRETRAIN = FolderKind("pre-training folder", ".cxrbench-pretrain.json", ("checkpoint.pt", "history.json"))
 ANALYSIS = FolderKind("analysis folder", ".cxrbench-analysis.json", ("*__*.json",))
 DEMO = FolderKind("demo folder", ".cxrbench-demo.json", ("prepared/*/prepared.json",))
+STUDY = FolderKind("study folder", ".cxrbench-study.json")
 
 
 @dataclass(frozen=True)

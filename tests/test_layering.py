@@ -32,7 +32,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "baselines": frozenset({"datasets", "encoders"}),
     "analysis": _LIBRARIES - {"analysis"},
     "demo": _LIBRARIES,  # the demo pipeline: a library that drives the others, used by cli/demo.py
-    "cli": _LIBRARIES | {"demo"},
+    "study": _LIBRARIES | {"demo"},  # `cxrbench study`: drives the demo's pieces on prepared data
+    "cli": _LIBRARIES | {"demo", "study"},
     "__main__": frozenset({"cli"}),
     "__init__": frozenset(),
     **{leaf: frozenset() for leaf in LEAVES},

@@ -11,6 +11,7 @@ import typer
 
 from cxrbench.cli import data, demo, encoders, evaluate, leaderboard, plan, pretrain, sweep
 from cxrbench.cli.analyze import analyze_app
+from cxrbench.cli.study import study_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray localized-task benchmark.")
 
@@ -27,6 +28,7 @@ app.command("rescore")(leaderboard.rescore_command)
 app.add_typer(analyze_app, name="analyze")
 app.command("sweep")(sweep.sweep_command)
 app.command("pretrain")(pretrain.pretrain_command)
+app.add_typer(study_app, name="study")
 
 
 def main() -> None:
