@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -32,7 +33,8 @@ from cxrbench.datasets.reports import (
     split_sentences,
 )
 from cxrbench.datasets.splits import nested_subsets
-from cxrbench.errors import DataError
+from cxrbench.datasets.text_columns import TextColumn, write_column
+from cxrbench.errors import CxrbenchError, DamagedCacheError, DataError
 
 SPLIT_NAME = {"train": "train", "validate": "val", "test": "test"}
 
@@ -384,3 +386,49 @@ def test_listed_but_absent_and_truncated_images(raw_copy, tmp_path):
     assert any(p.file == str(truncated) for p in summary.problems)
     ids = {i for name in summary.counts for i in open_prepared(summary.out_root).split(name).image_ids}
     assert frontal[0]["dicom_id"] not in ids and frontal[1]["dicom_id"] not in ids
+
+
+def test_reports_are_memory_mapped_text_columns_not_json(prepared):
+    """meta.json stays small (ids only); the text lives in text_columns files, read lazily per image."""
+    _, _, data = prepared
+    split = data.split("train")
+    meta = json.loads((data.root / "train" / "meta.json").read_text())
+    assert "report" not in meta and "sentences" not in meta
+    assert meta["text_fields"] == {"report": "text", "sentences": "text_list"}
+    for file in ("report.utf8", "report_offsets.npy", "sentences.utf8", "sentences_rows.npy"):
+        assert (data.root / "train" / file).is_file()
+    sentences = split.field("sentences")
+    assert isinstance(sentences, TextColumn) and len(sentences) == len(split)
+    assert [split[i].sentences for i in range(3)] == sentences[:3]
+    subset = data.split("train", 30)
+    picked = [int(i) for i in data.subsets["train"]["30"][:5]]
+    assert subset.field("report")[:5] == [split[i].report for i in picked]
+    assert list(subset.field("sentences")[1]) == split[picked[1]].sentences
+
+
+def test_text_column_round_trip_with_unicode_and_empty_rows(tmp_path):
+    lists = [["Größe 1.5 cm.", "No effusion."], [], ["___ ok."]]
+    assert write_column(tmp_path, "s", lists) == "text_list"
+    assert write_column(tmp_path, "r", ["é", "", "x y"]) == "text"
+    column = TextColumn(tmp_path, "s", "text_list")
+    assert [column[i] for i in range(3)] == lists and column.take([2, 0])[:] == [lists[2], lists[0]]
+    assert TextColumn(tmp_path, "r", "text")[:] == ["é", "", "x y"]
+
+
+def test_old_cache_with_inline_reports_names_prepare(prepared, tmp_path):
+    _, _, data = prepared
+    old = Path(shutil.copytree(data.root, tmp_path / "old"))
+    meta_path = old / "val" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["report"] = ["a report"] * len(meta["image_ids"])
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CxrbenchError, match=r"older cxrbench.*cxrbench prepare mimic_cxr .*--force"):
+        open_prepared(old, verify=False).split("val")
+
+
+def test_missing_text_column_is_damage(prepared, tmp_path):
+    _, _, data = prepared
+    copy = Path(shutil.copytree(data.root, tmp_path / "copy"))
+    (copy / "test" / "sentences_rows.npy").unlink()
+    with pytest.raises(DamagedCacheError, match=r"sentences_rows\.npy: is missing"):
+        open_prepared(copy)

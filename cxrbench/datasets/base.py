@@ -110,6 +110,8 @@ class DatasetAdapter(ABC):
     has_boxes: ClassVar[bool] = False
     masks_from_boxes: ClassVar[bool] = False
     extra_fields: ClassVar[tuple[str, ...]] = ()
+    # Extra fields stored as memory-mapped text columns (text_columns.py) rather than in meta.json.
+    text_fields: ClassVar[tuple[str, ...]] = ()
     equalize: ClassVar[bool] = False
     split_fractions: ClassVar[dict[str, float]] = PATIENT_SPLIT
     subset_percents: ClassVar[tuple[float, ...]] = ()

@@ -51,6 +51,7 @@ from cxrbench.datasets.split_scheme import (
     train_subsets,
 )
 from cxrbench.datasets.splits import DEFAULT_SEED, ids_hash
+from cxrbench.datasets.text_columns import column_files, write_column
 from cxrbench.errors import CxrbenchError, DataError
 from cxrbench.io_utils import atomic_path, atomic_save_npy, atomic_write_json, read_json
 from cxrbench.output_dirs import OURS, claim_output_dir
@@ -425,8 +426,16 @@ def _assemble(
             files[name] = array_record(split_dir / name, array)
         ids = [s.image_id for s in kept]
         meta = {"image_ids": ids, "patient_ids": [s.patient_id for s in kept]}
+        if adapter.text_fields:
+            meta["text_fields"] = {}
         for name in adapter.extra_fields:
-            meta[name] = [s.extra.get(name) for s in kept]
+            values = [s.extra.get(name) for s in kept]
+            if name in adapter.text_fields:
+                meta["text_fields"][name] = write_column(split_dir, name, values)
+                for file in column_files(name, meta["text_fields"][name]):
+                    files[file] = file_record(split_dir / file)
+            else:
+                meta[name] = values
         atomic_write_json(split_dir / "meta.json", meta)
         files["meta.json"] = file_record(split_dir / "meta.json")
         split_meta[split] = meta

@@ -8,7 +8,10 @@ Layout of a prepared dataset folder (written by `cxrbench prepare`):
     <split>/masks.npy       uint8 N x C x S x ceil(S/8): np.packbits of bool masks along the last axis
     <split>/boxes.npy       float32 K x 4 xyxy in prepared pixels; box_labels.npy int64 K;
     <split>/box_offsets.npy int64 N+1 (boxes of image i are rows offsets[i]:offsets[i+1])
-    <split>/meta.json       image_ids, patient_ids (+ report/sentences/... for MIMIC-CXR)
+    <split>/meta.json       image_ids, patient_ids (+ study_id/view/... for MIMIC-CXR) and
+                            text_fields: {name: kind} of the split's text columns
+    <split>/report.utf8 ... MIMIC-CXR's reports and sentences as memory-mapped text columns
+                            (text_columns.py: UTF-8 bytes + int64 offsets), decoded per image
 
 Integrity: manifest.json records, per split file, its size, sha256 and (arrays) shape and dtype.
 Opening checks the cheap part (each file is present, whole and of the recorded shape: stat and
@@ -31,6 +34,7 @@ import numpy as np
 
 from cxrbench.datasets.split_scheme import PATIENT, SplitIdentity
 from cxrbench.datasets.splits import ids_hash
+from cxrbench.datasets.text_columns import TextColumn, column_files
 from cxrbench.errors import CxrbenchError, DamagedCacheError
 from cxrbench.io_utils import read_json, sha256_file
 
@@ -38,7 +42,10 @@ from cxrbench.io_utils import read_json, sha256_file
 # against their own headers), newer ones are refused.
 # 2: manifest checksums, split rule, strictness and raw fingerprint recorded. 3: reference split lists
 # (split scheme recorded), overhanging boxes clipped, ellipses as boxes, equalisation as skimage's.
-FORMAT_VERSION = 3
+# 4: MIMIC-CXR reports and sentences as memory-mapped text columns, not lists in meta.json.
+FORMAT_VERSION = 4
+# Fields that caches before format 4 stored inline in meta.json: too large to parse at full size.
+INLINE_TEXT_FIELDS = ("report", "sentences")
 
 SPLIT_ORDER = ("train", "val", "test")
 MARKER = "prepared.json"  # completion marker, written last
@@ -77,8 +84,17 @@ class PreparedSplit(Sequence):
         self.root, self.name, self.size = root, name, size
         self._dir = root / name
         self._meta = _read_split_meta(root, self._dir / "meta.json")
+        inline = [name for name in INLINE_TEXT_FIELDS if name in self._meta]
+        if inline:
+            raise CxrbenchError(
+                f"{self._dir / 'meta.json'} holds the {' and '.join(inline)} inline: this cache was "
+                f"prepared by an older cxrbench (format < 4), whose reports do not open at full size. "
+                f"Re-prepare it with `{rebuild_command(root, _best_effort_marker(root))}`"
+            )
         n = len(self._meta["image_ids"])
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+        self._text_kinds: dict[str, str] = self._meta.get("text_fields") or {}
+        self._columns: dict[str, TextColumn] = {}
 
     @cached_property
     def _images(self) -> np.ndarray:
@@ -112,8 +128,25 @@ class PreparedSplit(Sequence):
         ids = self._meta["patient_ids"]
         return [ids[i] for i in self.indices]
 
-    def field(self, name: str) -> list[Any]:
-        """An extra per-image field stored at prepare time (e.g. 'report', 'sentences')."""
+    def _text_column(self, name: str) -> TextColumn | None:
+        """The whole split's text column `name` (memory-mapped on first use), or None."""
+        if name not in self._text_kinds:
+            return None
+        if name not in self._columns:
+            try:
+                self._columns[name] = TextColumn(self._dir, name, self._text_kinds[name])
+            except (OSError, ValueError) as exc:
+                raise damaged(self.root, self._dir / f"{name}.utf8", f"cannot be read ({exc})") from exc
+        return self._columns[name]
+
+    def field(self, name: str) -> Sequence[Any]:
+        """An extra per-image field stored at prepare time (e.g. 'report', 'sentences').
+
+        Text columns come back as a lazy sequence (decoded per item), other fields as a list.
+        """
+        column = self._text_column(name)
+        if column is not None:
+            return column.take(self.indices)
         values = self._meta.get(name)
         if values is None:
             raise KeyError(f"{self.root}: split {self.name!r} has no field {name!r}")
@@ -161,8 +194,8 @@ class PreparedSplit(Sequence):
         i = i % len(self)
         boxes, labels = self.boxes(i)
         j = self.indices[i]
-        report = self._meta.get("report")
-        sentences = self._meta.get("sentences")
+        report = self._text_column("report")
+        sentences = self._text_column("sentences")
         return Sample(
             image=self.image(i),
             masks=self.masks(i),
@@ -408,6 +441,14 @@ def verify_manifest(dataset: PreparedDataset) -> None:
         records = expected.get("files") or {}
         for array in _expected_arrays(dataset):
             _check_array(dataset, dataset.root / name / array, records.get(array), len(split))
+        for column, kind in split._text_kinds.items():
+            for file in column_files(column, kind):
+                path = dataset.root / name / file
+                if not path.is_file():
+                    raise damaged(dataset.root, path, "is missing", dataset.meta)
+                recorded = (records.get(file) or {}).get("bytes")
+                if recorded is not None and path.stat().st_size != recorded:
+                    raise damaged(dataset.root, path, "changed size since it was written", dataset.meta)
         meta_record = records.get("meta.json")
         meta_path = dataset.root / name / "meta.json"
         if meta_record is not None and meta_path.stat().st_size != meta_record.get("bytes"):
