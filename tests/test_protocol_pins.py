@@ -22,7 +22,7 @@ DEMO = PROFILES["demo"]
 
 def test_protocol_hash_is_pinned():
     assert protocol_hash(PROFILES["full"]) == "5f5b93981f180866"
-    assert protocol_hash(PROFILES["demo"]) == "2a9cdf3d221b560b"
+    assert protocol_hash(PROFILES["demo"]) == "a02e5da032064a2c"
 
 
 def _summary(predictions: dict[str, np.ndarray]) -> dict:
@@ -42,50 +42,58 @@ def _summary(predictions: dict[str, np.ndarray]) -> dict:
 PINNED = {
     # a frozen linear probe at the task's default lr
     ("rsna_seg_linear_10", None): {
-        "val": {"dice": 0.07704749301573298, "dice_per_image": 0.105886275437313},
-        "test": {"dice": 0.20122302988346602, "dice_per_image": 0.20919532088447346},
-        "best_epoch": 1,
-        "val_loss": [0.9101564288139343, 0.9999967217445374, 1.0, 1.0],
-        "summary": {"pred_pixels": 14444, "gt_pixels": 11557},
+        "val": {"dice": 0.10053582279180247, "dice_per_image": 0.1610061999480875},
+        "test": {"dice": 0.2096176401595121, "dice_per_image": 0.23040594648255136},
+        "best_epoch": 4,
+        "val_loss": [
+            0.9418188333511353,
+            0.91752028465271,
+            0.9443312883377075,
+            0.8991323709487915,
+            0.9140135049819946,
+            0.955935537815094,
+        ],
+        "summary": {"pred_pixels": 14813, "gt_pixels": 6502},
     },
     # the reference YOLOv3 head, frozen, at the task's default lr
     ("rsna_yolo_frozen_10", None): {
         "val": {
-            "map": 0.0003093446586291331,
-            "map50": 0.0004414113391884987,
+            "map": 0.0031697881326594197,
+            "map50": 0.0,
             "map75": 0.0,
-            "coco_map": 0.0,
-            "kaggle_map": 0.0004080245694431076,
+            "coco_map": 0.0013498259166575997,
+            "kaggle_map": 6.332320162107397e-05,
         },
         "test": {
-            "map": 0.0005094351113568458,
-            "map50": 0.0006636411779295736,
-            "map75": 7.301615117263939e-06,
-            "coco_map": 0.0,
-            "kaggle_map": 0.0007995674074752261,
+            "map": 0.0016591918320440757,
+            "map50": 0.0,
+            "map75": 0.0,
+            "coco_map": 0.0012134497187572565,
+            "kaggle_map": 0.00015725724467034117,
         },
-        "best_epoch": 2,
+        "best_epoch": 5,
         "val_loss": [
-            1.16054105758667,
-            1.1950581073760986,
-            1.1561392545700073,
-            1.0889248847961426,
-            1.044835090637207,
+            1.242232322692871,
+            1.238909125328064,
+            1.1855173110961914,
+            1.1545569896697998,
+            1.1826989650726318,
+            1.228852391242981,
         ],
         "summary": {
-            "n_boxes": 7655,
-            "score_sum": 3873.6142949163914,
-            "box_sum": 1963921.7499804497,
+            "n_boxes": 3949,
+            "score_sum": 1953.5258910655975,
+            "box_sum": 756398.4596700668,
             "n_gt": 25,
         },
     },
     # fine-tuning with a head-only warm-up, the reference ResUNet head (demo caps: 1 epoch)
     ("covid_unet_finetune", None): {
-        "val": {"dice": 0.0399625171195848, "dice_per_image": 0.05209773452798302},
-        "test": {"dice": 0.060749867358368216, "dice_per_image": 0.06673943970678513},
+        "val": {"dice": 0.039970542675029835, "dice_per_image": 0.05208275123752685},
+        "test": {"dice": 0.06005038830160256, "dice_per_image": 0.06597322871920437},
         "best_epoch": 1,
-        "val_loss": [0.9758089184761047],
-        "summary": {"pred_pixels": 65788, "gt_pixels": 2064},
+        "val_loss": [0.9756187200546265],
+        "summary": {"pred_pixels": 37345, "gt_pixels": 1156},
     },
 }
 
