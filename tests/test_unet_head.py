@@ -152,7 +152,11 @@ def test_training_loop_feeds_the_input_image_with_and_without_the_cache(prepared
         assert all(keys == {"conv1", "conv2", "conv3", "conv4", "conv5", INPUT} for keys in TinyUNet.seen)
         cached, direct = results[True], results[False]
         tiny = TinyUNet(ResNetEncoder("resnet18").feature_info, 1, **SMALL_WIDTHS)
-        assert cached.head_parameters == direct.head_parameters == sum(p.numel() for p in tiny.parameters())
+        assert (
+            cached.cost["head_parameters"]
+            == direct.cost["head_parameters"]
+            == sum(p.numel() for p in tiny.parameters())
+        )
         for key in ("intersection", "pred_sum", "gt_sum"):
             assert cached.test_per_image[key] == direct.test_per_image[key]
         np.testing.assert_allclose(

@@ -26,6 +26,7 @@ from cxrbench.encoders import (
     load_encoder,
     neck_feature_info,
 )
+from cxrbench.encoders.features import INPUT
 from cxrbench.encoders.pyramid import PROBE_STAGE
 from cxrbench.encoders.vit import ARCHS, tap_blocks
 from cxrbench.errors import CheckpointError
@@ -293,7 +294,7 @@ def test_neck_belongs_to_the_head():
     assert sum(p.numel() for p in unet.parameters()) == neck_params + sum(
         p.numel() for p in unet.head.parameters()
     )
-    assert unet.required_stages == ("block0", "block1")
+    assert unet.required_stages == ("block0", "block1", INPUT)  # the image skip bypasses the neck
     linear = build_head_with_neck(get_head("linear"), vit, 1, 64)
     assert linear.required_stages == ("block1",) and not list(linear.neck.parameters())
     assert linear.head.required_stages == (PROBE_STAGE,) and linear.classifier is linear.head.classifier
@@ -305,7 +306,7 @@ def test_neck_belongs_to_the_head():
 
 
 def _train(prepared_root, encoder, task_id, use_cache):
-    profile = dataclasses.replace(TINY, max_epochs=2, max_train_images=16)
+    profile = dataclasses.replace(TINY, max_epochs=2, max_train_images=16, head_caps=())
     task = profile.apply(TASKS_BY_ID[task_id])
     ds = open_task_dataset(prepared_root, task.dataset)
     data = {s: load_task_split(ds, task, s, profile) for s in ("train", "val", "test")}

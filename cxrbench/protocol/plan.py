@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxrbench.encoders import INPUT
 from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes
 from cxrbench.protocol.heads import get_head
+from cxrbench.protocol.heads.with_neck import build_head_with_neck
 from cxrbench.protocol.metrics import MASKS
 from cxrbench.protocol.tasks import Profile, Task
+from cxrbench.protocol.training import encoder_stages
 
 SPLITS = ("train", "val", "test")
 
@@ -94,7 +97,7 @@ def plan_costs(
         task = profile.apply(protocol_task)
         images = dict(sizes[task.task_id])
         n_grid = len(task.lr_grid) if len(task.lr_grid) > 1 else 0
-        stages = get_head(task.head).required_stages
+        stages = encoder_stages(get_head(task.head).required_stages)  # the image itself is never cached
         need = sum(cache_bytes(feature_info, stages, n, profile.resolution) for n in images.values())
         if not task.frozen:
             cache = "-"
@@ -154,22 +157,26 @@ def probe_throughput(
 ) -> Throughput:
     """Seconds per image of a few steps of each (head, mode) in `kinds` on random inputs."""
     encoder = encoder.to(device)
-    images = torch.randn(batch_size, 3, resolution, resolution, device=device)
+    images = torch.randn(batch_size, getattr(encoder, "in_chans", 3), resolution, resolution, device=device)
     out_size = (resolution, resolution)
+
+    def encode(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**encoder(x), INPUT: x}  # heads with an image skip (ResUNet) also read the input
+
     encoder.eval()
     with torch.no_grad():
         encode_s = _timed(lambda: encoder(images), steps, device) / batch_size
-        features = encoder(images)
+        features = encode(images)
     train_s, eval_s = {}, {}
     for head_name, mode in dict.fromkeys(kinds):
-        head = get_head(head_name).build(encoder.feature_info, n_classes, resolution).to(device)
+        head = build_head_with_neck(get_head(head_name), encoder, n_classes, resolution).to(device)
         targets = _synthetic_targets(head_name, batch_size, resolution, n_classes, device)
         frozen = mode == "frozen"
         params = list(head.parameters()) + ([] if frozen else list(encoder.parameters()))
         optimizer = torch.optim.Adam(params, lr=1e-6)
 
         def train_step(head=head, targets=targets, optimizer=optimizer, frozen=frozen) -> None:
-            feats = features if frozen else encoder(images)
+            feats = features if frozen else encode(images)
             loss = head.training_loss(head(feats, out_size), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,7 +184,7 @@ def probe_throughput(
 
         def eval_step(head=head, frozen=frozen) -> None:
             with torch.no_grad():
-                head(features if frozen else encoder(images), out_size)
+                head(features if frozen else encode(images), out_size)
 
         state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
         head.train()
