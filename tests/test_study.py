@@ -11,7 +11,7 @@ from cxrbench.demo import DemoPaths, ensure_data
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.tasks import get_profile, select_tasks
 from cxrbench.study import CONTROL, run_uniformity_study
-from tests.tiny_profiles import TINY_PRETRAIN
+from tiny_profiles import TINY_PRETRAIN
 
 TINY_EVAL = dataclasses.replace(
     get_profile("demo"),
