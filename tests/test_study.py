@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+from tiny_profiles import TINY_PRETRAIN
 
 from cxrbench.demo import DemoPaths, ensure_data
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.tasks import get_profile, select_tasks
 from cxrbench.study import CONTROL, run_uniformity_study
-from tiny_profiles import TINY_PRETRAIN
 
 TINY_EVAL = dataclasses.replace(
     get_profile("demo"),
