@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from cxrbench.datasets import open_prepared
+from cxrbench.datasets.base import RawSample
+from cxrbench.datasets.code_columns import CodeColumn, write_codes
 from cxrbench.datasets.geometry import SquareResize
 from cxrbench.datasets.imaging import read_raster
 from cxrbench.datasets.mimic_cxr import (
+    CHEXPERT_LABELS,
     METADATA_CSV,
     NON_FRONTAL,
     SHORT_REPORT,
@@ -24,7 +27,8 @@ from cxrbench.datasets.mimic_cxr import (
     report_path,
 )
 from cxrbench.datasets.phantom import write_phantom
-from cxrbench.datasets.prepare import prepare
+from cxrbench.datasets.prepare import prepare, write_split
+from cxrbench.datasets.prepared import PreparedSplit
 from cxrbench.datasets.reports import (
     count_tokens,
     extract_sections,
@@ -432,3 +436,47 @@ def test_missing_text_column_is_damage(prepared, tmp_path):
     (copy / "test" / "sentences_rows.npy").unlink()
     with pytest.raises(DamagedCacheError, match=r"sentences_rows\.npy: is missing"):
         open_prepared(copy)
+
+
+def test_code_column_round_trip_blank_absent_and_refusals(tmp_path):
+    labels = ("A", "B")
+    values = [{"A": 1, "B": None}, None, {"A": -1, "B": 0}]
+    codes = write_codes(tmp_path, "c", labels, values)
+    assert codes.dtype == np.int8 and codes.shape == (3, 2)
+    column = CodeColumn(tmp_path, "c", labels)
+    assert column[:] == values and list(column) == values and column.take([2, 1])[:] == values[:0:-1]
+    with pytest.raises(ValueError, match=r"not in -127\.\.126"):
+        write_codes(tmp_path, "d", labels, [{"A": 127, "B": 0}])
+    with pytest.raises(ValueError, match="are not"):
+        write_codes(tmp_path, "d", labels, [{"A": 1}])
+
+
+def test_split_writer_round_trip_reads_back_what_it_was_given(tmp_path):
+    """The writer `bench_mimic_open.py` uses: every report, sentence list and code dict reads back equal."""
+    adapter = MimicCXRAdapter()
+    blank = dict.fromkeys(CHEXPERT_LABELS)
+    given = [
+        ("Größe 1.5 cm. No effusion.", ["Größe 1.5 cm.", "No effusion."], {**blank, "Edema": 1}),
+        ("", [], None),
+        ("Heart normal.", ["Heart normal."], {**blank, "No Finding": 1, "Pneumonia": -1, "Edema": 0}),
+    ]
+    kept = [
+        RawSample(
+            f"d{k}",
+            f"p{k}",
+            tmp_path / f"{k}.jpg",
+            extra={"report": r, "sentences": s, "chexpert": c, "study_id": str(k), "view": "PA"},
+        )
+        for k, (r, s, c) in enumerate(given)
+    ]
+    meta, files = write_split(
+        adapter, tmp_path / "train", {"images.npy": np.zeros((3, 32, 32), np.uint8)}, kept
+    )
+    assert "chexpert" not in meta and meta["code_fields"] == {"chexpert": list(CHEXPERT_LABELS)}
+    assert set(files) >= {"chexpert_codes.npy", "report.utf8", "sentences_rows.npy", "meta.json"}
+    split = PreparedSplit(tmp_path, "train", 32)
+    assert split.field("report")[:] == [g[0] for g in given]
+    assert split.field("sentences")[:] == [g[1] for g in given]
+    assert split.field("chexpert")[:] == [g[2] for g in given]
+    assert split.field("study_id") == ["0", "1", "2"]
+    assert split.subset([2, 0]).field("chexpert")[:] == [given[2][2], given[0][2]]

@@ -112,6 +112,8 @@ class DatasetAdapter(ABC):
     extra_fields: ClassVar[tuple[str, ...]] = ()
     # Extra fields stored as memory-mapped text columns (text_columns.py) rather than in meta.json.
     text_fields: ClassVar[tuple[str, ...]] = ()
+    # Extra fields of {label: small int | None} dicts stored as one int8 matrix (code_columns.py).
+    code_fields: ClassVar[dict[str, tuple[str, ...]]] = {}
     equalize: ClassVar[bool] = False
     split_fractions: ClassVar[dict[str, float]] = PATIENT_SPLIT
     subset_percents: ClassVar[tuple[float, ...]] = ()

@@ -133,6 +133,7 @@ class MimicCXRAdapter(DatasetAdapter):
     subset_percents = (30,)
     extra_fields = ("report", "sentences", "study_id", "view", "chexpert")
     text_fields = ("report", "sentences")  # ~230,000 reports: memory-mapped, not in meta.json
+    code_fields = {"chexpert": CHEXPERT_LABELS}  # 14 codes per image: an int8 matrix, not in meta.json
     layout = (
         "RAW_DIR/\n"
         f"  {SPLIT_CSV}      dicom_id,study_id,subject_id,split (train/validate/test)\n"

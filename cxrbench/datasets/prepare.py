@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
+from cxrbench.datasets.code_columns import code_file, write_codes
 from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes, overhangs
 from cxrbench.datasets.imaging import equalize_histogram
 from cxrbench.datasets.prepared import (
@@ -411,8 +412,6 @@ def _assemble(
             np.concatenate([p["images"] for p in parts]) if parts else np.zeros((0, size, size), np.uint8)
         )
         n_boxes = np.concatenate([p["n_boxes"] for p in parts]) if parts else np.zeros(0, np.int64)
-        split_dir = partial / split
-        split_dir.mkdir(exist_ok=True)
         arrays = {"images.npy": images}
         if adapter.has_masks:
             arrays["masks.npy"] = np.concatenate([p["masks"] for p in parts])
@@ -420,24 +419,8 @@ def _assemble(
             arrays["boxes.npy"] = np.concatenate([p["boxes"] for p in parts]).astype(np.float32)
             arrays["box_labels.npy"] = np.concatenate([p["labels"] for p in parts])
             arrays["box_offsets.npy"] = np.concatenate([[0], np.cumsum(n_boxes)]).astype(np.int64)
-        files = {}
-        for name, array in arrays.items():
-            atomic_save_npy(split_dir / name, array)
-            files[name] = array_record(split_dir / name, array)
-        ids = [s.image_id for s in kept]
-        meta = {"image_ids": ids, "patient_ids": [s.patient_id for s in kept]}
-        if adapter.text_fields:
-            meta["text_fields"] = {}
-        for name in adapter.extra_fields:
-            values = [s.extra.get(name) for s in kept]
-            if name in adapter.text_fields:
-                meta["text_fields"][name] = write_column(split_dir, name, values)
-                for file in column_files(name, meta["text_fields"][name]):
-                    files[file] = file_record(split_dir / file)
-            else:
-                meta[name] = values
-        atomic_write_json(split_dir / "meta.json", meta)
-        files["meta.json"] = file_record(split_dir / "meta.json")
+        meta, files = write_split(adapter, partial / split, arrays, kept)
+        ids = meta["image_ids"]
         split_meta[split] = meta
         counts[split] = len(ids)
         manifest["splits"][split] = {"count": len(ids), "ids_sha256": ids_hash(ids), "files": files}
@@ -447,14 +430,7 @@ def _assemble(
     subsets = {}
     if "train" in counts:
         train_ids = split_meta["train"]["image_ids"]
-        for key, idx in train_subsets(adapter, assignment.scheme, train_ids, config["seed"]).items():
-            subsets[key] = idx.tolist()
-            ids = [train_ids[i] for i in idx]
-            manifest["subsets"][f"train_{key}pct"] = {
-                "count": len(ids),
-                "ids_sha256": ids_hash(ids),
-                "image_ids": ids,
-            }
+        subsets, manifest["subsets"] = subset_records(adapter, assignment.scheme, train_ids, config["seed"])
     split_record = _split_record(adapter, assignment, counts, skipped_images, config["seed"])
     several = patients_in_several_splits({k: v["patient_ids"] for k, v in split_meta.items()})
     manifest["split"] = {**split_record, "patients_in_several_splits": several}
@@ -494,6 +470,53 @@ def _assemble(
     shutil.rmtree(partial / "chunks", ignore_errors=True)
     atomic_write_json(partial / MARKER, marker)
     return _with_split_facts(summary, marker)
+
+
+def write_split(
+    adapter: DatasetAdapter, split_dir: Path, arrays: dict[str, np.ndarray], kept: list[RawSample]
+) -> tuple[dict, dict]:
+    """Write one split's arrays, text columns and meta.json; return (meta, the manifest's file records).
+
+    Public so that `benchmarks/bench_mimic_open.py` writes a full-size cache through this writer.
+    """
+    split_dir.mkdir(exist_ok=True)
+    files = {}
+    for name, array in arrays.items():
+        atomic_save_npy(split_dir / name, array)
+        files[name] = array_record(split_dir / name, array)
+    meta: dict = {"image_ids": [s.image_id for s in kept], "patient_ids": [s.patient_id for s in kept]}
+    if adapter.text_fields:
+        meta["text_fields"] = {}
+    if adapter.code_fields:
+        meta["code_fields"] = {}
+    for name in adapter.extra_fields:
+        values = [s.extra.get(name) for s in kept]
+        if name in adapter.code_fields:
+            labels = adapter.code_fields[name]
+            meta["code_fields"][name] = list(labels)
+            codes = write_codes(split_dir, name, labels, values)
+            files[code_file(name)] = array_record(split_dir / code_file(name), codes)
+        elif name in adapter.text_fields:
+            meta["text_fields"][name] = write_column(split_dir, name, values)
+            for file in column_files(name, meta["text_fields"][name]):
+                files[file] = file_record(split_dir / file)
+        else:
+            meta[name] = values
+    atomic_write_json(split_dir / "meta.json", meta)
+    files["meta.json"] = file_record(split_dir / "meta.json")
+    return meta, files
+
+
+def subset_records(
+    adapter: DatasetAdapter, scheme: str, train_ids: list[str], seed: int
+) -> tuple[dict[str, list[int]], dict[str, dict]]:
+    """The nested train subsets: (positions per percent for prepared.json, entries for manifest.json)."""
+    subsets, manifest = {}, {}
+    for key, idx in train_subsets(adapter, scheme, train_ids, seed).items():
+        subsets[key] = idx.tolist()
+        ids = [train_ids[i] for i in idx]
+        manifest[f"train_{key}pct"] = {"count": len(ids), "ids_sha256": ids_hash(ids), "image_ids": ids}
+    return subsets, manifest
 
 
 def _split_record(

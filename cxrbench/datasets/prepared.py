@@ -12,6 +12,8 @@ Layout of a prepared dataset folder (written by `cxrbench prepare`):
                             text_fields: {name: kind} of the split's text columns
     <split>/report.utf8 ... MIMIC-CXR's reports and sentences as memory-mapped text columns
                             (text_columns.py: UTF-8 bytes + int64 offsets), decoded per image
+    <split>/chexpert_codes.npy  MIMIC-CXR's CheXpert codes, int8 N x 14 (code_columns.py), label
+                            names in meta.json's code_fields; each image's dict rebuilt when read
 
 Integrity: manifest.json records, per split file, its size, sha256 and (arrays) shape and dtype.
 Opening checks the cheap part (each file is present, whole and of the recorded shape: stat and
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrbench.datasets.code_columns import CodeColumn, code_file
 from cxrbench.datasets.split_scheme import PATIENT, SplitIdentity
 from cxrbench.datasets.splits import ids_hash
 from cxrbench.datasets.text_columns import TextColumn, column_files
@@ -43,7 +46,8 @@ from cxrbench.io_utils import read_json, sha256_file
 # 2: manifest checksums, split rule, strictness and raw fingerprint recorded. 3: reference split lists
 # (split scheme recorded), overhanging boxes clipped, ellipses as boxes, equalisation as skimage's.
 # 4: MIMIC-CXR reports and sentences as memory-mapped text columns, not lists in meta.json.
-FORMAT_VERSION = 4
+# 5: MIMIC-CXR CheXpert codes as a memory-mapped int8 matrix (code_columns.py), not dicts in meta.json.
+FORMAT_VERSION = 5
 # Fields that caches before format 4 stored inline in meta.json: too large to parse at full size.
 INLINE_TEXT_FIELDS = ("report", "sentences")
 
@@ -95,6 +99,8 @@ class PreparedSplit(Sequence):
         self.indices = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
         self._text_kinds: dict[str, str] = self._meta.get("text_fields") or {}
         self._columns: dict[str, TextColumn] = {}
+        self._code_labels: dict[str, list[str]] = self._meta.get("code_fields") or {}
+        self._code_columns: dict[str, CodeColumn] = {}
 
     @cached_property
     def _images(self) -> np.ndarray:
@@ -139,12 +145,25 @@ class PreparedSplit(Sequence):
                 raise damaged(self.root, self._dir / f"{name}.utf8", f"cannot be read ({exc})") from exc
         return self._columns[name]
 
-    def field(self, name: str) -> Sequence[Any]:
-        """An extra per-image field stored at prepare time (e.g. 'report', 'sentences').
+    def _code_column(self, name: str) -> CodeColumn | None:
+        """The whole split's code column `name` (memory-mapped on first use), or None."""
+        if name not in self._code_labels:
+            return None
+        if name not in self._code_columns:
+            path = self._dir / code_file(name)
+            try:
+                self._code_columns[name] = CodeColumn(self._dir, name, self._code_labels[name])
+            except (OSError, ValueError) as exc:
+                raise damaged(self.root, path, f"cannot be read ({exc})") from exc
+        return self._code_columns[name]
 
-        Text columns come back as a lazy sequence (decoded per item), other fields as a list.
+    def field(self, name: str) -> Sequence[Any]:
+        """An extra per-image field stored at prepare time (e.g. 'report', 'sentences', 'chexpert').
+
+        Text and code columns come back as lazy sequences (decoded per item), other fields as a list.
         """
         column = self._text_column(name)
+        column = self._code_column(name) if column is None else column
         if column is not None:
             return column.take(self.indices)
         values = self._meta.get(name)
@@ -441,6 +460,9 @@ def verify_manifest(dataset: PreparedDataset) -> None:
         records = expected.get("files") or {}
         for array in _expected_arrays(dataset):
             _check_array(dataset, dataset.root / name / array, records.get(array), len(split))
+        for column in split._code_labels:
+            file = code_file(column)
+            _check_array(dataset, dataset.root / name / file, records.get(file), len(split))
         for column, kind in split._text_kinds.items():
             for file in column_files(column, kind):
                 path = dataset.root / name / file
