@@ -48,9 +48,10 @@ class SquareResize:
 
     def image(self, image: np.ndarray) -> np.ndarray:
         """float32 HxW in [0, 1] -> float32 size x size, antialiased bilinear resize."""
-        padded = self.pad(image.astype(np.float32, copy=False))
+        image = image.astype(np.float32, copy=False)
+        padded = image if self.height == self.width else self.pad(image)  # square: nothing to pad
         if self.side == self.size:
-            return padded
+            return padded.copy() if padded is image else padded
         resized = Image.fromarray(padded, mode="F").resize((self.size, self.size), Image.Resampling.BILINEAR)
         return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 

@@ -1,0 +1,161 @@
+"""`cxrbench prepare rsna` throughput at the real RSNA size: images/s per run and per worker.
+
+Writes N (default 26,684, the whole RSNA stage-2 training set) 1024x1024 JPEG Baseline DICOMs in the
+RSNA raw layout (`stage_2_train_images/<patientId>.dcm` + `stage_2_train_labels.csv`), then runs
+`cxrbench prepare rsna RAW OUT` with the default options (224 px, `--splits reference`) once per
+`--workers` value, timed from outside as a user would see it, and prints images/s per run and per
+worker with the load average around each run (the figures mean little on a busy machine).
+
+The stand-ins come from the RSNA phantom (`cxrbench.datasets.phantom.rsna.write`, real reference
+ids, JPEG Baseline via Pillow like the real download): `--distinct` studies are rendered, and every
+one of the N patients gets a copy of one of the JPEG ones (round-robin) with its own PatientID and
+SOPInstanceUID, so each file is decoded on its own while writing stays quick. Below the full size
+the folder is marked as a phantom (`cxrbench-phantom.json`), so the reference lists are restricted
+to the ids present, exactly as for `cxrbench phantom rsna --n-images N`.
+
+`--profile K` also runs prepare in this process on one worker under cProfile over the first K
+images' worth of stand-ins and prints where the time goes.
+
+    python benchmarks/bench_prepare.py [--n-images 26684] [--workers 1 2] [--profile 256] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import csv
+import io
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from cxrbench.datasets.phantom import rsna as phantom_rsna
+from cxrbench.datasets.phantom.ids import sample_reference_ids
+from cxrbench.datasets.reference_splits import reference_split_ids
+from cxrbench.datasets.rsna import IMAGES, LABELS
+from cxrbench.datasets.split_scheme import PHANTOM_MARKER
+from cxrbench.io_utils import atomic_write_json
+
+COLUMNS = ["patientId", "x", "y", "width", "height", "Target"]
+
+
+def cxrbench_command() -> list[str]:
+    script = Path(sys.executable).with_name("cxrbench")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "cxrbench"]
+
+
+def write_standins(raw: Path, n: int, distinct: int, seed: int = 0) -> int:
+    """The RSNA raw layout with `n` patients (see the module docstring); returns the image count."""
+    pool = raw.with_name(raw.name + ".pool")
+    phantom_rsna.write(pool, min(distinct, n), seed)
+    with open(pool / LABELS, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    sources: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        sources.setdefault(row["patientId"], []).append(row)
+    jpeg = [
+        pid
+        for pid in sources
+        if pydicom.dcmread(pool / IMAGES / f"{pid}.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID
+        == JPEGBaseline8Bit
+    ]
+    ids = [i for split_ids in sample_reference_ids("rsna", n, seed).values() for i in split_ids]
+    (raw / IMAGES).mkdir(parents=True)
+    labels = []
+    for k, pid in enumerate(ids):
+        source = jpeg[k % len(jpeg)]
+        ds = pydicom.dcmread(pool / IMAGES / f"{source}.dcm")
+        ds.PatientID = ds.PatientName = pid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(raw / IMAGES / f"{pid}.dcm", enforce_file_format=True)
+        labels += [[pid, *(row[c] for c in COLUMNS[1:])] for row in sources[source]]
+    with open(raw / LABELS, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        writer.writerows(labels)
+    if len(ids) < sum(len(v) for v in reference_split_ids("rsna").values()):
+        atomic_write_json(raw / PHANTOM_MARKER, {"dataset": "rsna", "n_images": len(ids), "seed": seed})
+    shutil.rmtree(pool)
+    return len(ids)
+
+
+def run_prepare(raw: Path, out: Path, workers: int) -> tuple[float, tuple[float, float]]:
+    """Wall seconds of one `cxrbench prepare rsna` and the 1-minute load average before and after."""
+    before = os.getloadavg()[0]
+    start = time.perf_counter()
+    subprocess.run(
+        [*cxrbench_command(), "prepare", "rsna", str(raw), str(out), "--workers", str(workers)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
+    return time.perf_counter() - start, (before, os.getloadavg()[0])
+
+
+def profile_prepare(raw: Path, out: Path, top: int = 25) -> None:
+    """prepare() in this process on one worker under cProfile; prints the largest own-time entries."""
+    from cxrbench.datasets import get_adapter
+    from cxrbench.datasets.prepare import prepare
+
+    profiler = cProfile.Profile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        profiler.enable()
+        summary = prepare(get_adapter("rsna"), raw, out, workers=1)
+        profiler.disable()
+        wall = time.perf_counter() - start
+    n = sum(summary.counts.values())
+    print(f"profile: {n} images on one worker in {wall:.2f} s ({n / wall:.1f} images/s under cProfile)")
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[-6000:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-images", type=int, default=26_684, help="Patients (one DICOM each).")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to time.")
+    parser.add_argument("--distinct", type=int, default=64, help="Phantom studies rendered (then copied).")
+    parser.add_argument("--profile", type=int, default=0, help="Also profile prepare on this many images.")
+    parser.add_argument("--out", type=Path, default=None, help="Work folder (default: a temp dir, removed).")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
+        work = args.out or Path(tmp)
+        raw = work / "rsna_raw"
+        start = time.perf_counter()
+        n = write_standins(raw, args.n_images, args.distinct)
+        files = list((raw / IMAGES).iterdir())
+        mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
+        print(
+            f"wrote {n} 1024x1024 JPEG DICOMs ({mean_kb:.0f} KiB each on average) in "
+            f"{time.perf_counter() - start:.0f} s; {os.cpu_count()} CPUs"
+        )
+        if args.profile:
+            sub = work / "rsna_profile_raw"
+            write_standins(sub, min(args.profile, n), args.distinct)
+            profile_prepare(sub, work / "rsna_profile_prepared")
+        for workers in args.workers:
+            out = work / f"rsna_prepared_w{workers}"
+            wall, (before, after) = run_prepare(raw, out, workers)
+            counts = json.loads((out / "prepared.json").read_text())["counts"]
+            done = sum(counts.values())
+            print(
+                f"--workers {workers}: {done} images in {wall:.1f} s = {done / wall:.1f} images/s, "
+                f"{done / wall / workers:.1f} per worker (load average {before:.2f} before, {after:.2f} after)"
+            )
+            shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()
