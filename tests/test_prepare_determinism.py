@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from cxrbench.datasets import get_adapter
-from cxrbench.datasets.dicom_io import _baseline_greyscale, read_dicom_image
+from cxrbench.datasets.dicom_io import _baseline_greyscale, read_dicom_image, read_dicom_scaled
+from cxrbench.datasets.geometry import SquareResize
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import CHUNK_SIZE, prepare
 
@@ -49,18 +51,26 @@ def test_one_and_two_workers_write_identical_caches(rsna, tmp_path):
     assert [name for name in caches[1] if caches[1][name] != caches[2][name]] == []
 
 
-def test_pillow_baseline_path_decodes_as_pydicom_does(rsna):
-    """The direct Pillow decode of JPEG Baseline frames gives pydicom's pixel_array exactly."""
+def test_pillow_paths_give_pydicoms_pixels_and_the_same_prepared_image(rsna):
+    """The direct Pillow decode equals pydicom's pixel_array; the "F" image prepare resizes holds the
+    values of the float formula on them; resizing it equals resizing that array."""
     checked = 0
+    geometry = SquareResize(1024, 1024, 224)
     for path in sorted((rsna / "stage_2_train_images").glob("*.dcm"))[:6]:
         ds = pydicom.dcmread(path)
-        direct = _baseline_greyscale(ds)
+        pixels = ds.pixel_array
+        expected = np.clip((pixels.astype(np.float32) - 0.0) / 255.0, 0.0, 1.0)
+        if ds.PhotometricInterpretation == "MONOCHROME1":
+            expected = 1.0 - expected
+        scaled, image = read_dicom_scaled(path), read_dicom_image(path)
+        np.testing.assert_array_equal(image, expected)
+        assert image.dtype == np.float32 and image.flags.c_contiguous and image.flags.writeable
         if ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit:
-            assert direct is not None and direct.dtype == np.uint8
-            np.testing.assert_array_equal(direct, ds.pixel_array)
+            np.testing.assert_array_equal(np.asarray(_baseline_greyscale(ds)), pixels)
+            assert isinstance(scaled, Image.Image) and scaled.mode == "F"
+            np.testing.assert_array_equal(np.asarray(scaled), expected)
+            np.testing.assert_array_equal(geometry.image(scaled), geometry.image(expected))
             checked += 1
         else:  # the phantom's uncompressed MONOCHROME1 image: pydicom decodes it
-            assert direct is None
-        image = read_dicom_image(path)
-        assert image.dtype == np.float32 and image.flags.c_contiguous and 0 <= image.min() <= image.max() <= 1
+            assert _baseline_greyscale(ds) is None and isinstance(scaled, np.ndarray)
     assert checked >= 4

@@ -140,6 +140,11 @@ class DatasetAdapter(ABC):
     def load(self, sample: RawSample) -> LoadedSample:
         """Decode one sample's image (and masks) at raw resolution."""
 
+    def load_for_prepare(self, sample: RawSample) -> LoadedSample:
+        """`load` as `prepare` reads it: its image may instead be a Pillow "F" image of the same
+        float32 values, which prepare resizes without copying it into numpy first (RSNA's JPEGs)."""
+        return self.load(sample)
+
     def reference_id(self, sample: RawSample) -> str:
         """The id the reference split lists use for this sample (override when it differs from image_id)."""
         return sample.image_id

@@ -29,11 +29,11 @@ def read_dicom_header(path: str | Path) -> pydicom.Dataset:
         raise DataError(path, f"not a readable DICOM file: {exc}", expected="a DICOM Part 10 file") from exc
 
 
-def _baseline_greyscale(ds: pydicom.Dataset) -> np.ndarray | None:
-    """One 8-bit greyscale JPEG Baseline frame decoded by Pillow directly, else None.
+def _baseline_greyscale(ds: pydicom.Dataset) -> Image.Image | None:
+    """One 8-bit greyscale JPEG Baseline frame decoded by Pillow directly (an "L" image), else None.
 
-    What pydicom's Pillow decoder returns for such a frame (the same `Image.open(...)` bytes), without
-    its per-call plugin and option machinery, a few ms of the ~10 ms per RSNA image in `prepare`.
+    The pixels pydicom's Pillow decoder returns for such a frame (the same `Image.open(...)` decode)
+    without its per-call machinery or copies: a few ms of the ~10 ms per RSNA image in `prepare`.
     Anything else (or a frame that does not match its header) goes through `ds.pixel_array`.
     """
     if (
@@ -47,20 +47,43 @@ def _baseline_greyscale(ds: pydicom.Dataset) -> np.ndarray | None:
     ):
         return None
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    with Image.open(io.BytesIO(frame), formats=("JPEG",)) as image:
-        if image.mode != "L" or image.size != (int(ds.Columns), int(ds.Rows)):
-            return None
-        return np.asarray(image)
+    image = Image.open(io.BytesIO(frame), formats=("JPEG",))
+    if image.mode != "L" or image.size != (int(ds.Columns), int(ds.Rows)):
+        return None
+    image.load()
+    return image
 
 
-def read_dicom_image(path: str | Path) -> np.ndarray:
-    """Decode a DICOM image to float32 HxW in [0, 1], bright = dense (MONOCHROME2 convention)."""
+def _scaled(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Modality-LUT float32 `values` (a new array) -> [0, 1] in place, MONOCHROME1 inverted."""
+    bits = int(ds.get("BitsStored", 8))
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    lo = intercept + min(0.0, slope * (2**bits - 1))
+    hi = intercept + max(0.0, slope * (2**bits - 1))
+    values -= lo  # in place, float32 throughout: the same values as out of place, without temporaries
+    values /= max(hi - lo, 1e-6)
+    np.clip(values, 0.0, 1.0, out=values)
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
+        np.subtract(1.0, values, out=values)
+    return values
+
+
+def read_dicom_scaled(path: str | Path) -> np.ndarray | Image.Image:
+    """`read_dicom_image`'s values, as a Pillow "F" image for an 8-bit greyscale JPEG Baseline frame.
+
+    That frame's 256 possible values are scaled once (a table through the same float32 steps) and
+    mapped by Pillow, so `prepare` resizes it with no numpy copies between; every value equals
+    `read_dicom_image`'s. Other images come back as that float32 array.
+    """
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
-        pixels = _baseline_greyscale(ds)
-        if pixels is None:
-            pixels = ds.pixel_array
+        image = _baseline_greyscale(ds)
+        if image is not None:
+            levels = apply_modality_lut(np.arange(256, dtype=np.uint8), ds).astype(np.float32)
+            return image.point(_scaled(levels, ds).tolist(), "F")
+        pixels = ds.pixel_array
     except Exception as exc:
         raise DataError(
             path,
@@ -73,18 +96,13 @@ def read_dicom_image(path: str | Path) -> np.ndarray:
         raise DataError(
             path, f"pixel array has shape {pixels.shape}", expected="a single 2-D greyscale frame"
         )
-    values = apply_modality_lut(pixels, ds).astype(np.float32)  # a new array: scaled in place below
-    bits = int(ds.get("BitsStored", 8))
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    lo = intercept + min(0.0, slope * (2**bits - 1))
-    hi = intercept + max(0.0, slope * (2**bits - 1))
-    values -= lo  # in place, float32 throughout: the same values as out of place, without temporaries
-    values /= max(hi - lo, 1e-6)
-    np.clip(values, 0.0, 1.0, out=values)
-    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        np.subtract(1.0, values, out=values)
-    return values
+    return _scaled(apply_modality_lut(pixels, ds).astype(np.float32), ds)
+
+
+def read_dicom_image(path: str | Path) -> np.ndarray:
+    """Decode a DICOM image to float32 HxW in [0, 1], bright = dense (MONOCHROME2 convention)."""
+    image = read_dicom_scaled(path)
+    return image if isinstance(image, np.ndarray) else np.array(image, dtype=np.float32)
 
 
 def write_dicom(

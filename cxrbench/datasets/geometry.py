@@ -46,8 +46,13 @@ class SquareResize:
         )
         return out
 
-    def image(self, image: np.ndarray) -> np.ndarray:
-        """float32 HxW in [0, 1] -> float32 size x size, antialiased bilinear resize."""
+    def image(self, image: np.ndarray | Image.Image) -> np.ndarray:
+        """float32 HxW in [0, 1] (or a Pillow "F" image of them) -> float32 size x size, antialiased bilinear resize."""
+        if isinstance(image, Image.Image):
+            if self.height == self.width and self.side != self.size:  # resized as is, no copy into numpy
+                resized = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+                return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+            image = np.array(image, dtype=np.float32)
         image = image.astype(np.float32, copy=False)
         padded = image if self.height == self.width else self.pad(image)  # square: nothing to pad
         if self.side == self.size:

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxrbench.datasets.base import DatasetAdapter, LoadedSample, Problems, RawSample
 from cxrbench.datasets.csv_rows import parse_float, read_rows, unique_rows
-from cxrbench.datasets.dicom_io import read_dicom_image
+from cxrbench.datasets.dicom_io import read_dicom_image, read_dicom_scaled
 
 LABELS = "stage_2_train_labels.csv"
 IMAGES = "stage_2_train_images"
@@ -91,3 +91,7 @@ class RSNAAdapter(DatasetAdapter):
 
     def load(self, sample: RawSample) -> LoadedSample:
         return LoadedSample(read_dicom_image(sample.path))
+
+    def load_for_prepare(self, sample: RawSample) -> LoadedSample:
+        """JPEG Baseline pixels stay a Pillow image until resized (the same values, fewer copies)."""
+        return LoadedSample(read_dicom_scaled(sample.path))
