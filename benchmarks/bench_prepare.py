@@ -49,23 +49,22 @@ from cxrbench.io_utils import atomic_write_json
 
 COLUMNS = ["patientId", "x", "y", "width", "height", "Target"]
 # (label, file the function is in ("~": a builtin), its name[@caller's name], own time only?): where
-# prepare's time goes. Pillow's decoders both decode the JPEG (called by `load`) and copy the float
-# image into Pillow (a raw decoder, called by `frombytes`).
+# prepare's time goes. Pillow's decoder objects also copy arrays into images (called by `frombytes`),
+# so the JPEG decode is the part called by `load`.
 STAGES = (
     ("process_sample (one image, all of it)", "prepare.py", "process_sample", False),
-    ("  read_dicom_image (parse + decode + scale)", "dicom_io.py", "read_dicom_image", False),
+    ("  read_dicom_scaled (parse + decode + scale)", "dicom_io.py", "read_dicom_scaled", False),
     ("    pydicom.dcmread (header and bytes)", "filereader.py", "dcmread", False),
     ("    JPEG decode (Pillow)", "~", "<method 'decode' of 'ImagingDecoder' objects>@load", True),
-    ("    uint8 -> float32 (ndarray.astype, all)", "~", "<method 'astype' of 'numpy.ndarray' objects>", True),
-    ("  SquareResize.image (pad + resize)", "geometry.py", "image", False),
-    ("    resize (Pillow, antialiased bilinear)", "~", "<method 'resize' of 'ImagingCore' objects>", True),
-    ("    float image into Pillow (allocate)", "~", "<built-in method PIL._imaging.fill>", True),
     (
-        "    float image into Pillow (copy)",
+        "    scale to [0, 1] (Pillow point)",
         "~",
-        "<method 'decode' of 'ImagingDecoder' objects>@frombytes",
+        "<method 'point' of 'ImagingCore' objects>",
         True,
     ),
+    ("  SquareResize.image (pad + resize)", "geometry.py", "image", False),
+    ("    resize (Pillow, antialiased bilinear)", "~", "<method 'resize' of 'ImagingCore' objects>", True),
+    ("    float array into Pillow (other paths)", "~", "<built-in method PIL._imaging.fill>", True),
     ("  boxes_to_masks", "geometry.py", "boxes_to_masks", False),
     ("chunk .npz writes (np.savez)", "_npyio_impl.py", "savez", False),
     ("_assemble (concatenate, hash, stats, json)", "prepare.py", "_assemble", False),
