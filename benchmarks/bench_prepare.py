@@ -13,11 +13,13 @@ SOPInstanceUID, so each file is decoded on its own while writing stays quick. Be
 the folder is marked as a phantom (`cxrbench-phantom.json`), so the reference lists are restricted
 to the ids present, exactly as for `cxrbench phantom rsna --n-images N`.
 
-`--profile K` also runs prepare in this process on one worker under cProfile on K more stand-ins
-and prints where the time goes, by stage and by function. At the full size the stand-ins take about
-9 GB of disk (340 KiB each) and a few minutes to write.
+`--per-image K` times `process_sample` (one image's decode, scaling and resize) on K stand-ins in
+this process, in CPU and wall ms. `--profile K` runs prepare in this process on one worker under
+cProfile on K more stand-ins and prints where the time goes, by stage and by function. At the full
+size the stand-ins take about 9 GB of disk (340 KiB each) and a few minutes to write.
 
-    python benchmarks/bench_prepare.py [--n-images 26684] [--workers 1 2] [--profile 256] [--out DIR]
+    python benchmarks/bench_prepare.py [--n-images 26684] [--workers 1 2] [--profile 256] [--per-image 200]
+                                       [--out DIR]
 """
 
 from __future__ import annotations
@@ -159,12 +161,34 @@ def profile_prepare(raw: Path, out: Path, top: int = 25) -> None:
     print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[-6000:])
 
 
+def time_per_image(raw: Path, k: int) -> tuple[float, float]:
+    """CPU and wall ms per image of `process_sample` (decode, scale, resize, boxes) on `k` stand-ins.
+
+    CPU time is what a busy machine disturbs least: it tells code changes apart where images/s cannot.
+    """
+    from cxrbench.datasets import get_adapter
+    from cxrbench.datasets.base import Problems
+    from cxrbench.datasets.prepare import process_sample
+
+    adapter = get_adapter("rsna")
+    samples = adapter.list_samples(raw, Problems())[:k]
+    for sample in samples[:3]:  # warm up: imports, first allocations
+        process_sample(adapter, sample, 224, Problems())
+    cpu, wall = time.process_time(), time.perf_counter()
+    for sample in samples:
+        process_sample(adapter, sample, 224, Problems())
+    return (time.process_time() - cpu) / len(samples) * 1000, (time.perf_counter() - wall) / len(
+        samples
+    ) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=26_684, help="Patients (one DICOM each).")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to time.")
     parser.add_argument("--distinct", type=int, default=64, help="Phantom studies rendered (then copied).")
     parser.add_argument("--profile", type=int, default=0, help="Also profile prepare on this many images.")
+    parser.add_argument("--per-image", type=int, default=0, help="Also time one image's work on this many.")
     parser.add_argument("--out", type=Path, default=None, help="Work folder (default: a temp dir, removed).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
@@ -178,6 +202,11 @@ def main() -> None:
             f"wrote {n} 1024x1024 JPEG DICOMs ({mean_kb:.0f} KiB each on average) in "
             f"{time.perf_counter() - start:.0f} s; {os.cpu_count()} CPUs"
         )
+        if args.per_image:
+            cpu, wall = time_per_image(raw, args.per_image)
+            print(
+                f"process_sample on {args.per_image} images, one process: {cpu:.2f} ms CPU, {wall:.2f} ms wall per image"
+            )
         if args.profile:
             sub = work / "rsna_profile_raw"
             write_standins(sub, min(args.profile, n), args.distinct)
