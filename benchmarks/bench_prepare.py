@@ -185,7 +185,9 @@ def time_per_image(raw: Path, k: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=26_684, help="Patients (one DICOM each).")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to time.")
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[1, 2], help="Worker counts to time (none: skip)."
+    )
     parser.add_argument("--distinct", type=int, default=64, help="Phantom studies rendered (then copied).")
     parser.add_argument("--profile", type=int, default=0, help="Also profile prepare on this many images.")
     parser.add_argument("--per-image", type=int, default=0, help="Also time one image's work on this many.")
