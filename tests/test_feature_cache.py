@@ -253,3 +253,15 @@ def test_plan_shows_the_budgets_and_each_tasks_cache(prepared_root):
     rows = [line for line in result.output.splitlines() if "│ covid" in line]
     caches = [line.split("│")[8].strip() for line in rows]  # finetune, unet frozen, linear
     assert caches == ["-", "disk", "memory"], result.output
+
+
+def test_sweep_config_carries_the_budgets_to_its_jobs():
+    from cxrbench.sweep.config import budget_settings, config_from_mapping
+
+    base = {"checkpoints": ["random"], "data": "prepared"}
+    config = config_from_mapping({**base, "cache_memory_gb": 0, "cache_disk_gb": 1.5})
+    assert budget_settings(config) == (0, 3 * 2**29)
+    assert budget_settings(config_from_mapping(base)) == (6 * 2**30, 20 * 2**30)
+    for bad, message in [(-1, "must be a finite number of GiB >= 0"), ("lots", "must be a number of GiB")]:
+        with pytest.raises(CxrbenchError, match=f"`cache_disk_gb` {message}"):
+            config_from_mapping({**base, "cache_disk_gb": bad})
