@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,7 @@ class FeatureStore:
         self.parent = parent  # where the disk cache's temporary folder goes (None: the system's)
         self._entries: dict[tuple, _Entry] = {}
         self._folder: OwnedFolder | None = None
+        self._written = 0  # arrays encoded so far: unique file names in the folder
 
     @property
     def folder(self) -> Path | None:
@@ -110,37 +111,48 @@ class FeatureStore:
     def features(
         self,
         kind: str,
-        name: str,
-        split,
+        data: Mapping[str, object],
         encoder: nn.Module,
         stages: Sequence[str],
         device: torch.device,
         autocast: Callable[[], object],
-    ) -> dict[str, Tensor]:
-        """The features of every image of `split` (a TaskSplit called `name`), encoded on first use;
-        cached in memory or on disk as `kind` says."""
+    ) -> dict[str, dict[str, Tensor]]:
+        """Per split of `data` (name -> TaskSplit), the features of every image, encoded on first use
+        (again if the split object, the encoder or its weights changed); kept in memory or on disk as
+        `kind` says."""
         if kind not in (MEMORY, DISK):
             raise ValueError(f"no feature cache of kind {kind!r}")
-        key = (name, kind, tuple(stages))
         fingerprint = state_fingerprint(encoder)
-        entry = self._entries.get(key)
-        if entry and entry.split is split and entry.encoder is encoder and entry.fingerprint == fingerprint:
-            return entry.features
-        if kind == DISK and self._folder is None:
-            self._folder = OwnedFolder(self.parent)
-        features = encode_all(
-            encoder,
-            len(split),
-            lambda i: split.normalise(split.images[i]),
-            stages,
-            ENCODE_BATCH,
-            device,
-            autocast,
-            folder=self._folder if kind == DISK else None,
-            prefix=f"{len(self._entries)}-{name}",
-        )
-        self._entries[key] = _Entry(split, encoder, fingerprint, features)
-        return features
+        out = {}
+        for name, split in data.items():
+            key = (name, kind, tuple(stages))
+            entry = self._entries.get(key)
+            if (
+                entry
+                and entry.split is split
+                and entry.encoder is encoder
+                and entry.fingerprint == fingerprint
+            ):
+                out[name] = entry.features
+                continue
+            if kind == DISK and self._folder is None:
+                self._folder = OwnedFolder(self.parent)
+            self._entries.pop(key, None)  # release the old features before encoding the new ones
+            features = encode_all(
+                encoder,
+                len(split),
+                lambda i, split=split: split.normalise(split.images[i]),
+                stages,
+                ENCODE_BATCH,
+                device,
+                autocast,
+                folder=self._folder if kind == DISK else None,
+                prefix=f"{self._written}-{name}",
+            )
+            self._written += 1
+            self._entries[key] = _Entry(split, encoder, fingerprint, features)
+            out[name] = features
+        return out
 
     def close(self) -> None:
         self._entries.clear()

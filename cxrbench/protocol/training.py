@@ -210,8 +210,7 @@ def train_run(
     )
     use_cache = kind != NONE
     if use_cache:
-        for name, split in data.items():
-            caches[name] = store.features(kind, name, split, encoder, cached_stages, device, autocast)
+        caches = store.features(kind, data, encoder, cached_stages, device, autocast)
     batches = {
         name: _Batches(split, encoder, stages, device, autocast, caches[name]) for name, split in data.items()
     }
