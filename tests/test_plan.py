@@ -31,7 +31,9 @@ def test_counts_follow_the_task_table_and_the_prepared_splits(prepared_root):
         assert cost.seconds is None
     assert [c.feature_cache for c in costs] == ["memory", "-", "memory"]
     tight = plan_costs(tasks, full, 5, sizes, encoder.feature_info, memory_budget_bytes=1)
-    assert [c.feature_cache for c in tight] == ["none", "-", "none"]
+    assert [c.feature_cache for c in tight] == ["disk", "-", "disk"]  # the default disk budget
+    none = plan_costs(tasks, full, 5, sizes, encoder.feature_info, memory_budget_bytes=1, disk_budget_bytes=1)
+    assert [c.feature_cache for c in none] == ["none", "-", "none"]
     demo = get_profile("demo")  # the profile's caps apply
     small = plan_costs(
         tasks[:1],
