@@ -135,6 +135,7 @@ def test_a_task_store_encodes_once_for_all_runs_and_follows_the_weights(prepared
             next(encoder.parameters()).mul_(0.5)
         _run(task, data, DISK, store, encoder)
         assert len(calls) == 2 * encoded
+        assert len(list(folder.glob("*.npy"))) == len(data)  # the first encoding's files are gone
     assert not folder.exists()
     # a fresh store gives the reused features' results
     with FeatureStore(tmp_path) as fresh:

@@ -88,9 +88,9 @@ def state_fingerprint(module: nn.Module) -> tuple[float, ...]:
 @dataclass
 class _Entry:
     split: object
-    encoder: nn.Module
     fingerprint: tuple[float, ...]
     features: dict[str, Tensor]
+    prefix: str  # its files' names in the disk cache's folder start with it
 
 
 class FeatureStore:
@@ -118,7 +118,7 @@ class FeatureStore:
         autocast: Callable[[], object],
     ) -> dict[str, dict[str, Tensor]]:
         """Per split of `data` (name -> TaskSplit), the features of every image, encoded on first use
-        (again if the split object, the encoder or its weights changed); kept in memory or on disk as
+        (again if the split object or the encoder's weights changed); kept in memory or on disk as
         `kind` says."""
         if kind not in (MEMORY, DISK):
             raise ValueError(f"no feature cache of kind {kind!r}")
@@ -127,17 +127,13 @@ class FeatureStore:
         for name, split in data.items():
             key = (name, kind, tuple(stages))
             entry = self._entries.get(key)
-            if (
-                entry
-                and entry.split is split
-                and entry.encoder is encoder
-                and entry.fingerprint == fingerprint
-            ):
+            if entry and entry.split is split and entry.fingerprint == fingerprint:
                 out[name] = entry.features
                 continue
             if kind == DISK and self._folder is None:
                 self._folder = OwnedFolder(self.parent)
-            self._entries.pop(key, None)  # release the old features before encoding the new ones
+            self._drop(key)  # release the old features before encoding the new ones
+            prefix = f"{self._written}-{name}"
             features = encode_all(
                 encoder,
                 len(split),
@@ -147,12 +143,19 @@ class FeatureStore:
                 device,
                 autocast,
                 folder=self._folder if kind == DISK else None,
-                prefix=f"{self._written}-{name}",
+                prefix=prefix,
             )
             self._written += 1
-            self._entries[key] = _Entry(split, encoder, fingerprint, features)
+            self._entries[key] = _Entry(split, fingerprint, features, prefix)
             out[name] = features
         return out
+
+    def _drop(self, key: tuple) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and self._folder is not None:
+            entry.features.clear()
+            for path in self._folder.path.glob(f"{entry.prefix}-*.npy"):
+                path.unlink()
 
     def close(self) -> None:
         self._entries.clear()
