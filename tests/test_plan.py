@@ -31,7 +31,9 @@ def test_counts_follow_the_task_table_and_the_prepared_splits(prepared_root):
         assert cost.seconds is None
     assert [c.feature_cache for c in costs] == ["memory", "-", "memory"]
     tight = plan_costs(tasks, full, 5, sizes, encoder.feature_info, memory_budget_bytes=1)
-    assert [c.feature_cache for c in tight] == ["none", "-", "none"]
+    assert [c.feature_cache for c in tight] == ["disk", "-", "disk"]  # the default disk budget
+    none = plan_costs(tasks, full, 5, sizes, encoder.feature_info, memory_budget_bytes=1, disk_budget_bytes=1)
+    assert [c.feature_cache for c in none] == ["none", "-", "none"]
     demo = get_profile("demo")  # the profile's caps apply
     small = plan_costs(
         tasks[:1],
@@ -58,7 +60,9 @@ def test_probe_turns_counts_into_seconds(prepared_root):
     costs = plan_costs(tasks, demo, 2, sizes, encoder.feature_info, throughput)
     for cost in costs:
         assert math.isfinite(cost.seconds) and cost.seconds > 0
-    longest = max(c.seconds / c.runs for c in costs)
+    # a one-run job encodes its own cache: the task's one-time encoding is not shared there
+    longest = max((c.seconds - c.cache_seconds) / c.runs + c.cache_seconds for c in costs)
+    assert any(c.cache_seconds > 0 for c in costs)
     assert job_time_limit_min(costs, margin=2.0, floor_min=1) == max(1, math.ceil(longest * 2 / 60))
     slower = dataclasses.replace(throughput, encode_s=throughput.encode_s * 10)
     assert plan_costs(tasks[:1], demo, 2, sizes, encoder.feature_info, slower)[0].seconds > costs[0].seconds

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
+from cxrbench.cli.plan import CACHE_DISK_OPTION, CACHE_MEMORY_OPTION
 
 if TYPE_CHECKING:
     from cxrbench.protocol.runner import TaskOutcome
@@ -119,6 +120,8 @@ def evaluate_cmd(
         ),
     ] = False,
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
+    cache_memory_gb: Annotated[float | None, CACHE_MEMORY_OPTION] = None,
+    cache_disk_gb: Annotated[float | None, CACHE_DISK_OPTION] = None,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the cost plan (as `cxrbench plan`) and train nothing.")
@@ -128,13 +131,30 @@ def evaluate_cmd(
     if dry_run:
         from cxrbench.cli.plan import print_plan
 
-        print_plan(checkpoint, data, tasks, profile, seeds, device, arch, prefix)
+        print_plan(
+            checkpoint,
+            data,
+            tasks,
+            profile,
+            seeds,
+            device,
+            arch,
+            prefix,
+            True,
+            cache_memory_gb,
+            cache_disk_gb,
+        )
         return
     from cxrbench.cli.reporters import RichReporter
     from cxrbench.encoders import format_load_report, load_encoder
     from cxrbench.encoders.presets import describe_preset
     from cxrbench.errors import check_count
     from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
+    from cxrbench.protocol.feature_cache import (
+        DEFAULT_DISK_BUDGET_BYTES,
+        DEFAULT_MEMORY_BUDGET_BYTES,
+        budget_bytes,
+    )
     from cxrbench.protocol.record_schema import is_ok
     from cxrbench.protocol.records import default_encoder_name
     from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint, run_preprocessing
@@ -145,6 +165,8 @@ def evaluate_cmd(
         check_name(name) if name is not None else check_name(default_encoder_name(checkpoint), "encoder name")
     )
     check_count("--seeds", seeds)
+    memory_budget = budget_bytes("--cache-memory-gb", cache_memory_gb, DEFAULT_MEMORY_BUDGET_BYTES)
+    disk_budget = budget_bytes("--cache-disk-gb", cache_disk_gb, DEFAULT_DISK_BUDGET_BYTES)
     selected = select_tasks(tasks)
     claim_folder(runs_dir, RUNS)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
@@ -161,6 +183,8 @@ def evaluate_cmd(
         device=device,
         amp=amp,
         use_feature_cache=feature_cache,
+        cache_budget_bytes=memory_budget,
+        cache_disk_budget_bytes=disk_budget,
         prefix=prefix,
         arch=arch or loaded.report.arch,
         preset=preset,

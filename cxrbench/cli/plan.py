@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,15 @@ from rich.table import Table
 
 from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
+
+CACHE_MEMORY_OPTION = typer.Option(
+    "--cache-memory-gb", help="Frozen-feature cache: memory budget in GiB (default 6; 0: never in memory)."
+)
+CACHE_DISK_OPTION = typer.Option(
+    "--cache-disk-gb",
+    help="Frozen-feature cache: disk budget in GiB for features over the memory budget, memmapped in a "
+    "temporary folder removed after each task (default 20; 0: never on disk).",
+)
 
 
 def print_plan(
@@ -22,29 +32,37 @@ def print_plan(
     arch: str | None = None,
     prefix: str | None = None,
     probe: bool = True,
-    memory_budget_gb: float | None = None,
+    cache_memory_gb: float | None = None,
+    cache_disk_gb: float | None = None,
 ) -> None:
     """Print the plan table (shared by `plan` and `evaluate --dry-run`)."""
     from cxrbench.encoders import load_encoder
     from cxrbench.errors import check_count
-    from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES
+    from cxrbench.protocol.feature_cache import (
+        DEFAULT_DISK_BUDGET_BYTES,
+        DEFAULT_MEMORY_BUDGET_BYTES,
+        budget_bytes,
+    )
     from cxrbench.protocol.plan import format_hours, plan_costs, probe_throughput, split_sizes
     from cxrbench.protocol.tasks import get_profile, select_tasks
     from cxrbench.runtime import resolve_device
 
     check_count("--seeds", seeds)
+    memory_budget = budget_bytes("--cache-memory-gb", cache_memory_gb, DEFAULT_MEMORY_BUDGET_BYTES)
+    disk_budget = budget_bytes("--cache-disk-gb", cache_disk_gb, DEFAULT_DISK_BUDGET_BYTES)
     prof = get_profile(profile)
     selected = select_tasks(tasks)
     sizes = {t.task_id: split_sizes(data, t, prof) for t in selected}
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
-    budget = DEFAULT_BUDGET_BYTES if memory_budget_gb is None else int(memory_budget_gb * 1024**3)
     throughput = None
     if probe:
         dev = resolve_device(device)
         kinds = [(t.head, t.mode) for t in selected]
         throughput = probe_throughput(loaded.encoder, kinds, prof.resolution, dev)
     n_seeds = seeds if seeds is not None else prof.default_seeds
-    costs = plan_costs(selected, prof, n_seeds, sizes, loaded.encoder.feature_info, throughput, budget)
+    costs = plan_costs(
+        selected, prof, n_seeds, sizes, loaded.encoder.feature_info, throughput, memory_budget, disk_budget
+    )
     title = f"plan: {checkpoint} ({prof.name} profile, {n_seeds} seeds"
     title += f", probed on {throughput.device})" if throughput else ", no throughput probe)"
     table = Table(title=title)
@@ -95,7 +113,12 @@ def print_plan(
         ),
         highlight=False,
     )
-    console.print(f"feature-cache memory budget: {budget / 1024**3:.1f} GiB", highlight=False)
+    console.print(
+        f"feature cache budgets: memory {memory_budget / 1024**3:.1f} GiB (--cache-memory-gb), "
+        f"disk {disk_budget / 1024**3:.1f} GiB (--cache-disk-gb, in {tempfile.gettempdir()}); "
+        "cache sizes are float32 upper bounds",
+        highlight=False,
+    )
 
 
 @reports_user_errors
@@ -115,9 +138,10 @@ def plan_cmd(
     probe: Annotated[
         bool, typer.Option(help="Measure a few steps per head kind to estimate wall time.")
     ] = True,
-    memory_budget_gb: Annotated[
-        float | None, typer.Option(help="Feature-cache memory budget in GiB (default 6).")
-    ] = None,
+    cache_memory_gb: Annotated[float | None, CACHE_MEMORY_OPTION] = None,
+    cache_disk_gb: Annotated[float | None, CACHE_DISK_OPTION] = None,
 ) -> None:
     """Runs, images, epoch caps, worst-case image-steps and estimated wall time per task, before a run."""
-    print_plan(checkpoint, data, tasks, profile, seeds, device, arch, prefix, probe, memory_budget_gb)
+    print_plan(
+        checkpoint, data, tasks, profile, seeds, device, arch, prefix, probe, cache_memory_gb, cache_disk_gb
+    )

@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from cxrbench.encoders import INPUT
-from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes
+from cxrbench.protocol.feature_cache import (
+    DEFAULT_DISK_BUDGET_BYTES,
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    NONE,
+    cache_bytes,
+    cache_kind,
+)
+from cxrbench.protocol.feature_disk import free_bytes
 from cxrbench.protocol.heads import get_head
 from cxrbench.protocol.heads.with_neck import build_head_with_neck
 from cxrbench.protocol.metrics import MASKS
@@ -55,9 +62,14 @@ class TaskCost:
     final_runs: int
     images: Mapping[str, int]
     epoch_cap: int
-    feature_cache: str  # "memory", "none" (over the memory budget: encoded at every step), "-" (fine-tune)
+    # frozen tasks: "memory", "disk" (memmapped temporary files), "none" (over both budgets: encoded at
+    # every step); "-" for fine-tune tasks (protocol/feature_cache.py)
+    feature_cache: str
     cache_bytes: int
     seconds: float | None
+    # of `seconds`, the task's one encoding of its images into the cache (shared by its runs under
+    # `evaluate`; a sweep job, one run, encodes them itself)
+    cache_seconds: float = 0.0
 
     @property
     def runs(self) -> int:
@@ -89,9 +101,12 @@ def plan_costs(
     sizes: Mapping[str, Mapping[str, int]],
     feature_info,
     throughput: Throughput | None = None,
-    memory_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    disk_budget_bytes: int = DEFAULT_DISK_BUDGET_BYTES,
+    disk_free_bytes: Callable[[], int] = free_bytes,
 ) -> list[TaskCost]:
-    """The cost of each task (`sizes`: task id -> split -> images; `feature_info`: the encoder's)."""
+    """The cost of each task (`sizes`: task id -> split -> images; `feature_info`: the encoder's), with
+    the feature cache each frozen task would use under the memory and disk budgets."""
     costs = []
     for protocol_task in tasks:
         task = profile.apply(protocol_task)
@@ -102,27 +117,31 @@ def plan_costs(
         if not task.frozen:
             cache = "-"
         else:
-            cache = "memory" if need <= memory_budget_bytes else "none"
+            cache = cache_kind(need, True, memory_budget_bytes, disk_budget_bytes, disk_free_bytes)
         cost = TaskCost(
             task.task_id, task.head, task.mode, n_grid, seeds, images, task.max_epochs, cache, need, None
         )
-        seconds = None if throughput is None else _seconds(task, cost, throughput)
-        costs.append(TaskCost(**{**cost.__dict__, "seconds": seconds}))
+        if throughput is not None:
+            seconds, once = _seconds(task, cost, throughput)
+            cost = TaskCost(**{**cost.__dict__, "seconds": seconds, "cache_seconds": once})
+        costs.append(cost)
     return costs
 
 
-def _seconds(task: Task, cost: TaskCost, tp: Throughput) -> float:
+def _seconds(task: Task, cost: TaskCost, tp: Throughput) -> tuple[float, float]:
+    """(the task's estimated seconds, of which its one-time feature-cache encoding)"""
     key = (task.head, task.mode)
     train, val, test = (cost.images[s] for s in SPLITS)
     train_s, eval_s = tp.train_s[key], tp.eval_s[key]
     per_run = cost.epoch_cap * (train * train_s + val * eval_s) + test * eval_s
-    if task.frozen and cost.feature_cache == "memory":
-        per_run += (train + val + test) * tp.encode_s  # encoded once per run
+    per_task = 0.0
+    if task.frozen and cost.feature_cache != NONE:
+        per_task = (train + val + test) * tp.encode_s  # encoded once, shared by the task's runs
     elif task.frozen:  # encoded again at every step
         per_run += (cost.epoch_cap * (train + val) + test) * tp.encode_s
     else:
         per_run += task.warmup_steps * task.batch_size * train_s
-    return cost.runs * per_run
+    return cost.runs * per_run + per_task, per_task
 
 
 def _synthetic_targets(head: str, batch: int, resolution: int, n_classes: int, device) -> object:
@@ -199,7 +218,11 @@ def probe_throughput(
 
 def job_time_limit_min(costs: Sequence[TaskCost], margin: float = 1.5, floor_min: int = 10) -> int | None:
     """A Slurm time limit (minutes) for one-run jobs: the longest estimated run, times `margin`."""
-    per_run = [c.seconds / c.runs for c in costs if c.seconds is not None and c.runs]
+    per_run = [
+        (c.seconds - c.cache_seconds) / c.runs + c.cache_seconds  # a job encodes its own cache
+        for c in costs
+        if c.seconds is not None and c.runs
+    ]
     if not per_run:
         return None
     return max(floor_min, math.ceil(max(per_run) * margin / 60))

@@ -22,7 +22,7 @@ import torch
 from cxrbench.encoders import LoadedEncoder, is_builtin, load_encoder
 from cxrbench.encoders.presets import DATASET_PRESET, PRESETS, Preprocessing, resolve_preprocessing
 from cxrbench.errors import CxrbenchError
-from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES
+from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_DISK_BUDGET_BYTES, FeatureStore
 from cxrbench.protocol.record_schema import (
     FINAL,
     LR_SEARCH,
@@ -54,7 +54,8 @@ class EvaluateOptions:
     device: str = "auto"
     amp: bool = True
     use_feature_cache: bool = True
-    cache_budget_bytes: int = DEFAULT_BUDGET_BYTES
+    cache_budget_bytes: int = DEFAULT_BUDGET_BYTES  # the feature cache's memory budget
+    cache_disk_budget_bytes: int = DEFAULT_DISK_BUDGET_BYTES
     prefix: str | None = None
     arch: str | None = None
     preset: str | None = None  # a preprocessing preset name; None: what the checkpoint says
@@ -92,6 +93,8 @@ class RunInputs:
     device: torch.device
     initial_state: dict | None = None
     preprocessing: Preprocessing | None = None  # None: the protocol's dataset statistics
+    # frozen features shared by the runs of these inputs (one task's); None: each run caches its own
+    feature_store: FeatureStore | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ def run_one(
     amp: bool = True,
     use_feature_cache: bool = True,
     cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    cache_disk_budget_bytes: int = DEFAULT_DISK_BUDGET_BYTES,
     reporter: Reporter | None = None,
     sweep: SweepInfo | None = None,
     grad_checkpointing: bool = False,
@@ -200,6 +204,8 @@ def run_one(
             amp=amp,
             use_feature_cache=use_feature_cache,
             cache_budget_bytes=cache_budget_bytes,
+            cache_disk_budget_bytes=cache_disk_budget_bytes,
+            feature_store=given.feature_store,
             on_epoch=lambda entry: reporter.epoch(task, entry),
             grad_checkpointing=grad_checkpointing,
         )
@@ -238,56 +244,60 @@ def evaluate_checkpoint(
     reporter.planned(len(tasks))
     outcomes = []
     for protocol_task in tasks:
-        task = profile.apply(protocol_task)
-        dataset = datasets[task.dataset]
-        inputs = RunInputs(
-            loaded,
-            load_task_data(dataset, task, profile, preprocessing),
-            len(dataset.classes),
-            device,
-            base_state,
-            preprocessing,
-        )
-        n_grid = len(task.lr_grid) if len(task.lr_grid) > 1 else 0
-        reporter.task_started(task, n_grid + seeds)
-
-        def run(
-            phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task, data=dataset
-        ) -> RunRecord:
-            spec = RunSpec(
-                options.encoder,
-                identity,
-                task.task_id,
-                phase,
-                lr,
-                seed,
-                profile,
-                base,
-                preprocessing.key,
-                data.split_identity,
+        # one store per task: its runs encode its images once; freed (disk folder removed) after the task
+        with FeatureStore() as store:
+            task = profile.apply(protocol_task)
+            dataset = datasets[task.dataset]
+            inputs = RunInputs(
+                loaded,
+                load_task_data(dataset, task, profile, preprocessing),
+                len(dataset.classes),
+                device,
+                base_state,
+                preprocessing,
+                store,
             )
-            return run_one(
-                spec,
-                options.runs_dir,
-                checkpoint,
-                lambda: inputs,
-                device=str(device),
-                amp=options.amp,
-                use_feature_cache=options.use_feature_cache,
-                cache_budget_bytes=options.cache_budget_bytes,
-                reporter=reporter,
-                grad_checkpointing=options.grad_checkpointing,
-            ).record
+            n_grid = len(task.lr_grid) if len(task.lr_grid) > 1 else 0
+            reporter.task_started(task, n_grid + seeds)
 
-        outcome = TaskOutcome(task, task.default_lr)
-        if n_grid:
-            search = [run(LR_SEARCH, lr, 0) for lr in task.lr_grid]
-            outcome.records += search
-            outcome.lr = best_lr(task, search)
-        else:
-            outcome.lr = task.lr_grid[0]
-        outcome.records += [run(FINAL, outcome.lr, seed) for seed in range(seeds)]
-        outcomes.append(outcome)
+            def run(
+                phase: str, lr: float, seed: int, task=task, inputs=inputs, base=protocol_task, data=dataset
+            ) -> RunRecord:
+                spec = RunSpec(
+                    options.encoder,
+                    identity,
+                    task.task_id,
+                    phase,
+                    lr,
+                    seed,
+                    profile,
+                    base,
+                    preprocessing.key,
+                    data.split_identity,
+                )
+                return run_one(
+                    spec,
+                    options.runs_dir,
+                    checkpoint,
+                    lambda: inputs,
+                    device=str(device),
+                    amp=options.amp,
+                    use_feature_cache=options.use_feature_cache,
+                    cache_budget_bytes=options.cache_budget_bytes,
+                    cache_disk_budget_bytes=options.cache_disk_budget_bytes,
+                    reporter=reporter,
+                    grad_checkpointing=options.grad_checkpointing,
+                ).record
+
+            outcome = TaskOutcome(task, task.default_lr)
+            if n_grid:
+                search = [run(LR_SEARCH, lr, 0) for lr in task.lr_grid]
+                outcome.records += search
+                outcome.lr = best_lr(task, search)
+            else:
+                outcome.lr = task.lr_grid[0]
+            outcome.records += [run(FINAL, outcome.lr, seed) for seed in range(seeds)]
+            outcomes.append(outcome)
     reporter.finished()
     return outcomes
 

@@ -29,7 +29,16 @@ from cxrbench.encoders import INPUT
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
 from cxrbench.protocol.cost import count_parameters, peak_memory, reset_peak_memory
-from cxrbench.protocol.feature_cache import DEFAULT_BUDGET_BYTES, cache_bytes, encode_all
+from cxrbench.protocol.feature_cache import (
+    DEFAULT_BUDGET_BYTES,
+    DEFAULT_DISK_BUDGET_BYTES,
+    NONE,
+    FeatureStore,
+    cache_bytes,
+    cache_kind,
+    owns_feature_store,
+)
+from cxrbench.protocol.feature_disk import free_bytes
 from cxrbench.protocol.heads import Head, get_head
 from cxrbench.protocol.heads.with_neck import build_head_with_neck
 from cxrbench.protocol.metrics import Metric, get_metric
@@ -61,6 +70,7 @@ class RunResult:
     # encoder_parameters, head_parameters, peak_memory_bytes, peak_memory_source, train_images_per_s,
     # grad_checkpointing (protocol/cost.py)
     cost: dict = field(default_factory=dict)
+    feature_cache_kind: str = NONE  # "memory", "disk" or "none" (protocol/feature_cache.py)
 
 
 def encoder_stages(stages) -> tuple[str, ...]:
@@ -143,6 +153,7 @@ def _to_device(targets, device):
     return [t.to(device) for t in targets]
 
 
+@owns_feature_store
 def train_run(
     task: Task,
     encoder: nn.Module,
@@ -157,11 +168,16 @@ def train_run(
     cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
     on_epoch: Callable[[dict], None] | None = None,
     grad_checkpointing: bool = False,
+    cache_disk_budget_bytes: int = DEFAULT_DISK_BUDGET_BYTES,
+    feature_store: FeatureStore | None = None,
 ) -> RunResult:
     """Train and evaluate one (task, lr, seed) run; `encoder` is modified only for fine-tune tasks.
 
     `grad_checkpointing` (fine-tune tasks) recomputes the encoder's activations in the backward pass
-    instead of storing them: less memory, the same losses and gradients, slower steps."""
+    instead of storing them: less memory, the same losses and gradients, slower steps.
+    Frozen tasks cache the encoder's features in memory or on disk within the budgets
+    (`cache_budget_bytes` is the memory one), in `feature_store` when given (a task's runs share one,
+    so its images are encoded once), else in a store of this call's own (protocol/feature_cache.py)."""
     head_class, _ = head_and_metric(task)
     seed_everything(seed)
     t0 = time.perf_counter()
@@ -184,18 +200,17 @@ def train_run(
     encoder.eval()
     caches = {name: None for name in data}
     fits = sum(cache_bytes(encoder.feature_info, cached_stages, len(s), resolution) for s in data.values())
-    use_cache = task.frozen and use_feature_cache and fits <= cache_budget_bytes
+    store = feature_store
+    kind = cache_kind(
+        fits,
+        task.frozen and use_feature_cache and store is not None,
+        cache_budget_bytes,
+        cache_disk_budget_bytes,
+        lambda: free_bytes(store.parent),
+    )
+    use_cache = kind != NONE
     if use_cache:
-        for name, split in data.items():
-            caches[name] = encode_all(
-                encoder,
-                len(split),
-                lambda i, s=split: s.normalise(s.images[i]),
-                cached_stages,
-                64,
-                device,
-                autocast,
-            )
+        caches = store.features(kind, data, encoder, cached_stages, device, autocast)
     batches = {
         name: _Batches(split, encoder, stages, device, autocast, caches[name]) for name, split in data.items()
     }
@@ -314,6 +329,7 @@ def train_run(
         best_epoch=best["epoch"],
         predictions=predictions,
         used_feature_cache=use_cache,
+        feature_cache_kind=kind,
         timings={
             "feature_cache_s": t_cache - t0,
             "train_s": t_train - t_cache,

@@ -63,6 +63,8 @@ class SweepConfig:
     device: str = "auto"
     amp: bool = True
     feature_cache: bool = True
+    cache_memory_gb: float | None = None  # the feature cache's budgets (None: evaluate's defaults)
+    cache_disk_gb: float | None = None
     logs_dir: Path | None = None  # submitit's job folders; default RUNS_DIR/.submitit
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
@@ -133,8 +135,37 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         device=str(mapping.get("device", "auto")),
         amp=bool(mapping.get("amp", True)),
         feature_cache=bool(mapping.get("feature_cache", True)),
+        cache_memory_gb=_budget(mapping, "cache_memory_gb", source),
+        cache_disk_gb=_budget(mapping, "cache_disk_gb", source),
         logs_dir=Path(mapping["logs_dir"]) if mapping.get("logs_dir") else None,
         cluster=ClusterOptions(**slurm),
+    )
+
+
+def _budget(mapping: Mapping[str, Any], key: str, source: str) -> float | None:
+    """A feature-cache budget in GiB (checked as `evaluate` checks its option), or None."""
+    from cxrbench.protocol.feature_cache import budget_bytes
+
+    value = mapping.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CxrbenchError(f"{source}: `{key}` must be a number of GiB, got {value!r}")
+    budget_bytes(f"{source}: `{key}`", value, 0)
+    return float(value)
+
+
+def budget_settings(config: SweepConfig) -> tuple[int, int]:
+    """The (memory, disk) feature-cache budgets in bytes of a sweep's runs."""
+    from cxrbench.protocol.feature_cache import (
+        DEFAULT_DISK_BUDGET_BYTES,
+        DEFAULT_MEMORY_BUDGET_BYTES,
+        budget_bytes,
+    )
+
+    return (
+        budget_bytes("cache_memory_gb", config.cache_memory_gb, DEFAULT_MEMORY_BUDGET_BYTES),
+        budget_bytes("cache_disk_gb", config.cache_disk_gb, DEFAULT_DISK_BUDGET_BYTES),
     )
 
 

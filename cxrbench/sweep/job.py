@@ -51,6 +51,7 @@ class Job:
     threads: int | None = None
     executor: str = "debug"
     splits: SplitIdentity | None = None  # the split of the task's prepared cache (part of the run key)
+    cache_budgets: tuple[int, int] | None = None  # feature cache (memory, disk) bytes; None: defaults
 
     @property
     def run(self) -> RunSpec:
@@ -111,6 +112,9 @@ def run_single(job: Job) -> JobOutcome:
     sweep = SweepInfo(
         executor=job.executor, host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID")
     )
+    budgets = {}
+    if job.cache_budgets is not None:
+        budgets = dict(zip(("cache_budget_bytes", "cache_disk_budget_bytes"), job.cache_budgets, strict=True))
     outcome = run_one(
         spec,
         job.runs_dir,
@@ -120,6 +124,7 @@ def run_single(job: Job) -> JobOutcome:
         amp=job.amp,
         use_feature_cache=job.feature_cache,
         sweep=sweep,
+        **budgets,
     )
     record = outcome.record
     if outcome.skipped:

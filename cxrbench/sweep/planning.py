@@ -22,7 +22,7 @@ from cxrbench.protocol.records import read_record
 from cxrbench.protocol.runner import best_lr, checkpoint_identity, checkpoint_path, run_preprocessing
 from cxrbench.protocol.task_data import open_task_dataset
 from cxrbench.protocol.tasks import Profile, Task, select_tasks
-from cxrbench.sweep.config import CheckpointSpec, SweepConfig
+from cxrbench.sweep.config import CheckpointSpec, SweepConfig, budget_settings
 from cxrbench.sweep.job import Job, JobOutcome
 
 STAGE_NAMES = ("lr search", "final seeds")
@@ -134,6 +134,7 @@ def make_job(
         plan.threads,
         config.executor,
         plan.splits.get(task.dataset),
+        budget_settings(config),
     )
 
 
@@ -205,7 +206,9 @@ def estimated_time_min(config: SweepConfig, margin: float = 1.5) -> int | None:
     for ckpt in config.checkpoints:
         encoder = load_encoder(ckpt.spec, arch=ckpt.arch, prefix=ckpt.prefix).encoder
         throughput = probe_throughput(encoder, [(t.head, t.mode) for t in tasks], profile.resolution, device)
-        costs = plan_costs(tasks, profile, seeds, sizes, encoder.feature_info, throughput)
+        costs = plan_costs(
+            tasks, profile, seeds, sizes, encoder.feature_info, throughput, *budget_settings(config)
+        )
         limits.append(job_time_limit_min(costs, margin))
     found = [m for m in limits if m is not None]
     return max(found) if found else None
