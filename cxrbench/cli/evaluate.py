@@ -119,6 +119,9 @@ def evaluate_cmd(
         ),
     ] = False,
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="Run encoder and head through torch.compile (recorded per run).")
+    ] = False,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the cost plan (as `cxrbench plan`) and train nothing.")
@@ -165,6 +168,7 @@ def evaluate_cmd(
         arch=arch or loaded.report.arch,
         preset=preset,
         grad_checkpointing=grad_checkpointing,
+        compile=compile,
     )
     with RichReporter(console) as reporter:
         outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)
