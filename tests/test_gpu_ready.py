@@ -20,6 +20,8 @@ from cxrbench.protocol.task_data import TaskSplit, load_task_split, open_task_da
 from cxrbench.protocol.tasks import TASKS_BY_ID, get_profile, select_tasks
 from cxrbench.protocol.training import TrainingDiverged, train_run
 from cxrbench.runtime import LoaderSettings, loader_settings, memory_format
+from cxrbench.sweep.config import config_from_mapping
+from cxrbench.sweep.planning import plan_sweep, stage1_jobs
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # a device object only: nothing here runs on a GPU
@@ -192,3 +194,12 @@ def test_torch_compile_on_the_cpu_trains_to_the_same_numbers(prepared_root):
     np.testing.assert_allclose(
         [h["val_loss"] for h in compiled.history], [h["val_loss"] for h in eager.history], rtol=1e-3
     )
+
+
+def test_sweep_compile_setting_reaches_its_jobs_but_not_their_run_keys(prepared_root, tmp_path):
+    base = {"checkpoints": [{"spec": "random", "arch": "resnet18"}], "data": str(prepared_root)}
+    base |= {"runs_dir": str(tmp_path / "runs"), "tasks": ["covid_linear"], "profile": "demo"}
+    plain = stage1_jobs(plan_sweep(config_from_mapping(base)))
+    compiled = stage1_jobs(plan_sweep(config_from_mapping({**base, "compile": True})))
+    assert [j.compile for j in plain] == [False] * len(plain) and all(j.compile for j in compiled)
+    assert [j.run.key for j in plain] == [j.run.key for j in compiled]

@@ -63,6 +63,7 @@ class SweepConfig:
     device: str = "auto"
     amp: bool = True
     feature_cache: bool = True
+    compile: bool = False  # torch.compile encoder and head (recorded per run, not in the run key)
     logs_dir: Path | None = None  # submitit's job folders; default RUNS_DIR/.submitit
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
@@ -133,6 +134,7 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         device=str(mapping.get("device", "auto")),
         amp=bool(mapping.get("amp", True)),
         feature_cache=bool(mapping.get("feature_cache", True)),
+        compile=bool(mapping.get("compile", False)),
         logs_dir=Path(mapping["logs_dir"]) if mapping.get("logs_dir") else None,
         cluster=ClusterOptions(**slurm),
     )

@@ -51,6 +51,7 @@ class Job:
     threads: int | None = None
     executor: str = "debug"
     splits: SplitIdentity | None = None  # the split of the task's prepared cache (part of the run key)
+    compile: bool = False  # torch.compile encoder and head (recorded, not part of the run key)
 
     @property
     def run(self) -> RunSpec:
@@ -120,6 +121,7 @@ def run_single(job: Job) -> JobOutcome:
         amp=job.amp,
         use_feature_cache=job.feature_cache,
         sweep=sweep,
+        compile=job.compile,
     )
     record = outcome.record
     if outcome.skipped:

@@ -134,6 +134,7 @@ def make_job(
         plan.threads,
         config.executor,
         plan.splits.get(task.dataset),
+        compile=config.compile,
     )
 
 
