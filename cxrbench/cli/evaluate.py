@@ -122,6 +122,9 @@ def evaluate_cmd(
     feature_cache: Annotated[bool, typer.Option(help="Cache frozen-encoder features (frozen tasks).")] = True,
     cache_memory_gb: Annotated[float | None, CACHE_MEMORY_OPTION] = None,
     cache_disk_gb: Annotated[float | None, CACHE_DISK_OPTION] = None,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="Run encoder and head through torch.compile (recorded per run).")
+    ] = False,
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the cost plan (as `cxrbench plan`) and train nothing.")
@@ -189,6 +192,7 @@ def evaluate_cmd(
         arch=arch or loaded.report.arch,
         preset=preset,
         grad_checkpointing=grad_checkpointing,
+        compile=compile,
     )
     with RichReporter(console) as reporter:
         outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)

@@ -65,8 +65,8 @@ class Preprocessing:
         if (self.low, self.high) != (0.0, 1.0):
             x = x.mul_(self.high - self.low).add_(self.low)
         x = x.unsqueeze(1)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = x.expand(-1, max(len(self.mean), 1), -1, -1)
         out = (x - mean) / std
         return out if out.shape[1] == self.in_chans else out.expand(-1, self.in_chans, -1, -1)

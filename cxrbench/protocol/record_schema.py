@@ -19,7 +19,8 @@ Version history:
   Older records carry them inline (``per_image_sidecar`` null); `cxrbench rescore` moves them out.
   Later additions to version 4 (readers fill them in as null for records written before): the cost
   fields (``encoder_parameters``, ``head_parameters``, ``peak_memory_*``, ``train_images_per_s``,
-  ``grad_checkpointing``).
+  ``grad_checkpointing``) and ``compiled`` (whether the run used `torch.compile`, `--compile`; how
+  the run was executed, never part of the run key or the protocol hash).
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class RunRecord(_RunRecordFields, total=False):
     peak_memory_source: str | None  # "cuda_max_allocated" | "cpu_max_rss"
     train_images_per_s: float | None  # training images per second of optimiser steps
     grad_checkpointing: bool | None  # whether the encoder recomputed activations (fine-tune tasks)
+    compiled: bool | None  # whether encoder and head ran through torch.compile (`--compile`)
 
 
 class RecordError(CxrbenchError):
@@ -179,6 +181,7 @@ COST_FIELDS = (
     "peak_memory_source",
     "train_images_per_s",
     "grad_checkpointing",
+    "compiled",
 )
 # Fields added to the current version after records were written: filled in as null when absent.
 ADDED_FIELDS = COST_FIELDS

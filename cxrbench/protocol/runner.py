@@ -60,6 +60,7 @@ class EvaluateOptions:
     arch: str | None = None
     preset: str | None = None  # a preprocessing preset name; None: what the checkpoint says
     grad_checkpointing: bool = False  # fine-tune tasks: recompute encoder activations in backward
+    compile: bool = False  # torch.compile encoder and head (recorded, not part of the protocol hash)
 
 
 class Reporter:
@@ -151,6 +152,7 @@ def run_one(
     reporter: Reporter | None = None,
     sweep: SweepInfo | None = None,
     grad_checkpointing: bool = False,
+    compile: bool = False,
 ) -> RunOutcome:
     """Run one training run and write its record, unless a finished record is already there.
 
@@ -208,6 +210,7 @@ def run_one(
             feature_store=given.feature_store,
             on_epoch=lambda entry: reporter.epoch(task, entry),
             grad_checkpointing=grad_checkpointing,
+            compile=compile,
         )
         predictions = outcome.predictions
     except Exception as exc:  # a failing run must not stop the others
@@ -287,6 +290,7 @@ def evaluate_checkpoint(
                     cache_disk_budget_bytes=options.cache_disk_budget_bytes,
                     reporter=reporter,
                     grad_checkpointing=options.grad_checkpointing,
+                    compile=options.compile,
                 ).record
 
             outcome = TaskOutcome(task, task.default_lr)

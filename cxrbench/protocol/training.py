@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from cxrbench.encoders import INPUT
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol import metrics
+from cxrbench.protocol.batch_loader import Batch, SplitLoader
 from cxrbench.protocol.cost import count_parameters, peak_memory, reset_peak_memory
+from cxrbench.protocol.eval_batch import BatchSizer
 from cxrbench.protocol.feature_cache import (
     DEFAULT_BUDGET_BYTES,
     DEFAULT_DISK_BUDGET_BYTES,
@@ -45,7 +47,14 @@ from cxrbench.protocol.metrics import Metric, get_metric
 from cxrbench.protocol.predictions import encode_predictions
 from cxrbench.protocol.task_data import TaskSplit
 from cxrbench.protocol.tasks import Task
-from cxrbench.runtime import autocast_factory, seed_everything
+from cxrbench.runtime import (
+    LoaderSettings,
+    autocast_factory,
+    loader_settings,
+    memory_format,
+    seed_everything,
+    to_memory_format,
+)
 
 WEIGHT_DECAY = 1e-6
 PLATEAU_PATIENCE = 3
@@ -80,22 +89,36 @@ def encoder_stages(stages) -> tuple[str, ...]:
 
 class _Batches:
     """Feeds the head either cached features or features computed by the encoder per batch, plus
-    the normalised input image under `INPUT` when the head reads it (it is never cached)."""
+    the normalised input image under `INPUT` when the head reads it (it is never cached). `load`
+    gives a split's host batches (batch_loader.py); images are normalised on the device."""
 
-    def __init__(self, split: TaskSplit, encoder: nn.Module, stages, device, autocast, cache: dict | None):
+    def __init__(
+        self,
+        split: TaskSplit,
+        encoder: nn.Module,
+        stages,
+        device,
+        autocast,
+        cache: dict | None,
+        loader: LoaderSettings = LoaderSettings(0, False),
+    ):
         self.split, self.encoder, self.stages = split, encoder, stages
         self.device, self.autocast, self.cache = device, autocast, cache
+        self.memory_format = memory_format(device)
+        self.load = SplitLoader(split, loader, with_images=cache is None or INPUT in stages)
 
-    def images(self, index: Tensor) -> Tensor:
-        return self.split.normalise(self.split.images[index])
+    def inputs(self, images: Tensor) -> Tensor:
+        """uint8 host images -> the encoder's normalised input on the device (in its memory format)."""
+        x = self.split.normalise(images.to(self.device, non_blocking=True))
+        if self.memory_format != torch.contiguous_format:
+            x = x.contiguous(memory_format=self.memory_format)
+        return x
 
-    def features(self, index: Tensor) -> dict[str, Tensor]:
+    def features(self, batch: Batch) -> dict[str, Tensor]:
         wants_input = INPUT in self.stages
-        images = None
-        if self.cache is None or wants_input:
-            images = self.images(index).to(self.device, non_blocking=True)
+        images = None if batch.images is None else self.inputs(batch.images)
         if self.cache is not None:
-            feats = {s: self.cache[s][index].to(self.device, non_blocking=True) for s in self.cache}
+            feats = {s: self.cache[s][batch.index].to(self.device, non_blocking=True) for s in self.cache}
         else:
             with self.autocast():
                 feats = dict(self.encoder(images))
@@ -150,7 +173,27 @@ def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
 def _to_device(targets, device):
     if isinstance(targets, Tensor):
         return targets.to(device, non_blocking=True)
-    return [t.to(device) for t in targets]
+    return [t.to(device, non_blocking=True) for t in targets]
+
+
+def read_losses(losses: list[Tensor], task: Task, lr: float, seed: int) -> list[float]:
+    """The step losses of a pass, read from the device at once (the only wait of a training pass);
+    the first non-finite one fails the run as diverged."""
+    if not losses:
+        return []
+    values = torch.stack(losses).float().cpu().tolist()
+    for value in values:
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{task.task_id}: loss became {value} (lr {lr:g}, seed {seed})")
+    return values
+
+
+def compile_modules(*modules: nn.Module) -> None:
+    """`torch.compile` each module in place (state-dict keys unchanged); one already compiled is left
+    as it is (the encoder object is shared by a task's runs)."""
+    for module in modules:
+        if getattr(module, "_compiled_call_impl", None) is None:
+            module.compile()
 
 
 @owns_feature_store
@@ -170,6 +213,8 @@ def train_run(
     grad_checkpointing: bool = False,
     cache_disk_budget_bytes: int = DEFAULT_DISK_BUDGET_BYTES,
     feature_store: FeatureStore | None = None,
+    compile: bool = False,
+    loader: LoaderSettings | None = None,
 ) -> RunResult:
     """Train and evaluate one (task, lr, seed) run; `encoder` is modified only for fine-tune tasks.
 
@@ -177,19 +222,27 @@ def train_run(
     instead of storing them: less memory, the same losses and gradients, slower steps.
     Frozen tasks cache the encoder's features in memory or on disk within the budgets
     (`cache_budget_bytes` is the memory one), in `feature_store` when given (a task's runs share one,
-    so its images are encoded once), else in a store of this call's own (protocol/feature_cache.py)."""
+    so its images are encoded once), else in a store of this call's own (protocol/feature_cache.py).
+    `compile` runs encoder and head through `torch.compile`. `loader` (default: `runtime.loader_settings` of
+    `device`) says how batches are gathered. Loss values are read once per pass over the data, so a
+    step never waits for the device; a non-finite loss fails the run at the end of its epoch."""
     head_class, _ = head_and_metric(task)
     seed_everything(seed)
     t0 = time.perf_counter()
     autocast = autocast_factory(device, amp)
-    encoder = encoder.to(device)
+    loader = loader_settings(device) if loader is None else loader
+    encoder = to_memory_format(encoder.to(device), device)
     reset_peak_memory(device)
     checkpointing = grad_checkpointing and not task.frozen
     if checkpointing:
         if not hasattr(encoder, "set_grad_checkpointing"):
             raise CxrbenchError(f"the {type(encoder).__name__} encoder has no gradient checkpointing")
         encoder.set_grad_checkpointing(True)
-    head = build_head_with_neck(head_class, encoder, n_classes, resolution).to(device)
+    head = to_memory_format(
+        build_head_with_neck(head_class, encoder, n_classes, resolution).to(device), device
+    )
+    if compile:
+        compile_modules(encoder, head)
     stages = head.required_stages  # encoder outputs the head's neck reads
     cached_stages = encoder_stages(stages)
     out_size = (resolution, resolution)
@@ -212,43 +265,57 @@ def train_run(
     if use_cache:
         caches = store.features(kind, data, encoder, cached_stages, device, autocast)
     batches = {
-        name: _Batches(split, encoder, stages, device, autocast, caches[name]) for name, split in data.items()
+        name: _Batches(split, encoder, stages, device, autocast, caches[name], loader)
+        for name, split in data.items()
     }
+    eval_sizer = BatchSizer.for_device(device)
     t_cache = time.perf_counter()
 
     throughput = {"images": 0, "seconds": 0.0}
 
-    def train_step(index: Tensor, optimizer: torch.optim.Optimizer) -> float:
-        start = time.perf_counter()
-        feeder = batches["train"]
-        targets = _to_device(data["train"].targets(index), device)
+    def train_step(batch: Batch, optimizer: torch.optim.Optimizer) -> Tensor:
+        """One optimiser step; its loss stays on the device (reading it would wait for the step)."""
+        targets = _to_device(batch.targets, device)
         with autocast():
-            feats = feeder.features(index)
+            feats = batches["train"].features(batch)
             output = head(feats, out_size)
             loss = head.training_loss(output, targets)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{task.task_id}: loss became {loss.item()} (lr {lr:g}, seed {seed})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        value = float(loss.detach())  # waits for the device, so the step's time is complete
-        throughput["images"] += len(index)
+        return loss.detach().reshape(())
+
+    def train_pass(optimizer: torch.optim.Optimizer, limit: int | None = None) -> list[float]:
+        """One shuffled pass over the train split (at most `limit` steps): its step losses, read
+        once at the end, which also completes the pass's time on the device."""
+        start = time.perf_counter()
+        order = data["train"].batches(task.batch_size, shuffle=True, generator=generator, drop_last=True)
+        losses: list[Tensor] = []
+        n_images = 0
+        try:
+            for batch in batches["train"].load(order):
+                losses.append(train_step(batch, optimizer))
+                n_images += len(batch.index)
+                if limit is not None and len(losses) >= limit:
+                    break
+        except Exception:
+            read_losses(losses, task, lr, seed)  # a step failing after a non-finite loss: that divergence
+            raise
+        values = read_losses(losses, task, lr, seed)
+        throughput["images"] += n_images
         throughput["seconds"] += time.perf_counter() - start
-        return value
+        return values
 
     # Fine-tune warm-up: head only, encoder frozen and in eval mode.
     if not task.frozen and task.warmup_steps > 0:
         warm = adam(head.parameters(), task.warmup_lr, device)
         step = 0
         while step < task.warmup_steps:
-            for index in data["train"].batches(
-                task.batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                head.train()
-                train_step(index, warm)
-                step += 1
-                if step >= task.warmup_steps:
-                    break
+            head.train()
+            done = len(train_pass(warm, limit=task.warmup_steps - step))
+            if done == 0:
+                break  # an empty train split: nothing to warm up on
+            step += done
     params = list(head.parameters())
     if not task.frozen:
         for p in encoder.parameters():
@@ -272,13 +339,9 @@ def train_run(
         head.train()
         if not task.frozen:
             encoder.train()
-        losses = []
-        for index in data["train"].batches(
-            task.batch_size, shuffle=True, generator=generator, drop_last=True
-        ):
-            losses.append(train_step(index, optimizer))
+        losses = train_pass(optimizer)
         val_metrics, val_loss, _, _ = evaluate_split(
-            task, head, encoder, batches["val"], data["val"], out_size, device, autocast
+            task, head, encoder, batches["val"], data["val"], out_size, device, autocast, sizer=eval_sizer
         )
         scheduler.step(val_loss)
         score = val_metrics[task.metric]
@@ -302,11 +365,20 @@ def train_run(
         encoder.load_state_dict(best["state"]["encoder"])
     if not best["val"]:  # no epoch ran or none had a finite metric: report the selected state's
         best["val"], _, _, _ = evaluate_split(
-            task, head, encoder, batches["val"], data["val"], out_size, device, autocast
+            task, head, encoder, batches["val"], data["val"], out_size, device, autocast, sizer=eval_sizer
         )
     t_train = time.perf_counter()
     test_metrics, _, per_image, predictions = evaluate_split(
-        task, head, encoder, batches["test"], data["test"], out_size, device, autocast, keep_predictions=True
+        task,
+        head,
+        encoder,
+        batches["test"],
+        data["test"],
+        out_size,
+        device,
+        autocast,
+        keep_predictions=True,
+        sizer=eval_sizer,
     )
     if checkpointing:
         encoder.set_grad_checkpointing(False)  # the encoder object is shared by the task's next runs
@@ -320,6 +392,7 @@ def train_run(
             throughput["images"] / throughput["seconds"] if throughput["seconds"] > 0 else None
         ),
         "grad_checkpointing": checkpointing,
+        "compiled": compile,
     }
     return RunResult(
         val=best["val"],
@@ -340,11 +413,19 @@ def train_run(
 
 
 @torch.no_grad()
-def predict(head: Head, feeder: _Batches, index: Tensor, out_size, autocast):
+def predict(head: Head, feeder: _Batches, batch: Batch, out_size, autocast):
     """Head output for a batch: (raw output, predictions in the metrics API form)."""
     with autocast():
-        output = head(feeder.features(index), out_size)
+        output = head(feeder.features(batch), out_size)
     return output, head.to_predictions(output)
+
+
+def _slice(batch: Batch, part: slice) -> Batch:
+    """The images `part` of a batch (the batch itself when `part` covers it)."""
+    if part.start == 0 and part.stop >= len(batch.index):
+        return batch
+    images = None if batch.images is None else batch.images[part]
+    return Batch(batch.index[part], images, batch.targets[part])
 
 
 @torch.no_grad()
@@ -358,22 +439,30 @@ def evaluate_split(
     device: torch.device,
     autocast,
     keep_predictions: bool = False,
+    sizer: BatchSizer | None = None,
 ) -> tuple[dict[str, float], float, dict, dict[str, np.ndarray]]:
-    """Metrics, mean loss, per-image statistics and (optionally) predictions of one split."""
+    """Metrics, mean loss, per-image statistics and (optionally) predictions of one split, in
+    batches of `sizer` (default: `BatchSizer.for_device`; 64 on the CPU, the largest that fits on CUDA)."""
     metric = get_metric(task.metric)
     head.eval()
     encoder.eval()
+    sizer = sizer or BatchSizer.for_device(device)
     parts, losses, weights = [], [], []
     kept_preds: list = []
-    for index in split.batches(64):
-        targets = split.targets(index)
-        output, preds = predict(head, feeder, index, out_size, autocast)
-        losses.append(float(head.training_loss(output, _to_device(targets, device))))
-        weights.append(len(index))
-        gt = metric.target.to_numpy(targets)
-        parts.append(metric.per_image_stats(preds, gt))
-        if keep_predictions:
-            kept_preds.append((preds, gt))
+
+    def score(batch: Batch) -> tuple[float, int, dict, tuple | None]:
+        output, preds = predict(head, feeder, batch, out_size, autocast)
+        loss = float(head.training_loss(output, _to_device(batch.targets, device)))
+        gt = metric.target.to_numpy(batch.targets)
+        return loss, len(batch.index), metric.per_image_stats(preds, gt), (preds, gt)
+
+    for loaded in feeder.load(split.batches(sizer.size)):
+        for loss, n, part, kept in sizer.run(len(loaded.index), lambda at, b=loaded: score(_slice(b, at))):
+            losses.append(loss)
+            weights.append(n)
+            parts.append(part)
+            if keep_predictions:
+                kept_preds.append(kept)
     per_image = metrics.merge_per_image(parts)
     per_image["image_ids"] = list(split.image_ids)
     values = metric.aggregate(per_image)

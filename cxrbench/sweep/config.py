@@ -65,6 +65,7 @@ class SweepConfig:
     feature_cache: bool = True
     cache_memory_gb: float | None = None  # the feature cache's budgets (None: evaluate's defaults)
     cache_disk_gb: float | None = None
+    compile: bool = False  # torch.compile encoder and head (recorded per run, not in the run key)
     logs_dir: Path | None = None  # submitit's job folders; default RUNS_DIR/.submitit
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
@@ -137,6 +138,7 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         feature_cache=bool(mapping.get("feature_cache", True)),
         cache_memory_gb=_budget(mapping, "cache_memory_gb", source),
         cache_disk_gb=_budget(mapping, "cache_disk_gb", source),
+        compile=bool(mapping.get("compile", False)),
         logs_dir=Path(mapping["logs_dir"]) if mapping.get("logs_dir") else None,
         cluster=ClusterOptions(**slurm),
     )

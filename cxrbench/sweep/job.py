@@ -52,6 +52,7 @@ class Job:
     executor: str = "debug"
     splits: SplitIdentity | None = None  # the split of the task's prepared cache (part of the run key)
     cache_budgets: tuple[int, int] | None = None  # feature cache (memory, disk) bytes; None: defaults
+    compile: bool = False  # torch.compile encoder and head (recorded, not part of the run key)
 
     @property
     def run(self) -> RunSpec:
@@ -125,6 +126,7 @@ def run_single(job: Job) -> JobOutcome:
         use_feature_cache=job.feature_cache,
         sweep=sweep,
         **budgets,
+        compile=job.compile,
     )
     record = outcome.record
     if outcome.skipped:

@@ -135,6 +135,7 @@ def make_job(
         config.executor,
         plan.splits.get(task.dataset),
         budget_settings(config),
+        compile=config.compile,
     )
 
 
