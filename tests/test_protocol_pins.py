@@ -8,6 +8,8 @@ same commit, with the reason in its message.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -55,35 +57,28 @@ PINNED = {
         ],
         "summary": {"pred_pixels": 14813, "gt_pixels": 6502},
     },
-    # the reference YOLOv3 head, frozen, at the task's default lr
+    # the reference YOLOv3 head, frozen, at the task's default lr, one epoch (EPOCH_CAPS)
     ("rsna_yolo_frozen_10", None): {
         "val": {
-            "map": 0.0031697881326594197,
-            "map50": 0.0,
+            "map": 0.0001442437381982396,
+            "map50": 0.00020980907374289396,
             "map75": 0.0,
-            "coco_map": 0.0013498259166575997,
-            "kaggle_map": 6.332320162107397e-05,
+            "coco_map": 0.0,
+            "kaggle_map": 0.0002722611638639412,
         },
         "test": {
-            "map": 0.0016591918320440757,
-            "map50": 0.0,
+            "map": 0.0126947297038671,
+            "map50": 0.0002616013991937694,
             "map75": 0.0,
-            "coco_map": 0.0012134497187572565,
-            "kaggle_map": 0.00015725724467034117,
+            "coco_map": 0.006188118811881187,
+            "kaggle_map": 0.0005437395226490674,
         },
-        "best_epoch": 5,
-        "val_loss": [
-            1.242232322692871,
-            1.238909125328064,
-            1.1855173110961914,
-            1.1545569896697998,
-            1.1826989650726318,
-            1.228852391242981,
-        ],
+        "best_epoch": 1,
+        "val_loss": [1.242232322692871],
         "summary": {
-            "n_boxes": 3949,
-            "score_sum": 1953.5258910655975,
-            "box_sum": 756398.4596700668,
+            "n_boxes": 4584,
+            "score_sum": 2331.854505479336,
+            "box_sum": 880442.5359992981,
             "n_gt": 25,
         },
     },
@@ -98,9 +93,18 @@ PINNED = {
 }
 
 
+# Multi-epoch YOLO training on the CPU amplifies float summation order: the same seed on another CPU
+# model or thread count moved the demo run's val loss by 1e-2 relative by its sixth epoch (val mAP
+# 0.0032 on one machine, 0.0037 on another). Its first epoch agrees to 1e-7 across 1 and 2 threads,
+# so the pin covers one epoch: still every step of the head, loss, decoding and metrics.
+EPOCH_CAPS = {"rsna_yolo_frozen_10": 1}
+
+
 @pytest.mark.parametrize(("task_id", "lr"), list(PINNED))
 def test_seeded_run_reproduces_pinned_numbers(prepared_root, task_id, lr):
     task = DEMO.apply(TASKS_BY_ID[task_id])
+    if task_id in EPOCH_CAPS:
+        task = dataclasses.replace(task, max_epochs=EPOCH_CAPS[task_id])
     dataset = open_task_dataset(prepared_root, task.dataset)
     data = {s: load_task_split(dataset, task, s, DEMO) for s in ("train", "val", "test")}
     torch.manual_seed(0)
