@@ -23,23 +23,19 @@ import dataclasses
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training_pipeline import sync, timed
+from bench_training_pipeline import phantom_linear_task, sync, timed
 
-from cxrbench.datasets import get_adapter
-from cxrbench.datasets.phantom import write_phantom
-from cxrbench.datasets.prepare import prepare
 from cxrbench.datasets.reference_splits import reference_split_ids
 from cxrbench.encoders import ResNetEncoder
 from cxrbench.protocol.heads import build_head, soft_dice_loss
 from cxrbench.protocol.plan import format_hours, plan_costs, probe_throughput
-from cxrbench.protocol.task_data import load_task_split, open_task_dataset
-from cxrbench.protocol.tasks import TASKS, TASKS_BY_ID, Profile, Task, get_profile
+from cxrbench.protocol.task_data import load_task_split
+from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
 from cxrbench.protocol.training import adam, train_run
 from cxrbench.runtime import autocast_factory, loader_settings, memory_format, to_memory_format
 
@@ -175,15 +171,7 @@ def main() -> int:
 
     start = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="cxrbench-bench-gpu-"))
-    raw, prepared = work / "raw" / "rsna", work / "prepared"
-    if not raw.exists():
-        write_phantom("rsna", raw, n_images=args.n_images, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(get_adapter("rsna"), raw, prepared / "rsna", size=args.resolution)
-    profile = dataclasses.replace(get_profile("full"), name="bench", resolution=args.resolution)
-    task = profile.apply(TASKS_BY_ID["rsna_seg_linear_100"])
-    dataset = open_task_dataset(prepared, "rsna")
+    profile, task, dataset = phantom_linear_task(work, args.n_images, args.resolution)
     data = {s: load_task_split(dataset, task, s, profile) for s in SPLITS}
     print(
         f"prepared {args.n_images} phantom RSNA images at {args.resolution} px in {time.perf_counter() - start:.1f} s"

@@ -63,6 +63,19 @@ def timed(fn, n_images: int, device: torch.device) -> float:
     return n_images / (time.perf_counter() - start)
 
 
+def phantom_linear_task(work: Path, n_images: int, resolution: int):
+    """Phantom RSNA written and prepared under `work` (kept between runs), with the full profile at
+    `resolution` and its `rsna_seg_linear_100` task: the (profile, task, dataset) benchmarks time."""
+    raw, prepared = work / "raw" / "rsna", work / "prepared"
+    if not raw.exists():
+        write_phantom("rsna", raw, n_images=n_images, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(get_adapter("rsna"), raw, prepared / "rsna", size=resolution)
+    profile = dataclasses.replace(get_profile("full"), name="bench", resolution=resolution)
+    return profile, profile.apply(TASKS_BY_ID["rsna_seg_linear_100"]), open_task_dataset(prepared, "rsna")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,16 +93,7 @@ def main() -> None:
     device = resolve_device(args.device)
     autocast = autocast_factory(device, not args.no_amp)
     work = args.work or Path(tempfile.mkdtemp(prefix="cxrbench-bench-"))
-    raw, prepared = work / "raw" / "rsna", work / "prepared"
-    if not raw.exists():
-        write_phantom("rsna", raw, n_images=args.n_images, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(get_adapter("rsna"), raw, prepared / "rsna", size=args.resolution)
-
-    profile = dataclasses.replace(get_profile("full"), name="bench", resolution=args.resolution)
-    task = profile.apply(TASKS_BY_ID["rsna_seg_linear_100"])
-    dataset = open_task_dataset(prepared, "rsna")
+    profile, task, dataset = phantom_linear_task(work, args.n_images, args.resolution)
     train = load_task_split(dataset, task, "train", profile)
     torch.manual_seed(0)
     encoder = ResNetEncoder(args.arch).to(device).train()
@@ -119,7 +123,7 @@ def main() -> None:
 
     # (c) naive: decode the raw DICOMs of each batch every step, pad + resize, normalise
     split = dataset.split("train")
-    files = [raw / "stage_2_train_images" / f"{i}.dcm" for i in split.image_ids]
+    files = [work / "raw" / "rsna" / "stage_2_train_images" / f"{i}.dcm" for i in split.image_ids]
 
     def naive() -> None:
         for _ in range(steps):

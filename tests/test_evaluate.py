@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from tiny_profiles import FAST_EVAL
 from typer.testing import CliRunner
 
 from cxrbench.cli.app import app
@@ -26,16 +27,7 @@ from cxrbench.protocol.tasks import PROFILES, TASKS, TASKS_BY_ID, get_profile, p
 from cxrbench.protocol.training import train_run
 
 DEMO = get_profile("demo")
-FAST = dataclasses.replace(
-    DEMO,
-    name="test",
-    resolution=64,
-    max_epochs=2,
-    warmup_steps=2,
-    default_seeds=1,
-    max_train_images=16,
-    max_eval_images=12,
-)
+FAST = FAST_EVAL
 
 
 def test_registry_matches_protocol_table():

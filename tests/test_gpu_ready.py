@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_profiles import FAST_EVAL
 
 import cxrbench.protocol.training as training
 from cxrbench.encoders import ResNetEncoder
@@ -17,7 +18,7 @@ from cxrbench.protocol.eval_batch import CPU_EVAL_BATCH, CUDA_EVAL_BATCH, BatchS
 from cxrbench.protocol.records import read_record
 from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.task_data import TaskSplit, load_task_split, open_task_dataset
-from cxrbench.protocol.tasks import TASKS_BY_ID, get_profile, select_tasks
+from cxrbench.protocol.tasks import TASKS_BY_ID, select_tasks
 from cxrbench.protocol.training import TrainingDiverged, train_run
 from cxrbench.runtime import LoaderSettings, loader_settings, memory_format
 from cxrbench.sweep.config import config_from_mapping
@@ -25,16 +26,7 @@ from cxrbench.sweep.planning import plan_sweep, stage1_jobs
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # a device object only: nothing here runs on a GPU
-FAST = dataclasses.replace(
-    get_profile("demo"),
-    name="test",
-    resolution=64,
-    max_epochs=2,
-    warmup_steps=2,
-    default_seeds=1,
-    max_train_images=16,
-    max_eval_images=12,
-)
+FAST = FAST_EVAL
 
 
 def test_loader_settings_keep_the_cpu_as_it_was_and_size_cuda_from_the_cores():

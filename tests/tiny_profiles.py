@@ -1,10 +1,11 @@
-"""The tiny pre-training profile the tests share: small enough to train in seconds on a CPU."""
+"""The tiny profiles the tests share: small enough to pre-train or evaluate in seconds on a CPU."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from cxrbench.baselines.training import get_pretrain_profile
+from cxrbench.protocol.tasks import get_profile
 
 TINY_PRETRAIN = dataclasses.replace(
     get_pretrain_profile("demo"),
@@ -20,4 +21,16 @@ TINY_PRETRAIN = dataclasses.replace(
     vocab_size=300,
     max_train_images=32,
     max_val_images=16,
+)
+
+# The demo evaluation profile cut to two epochs on a few 64-px images: every step of a task runs.
+FAST_EVAL = dataclasses.replace(
+    get_profile("demo"),
+    name="test",
+    resolution=64,
+    max_epochs=2,
+    warmup_steps=2,
+    default_seeds=1,
+    max_train_images=16,
+    max_eval_images=12,
 )
