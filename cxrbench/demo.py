@@ -4,11 +4,17 @@ phantom raw data (real formats) -> prepared caches -> brief pre-training of imag
 baselines -> evaluation of every encoder on all 18 tasks (demo profile) -> leaderboard. Every
 step reuses what a previous run finished, so a second run is fast. Phantom numbers are not
 medical results: they only show that every code path works and learns.
+
+On two or more cores the work is split over two processes of one torch thread each
+(`cxrbench.demo_worker` says why): a second process prepares the task datasets and evaluates
+`random` while this one prepares MIMIC-CXR, pre-trains and evaluates the pre-trained encoders. With
+one thread per process the numbers do not depend on the machine's core count or on the split.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
+from cxrbench.demo_worker import DemoWorker, WorkerJob, split_datasets
 from cxrbench.output_dirs import DEMO, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
 
@@ -28,6 +35,15 @@ DEMO_ARCH = "resnet18"
 DEMO_SIZE = 224
 DEMO_METHODS = ("uniformity_prior",)  # the method this project is built around, against random init
 DEMO_BASELINES = ("random",)
+PRETRAIN_DATA = "mimic_cxr"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -150,24 +166,93 @@ def run_demo(
     section: Callable[[str], None] | None = None,
     reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None = None,
     pretrain_reporter_factory: Callable[[], contextlib.AbstractContextManager] | None = None,
+    parallel: bool | None = None,
 ):
-    """The whole demo; returns the LeaderboardResult (Markdown, paths)."""
-    from cxrbench.leaderboard.report.build import build_leaderboard
+    """The whole demo; returns the LeaderboardResult (Markdown, paths).
+
+    `parallel`: evaluate `random` in a second process while this one pre-trains (None: when at least
+    two cores are available and there is something to pre-train). Either way torch runs one thread
+    per process, so both give the same numbers."""
+    import torch
 
     section = section or log
     paths = DemoPaths(out)
     take_folder(paths.root, DEMO)  # a new or empty folder, or an earlier demo's (its work is reused)
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    datasets = sorted({t.dataset for t in tasks} | ({"mimic_cxr"} if methods else set()))
-    section("1/4 phantom data in real raw formats -> prepared caches")
-    ensure_data(paths, datasets, phantom_sizes, log)
-    section("2/4 brief pre-training of image-report baselines on phantom MIMIC-CXR")
-    pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log, pretrain_reporter_factory)
-    encoders = demo_encoders(pretrained)
-    section(
-        f"3/4 evaluating {', '.join(e.name for e in encoders)} on {len(tasks)} tasks ({profile.name} profile)"
+    datasets = sorted({t.dataset for t in tasks} | ({PRETRAIN_DATA} if methods else set()))
+    if parallel is None:
+        parallel = bool(methods) and available_cores() >= 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if parallel:
+            args = (phantom_sizes, pretrain_epochs, log, section, reporter_factory, pretrain_reporter_factory)
+            return _run_parallel(paths, profile, tasks, methods, datasets, *args)
+        section("1/4 phantom data in real raw formats -> prepared caches")
+        ensure_data(paths, datasets, phantom_sizes, log)
+        section("2/4 brief pre-training of image-report baselines on phantom MIMIC-CXR")
+        pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log, pretrain_reporter_factory)
+        encoders = demo_encoders(pretrained)
+        section(
+            f"3/4 evaluating {', '.join(e.name for e in encoders)} on {len(tasks)} tasks ({profile.name} profile)"
+        )
+        evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
+        return _leaderboard(paths, section)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_parallel(
+    paths: DemoPaths,
+    profile: Profile,
+    tasks: Sequence[Task],
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    phantom_sizes: dict[str, int] | None,
+    pretrain_epochs: int | None,
+    log: Callable[[str], None],
+    section: Callable[[str], None],
+    reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None,
+    pretrain_reporter_factory: Callable[[], contextlib.AbstractContextManager] | None,
+):
+    """`run_demo` over two processes: the worker prepares the task datasets and evaluates `random`."""
+    mine, theirs = split_datasets(datasets, PRETRAIN_DATA)
+    baseline = demo_encoders({})[0]
+    job = WorkerJob(
+        paths.root,
+        tuple(theirs),
+        phantom_sizes,
+        baseline.name,
+        baseline.spec,
+        baseline.arch,
+        profile,
+        tuple(tasks),
     )
-    evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
+    section("1/4 phantom data in real raw formats -> prepared caches")
+    worker = DemoWorker(job)
+    try:
+        log(f"a second process prepares {', '.join(theirs)}, then evaluates {baseline.name}")
+        ensure_data(paths, mine, phantom_sizes, log)
+        section("2/4 brief pre-training of image-report baselines on phantom MIMIC-CXR")
+        pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log, pretrain_reporter_factory)
+        encoders = demo_encoders(pretrained)[1:]
+        section(
+            f"3/4 evaluating {', '.join(e.name for e in encoders)} on {len(tasks)} tasks ({profile.name} profile; "
+            f"{baseline.name} in the second process)"
+        )
+        worker.wait_ready()
+        evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
+        if worker.process.is_alive():
+            log(f"waiting for the second process to finish evaluating {baseline.name}")
+        worker.finish()
+    finally:
+        worker.stop()
+    return _leaderboard(paths, section)
+
+
+def _leaderboard(paths: DemoPaths, section: Callable[[str], None]):
+    from cxrbench.leaderboard.report.build import build_leaderboard
+
     section("4/4 leaderboard")
     return build_leaderboard(
         [paths.runs],
