@@ -6,7 +6,7 @@ step reuses what a previous run finished, so a second run is fast. Phantom numbe
 medical results: they only show that every code path works and learns.
 
 On two or more cores the work is split over two processes of one torch thread each
-(`cxrbench.demo_worker` says why): a second process prepares the task datasets and evaluates
+(`DemoWorker` says why): a second process prepares the task datasets and evaluates
 `random` while this one prepares MIMIC-CXR, pre-trains and evaluates the pre-trained encoders. With
 one thread per process the numbers do not depend on the machine's core count or on the split.
 """
@@ -14,7 +14,9 @@ one thread per process the numbers do not depend on the machine's core count or 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
-from cxrbench.demo_worker import DemoWorker, WorkerJob, split_datasets
+from cxrbench.errors import CxrbenchError
 from cxrbench.output_dirs import DEMO, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
 
@@ -152,6 +154,86 @@ def evaluate_encoders(
         factory = reporter_factory or (lambda _name: contextlib.nullcontext(Reporter()))
         with factory(encoder.name) as reporter:
             evaluate_checkpoint(encoder.spec, list(tasks), options, reporter)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything the second process needs, picklable for the `spawn` start method."""
+
+    root: Path
+    datasets: tuple[str, ...]  # prepared here first (then `ready` is set)
+    sizes: dict[str, int] | None
+    encoder_name: str
+    encoder_spec: str
+    arch: str | None
+    profile: Profile
+    tasks: tuple[Task, ...]
+
+
+def run_worker(job: WorkerJob, ready, errors) -> None:
+    """Process entry point: data, then the encoder's evaluation; any failure goes to `errors` as text."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            paths = DemoPaths(job.root)
+            ensure_data(paths, job.datasets, job.sizes, log=lambda _msg: None)
+            ready.set()
+            encoder = DemoEncoder(job.encoder_name, job.encoder_spec, job.arch)
+            evaluate_encoders(paths, [encoder], job.profile, job.tasks)
+    except BaseException:
+        errors.put(traceback.format_exc())
+        raise
+
+
+class DemoWorker:
+    """A started second process running `run_worker(job)`; `wait_ready` / `finish` raise its failure.
+
+    Why a process and not torch's threads: the demo's steps are tiny (96 px, batches of 4-16) and bound
+    by per-step costs of the large heads (optimiser updates and weight gradients of 20M-87M parameters),
+    which a second torch thread speeds up by only about 1.2x on two cores, while two single-threaded
+    processes, each with its own encoder, use both cores fully. One torch thread per process also keeps
+    the demo's numbers independent of the machine's core count.
+    """
+
+    def __init__(self, job: WorkerJob):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        self.ready = ctx.Event()
+        self.errors = ctx.Queue()
+        self.process = ctx.Process(target=run_worker, args=(job, self.ready, self.errors), daemon=True)
+        self.process.start()
+
+    def _failure(self) -> str:
+        try:
+            return self.errors.get(timeout=5)
+        except Exception:
+            return f"exit code {self.process.exitcode}"
+
+    def wait_ready(self) -> None:
+        """Block until the worker's datasets are prepared."""
+        while not self.ready.wait(0.5):
+            if not self.process.is_alive():
+                raise CxrbenchError(f"the demo's second process failed:\n{self._failure()}")
+
+    def finish(self) -> None:
+        """Wait for the worker's evaluation to end."""
+        self.process.join()
+        if self.process.exitcode != 0:
+            raise CxrbenchError(f"the demo's second process failed:\n{self._failure()}")
+
+    def stop(self) -> None:
+        """End the worker if it still runs (the parent failed or was interrupted)."""
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+
+
+def split_datasets(datasets: Sequence[str], pretrain_data: str) -> tuple[list[str], list[str]]:
+    """(prepared by the main process: pre-training's data, by the worker: the rest)."""
+    mine = [d for d in datasets if d == pretrain_data]
+    return mine, [d for d in datasets if d != pretrain_data]
 
 
 def run_demo(
