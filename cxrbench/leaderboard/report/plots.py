@@ -23,11 +23,11 @@ def _measured(layout: Layout):
     return [r for r in layout.rows if r.source == "measured"]
 
 
-_KEY = "cxrbench-input"
+PNG_KEY = "cxrbench-input"
 _PLOTS_VERSION = 2  # bump when the drawing code changes, so existing PNGs are redrawn
 
 
-def _up_to_date(path: Path, key: str) -> bool:
+def up_to_date(path: Path, key: str) -> bool:
     """Whether the PNG at `path` was drawn from the same inputs (its text chunk holds `key`)."""
     if not path.is_file():
         return False
@@ -35,14 +35,14 @@ def _up_to_date(path: Path, key: str) -> bool:
 
     try:
         with Image.open(path) as img:
-            return img.text.get(_KEY) == key  # type: ignore[attr-defined]
+            return img.text.get(PNG_KEY) == key  # type: ignore[attr-defined]
     except (OSError, ValueError):
         return False
 
 
 def _save(fig: Figure, path: Path, key: str) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, metadata={_KEY: key})
+        fig.savefig(tmp, format="png", dpi=90, metadata={PNG_KEY: key})
 
 
 def _char_in(fontsize: float) -> float:
@@ -66,7 +66,7 @@ def _grid_margins(fig: Figure, nrows: int, ncols: int, *, left: float, right: fl
     )
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
     return stable_hash({"version": _PLOTS_VERSION, "parts": repr(parts)})
 
 
@@ -78,8 +78,8 @@ def plot_bars(layout: Layout, path: Path, max_cols: int = 6) -> Path:
         [(c.mean, c.half) if (c := r.cells.get(col.task_id)) is not None else None for col in cols]
         for r in rows
     ]
-    key = _digest("bars", max_cols, [(c.task_id, c.metric) for c in cols], [r.encoder for r in rows], values)
-    if _up_to_date(path, key):
+    key = digest("bars", max_cols, [(c.task_id, c.metric) for c in cols], [r.encoder for r in rows], values)
+    if up_to_date(path, key):
         return path
     ncols = max(1, min(max_cols, len(cols)))
     nrows = max(1, math.ceil(len(cols) / ncols))
@@ -127,8 +127,8 @@ def plot_rank_heatmap(layout: Layout, ranks: dict[tuple[str, str], float], path:
     cols = layout.columns
     grid = np.array([[ranks.get((r.encoder, c.task_id), math.nan) for c in cols] for r in rows], dtype=float)
     grid = grid.reshape(len(rows), len(cols))
-    key = _digest("ranks", [c.task_id for c in cols], [r.encoder for r in rows], grid.tolist())
-    if _up_to_date(path, key):
+    key = digest("ranks", [c.task_id for c in cols], [r.encoder for r in rows], grid.tolist())
+    if up_to_date(path, key):
         return path
     fig = Figure(figsize=(2.5 + 0.5 * len(cols), 2.0 + 0.35 * len(rows)))
     ax = fig.subplots()
