@@ -319,8 +319,8 @@ def _run_parallel(
         pretrained = pretrain_baselines(paths, methods, pretrain_epochs, log, pretrain_reporter_factory)
         encoders = demo_encoders(pretrained)[1:]
         section(
-            f"3/4 evaluating {', '.join(e.name for e in encoders)} on {len(tasks)} tasks ({profile.name} profile; "
-            f"{baseline.name} in the second process)"
+            f"3/4 evaluating {', '.join(e.name for e in encoders)} and {baseline.name} (2nd process): "
+            f"{len(tasks)} tasks, {profile.name} profile"
         )
         worker.wait_ready()
         evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
