@@ -36,6 +36,7 @@ demo: $(STAMP)
 # Figures are printed, never asserted. Flags: bench_training_pipeline.py [--resolution 224] [--arch resnet50]
 # [--device auto] [--steps 20] [--batch 16] [--n-images 96] [--no-amp] [--work DIR]; bench_cli_startup.py [--runs 7];
 # benchmarks/bench_leaderboard.py times the leaderboard on synthetic records (run it by hand);
+# benchmarks/bench_demo.py [--sequential] [--work DIR] [--keep] times `make demo` per stage in CPU and wall time;
 # benchmarks/bench_encoders.py [--batch 8] [--steps 3] [--device auto] [--grad-checkpointing] measures forward and
 # training images/s and peak memory of ResNet-50, DenseNet-121, Swin-T, ViT-B/16 and ViT-B/14 at 224 px
 # (run it by hand: minutes on a CPU).

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import pytest
 
 from cxrbench.demo import run_demo
 from cxrbench.protocol.tasks import get_profile, select_tasks
@@ -20,17 +23,32 @@ TINY = dataclasses.replace(
 SIZES = {"covid_rural": 30, "rsna": 40, "mimic_cxr": 60}
 
 
-def test_demo_runs_end_to_end_and_reuses_work(tmp_path):
-    tasks = select_tasks("covid_linear,rsna_seg_linear_10")
+def _test_metrics(root) -> dict:
+    """(encoder, task, seed) -> test metrics of every run record under root/runs."""
+    out = {}
+    for path in (root / "runs").rglob("run-*.json"):
+        record = json.loads(path.read_text())
+        out[(record["encoder"], record["task_id"], record["seed"])] = record["test"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def parallel_demo(tmp_path_factory):
+    """The tiny demo with `random` evaluated in the second process (as on any machine with 2+ cores)."""
+    root = tmp_path_factory.mktemp("parallel")
     kwargs = dict(
         profile=TINY,
-        tasks=tasks,
+        tasks=select_tasks("covid_linear,rsna_seg_linear_10"),
         methods=("convirt",),
         phantom_sizes=SIZES,
         pretrain_epochs=1,
         log=lambda m: None,
     )
-    result = run_demo(tmp_path, **kwargs)
+    return root, kwargs, run_demo(root, parallel=True, **kwargs)
+
+
+def test_demo_runs_end_to_end_and_reuses_work(parallel_demo):
+    tmp_path, kwargs, result = parallel_demo
     board = tmp_path / "leaderboard"
     for name in ("markdown", "csv", "html"):
         assert result.paths[name].exists() and result.paths[name].parent == board
@@ -40,7 +58,15 @@ def test_demo_runs_end_to_end_and_reuses_work(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in records}
 
     messages = []
-    run_demo(tmp_path, **{**kwargs, "log": messages.append})
+    run_demo(tmp_path, **{**kwargs, "log": messages.append}, parallel=False)  # logs all the data steps
     assert any("reusing" in m for m in messages)  # pre-training reused
     assert not any(m.startswith(("writing", "preparing")) for m in messages)  # data reused
     assert {p: p.stat().st_mtime_ns for p in sorted((tmp_path / "runs").rglob("run-*.json"))} == stamps
+
+
+def test_one_process_gives_the_numbers_of_two(parallel_demo, tmp_path):
+    """One torch thread per process: the split over processes changes no number."""
+    root, kwargs, _ = parallel_demo
+    run_demo(tmp_path, parallel=False, **kwargs)
+    parallel, sequential = _test_metrics(root), _test_metrics(tmp_path)
+    assert len(parallel) == 8 and parallel == sequential

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -751,6 +752,20 @@ def test_overlays_skip_missing_or_broken_predictions(tmp_path):
         ).overlays
         == []
     )
+
+
+def test_overlays_are_redrawn_only_when_a_predictions_file_changes(tmp_path):
+    runs_dir, _ = _small_world(tmp_path, {"enc": (0.1, 2)})
+    kw = dict(include_published=False, n_boot=10, plots=False)
+    first = build_leaderboard(runs_dir, tmp_path / "out", **kw).overlays
+    assert first
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    again = build_leaderboard(runs_dir, tmp_path / "out", **kw).overlays
+    assert sorted(again) == sorted(first) and {p: p.stat().st_mtime_ns for p in again} == stamps
+    for npz in runs_dir.rglob("*.npz"):  # same content, new identity: the mosaics are drawn again
+        os.utime(npz, ns=(npz.stat().st_atime_ns, npz.stat().st_mtime_ns + 10**9))
+    redrawn = build_leaderboard(runs_dir, tmp_path / "out", **kw).overlays
+    assert all(p.stat().st_mtime_ns != stamps[p] for p in redrawn)
 
 
 def test_bootstrap_cache_reused_until_a_record_changes(tmp_path, monkeypatch):

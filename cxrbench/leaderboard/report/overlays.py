@@ -2,7 +2,9 @@
 
 One PNG per task: a row per encoder (its best final run by test metric), a column per stored overlay
 image; ground truth in green, prediction in red. Records without a predictions file, or files
-without overlay images, are skipped with a warning instead of failing the leaderboard.
+without overlay images, are skipped with a warning instead of failing the leaderboard. Like the other
+plots, a PNG is redrawn only when what it shows changed (its encoders, their predictions files'
+identity, the drawing code): rebuilding a leaderboard otherwise redrew every task's mosaic.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cxrbench.io_utils import atomic_path
+from cxrbench.leaderboard.report.plots import PNG_KEY, digest, up_to_date
 from cxrbench.protocol.predictions import PredictionsError, is_segmentation, read_predictions
 from cxrbench.protocol.record_schema import primary_value, usable_runs
 from cxrbench.protocol.records import predictions_file
@@ -112,25 +115,50 @@ def plot_overlays(records: Sequence[dict], out_dir: Path, encoder_order: Sequenc
     """Write overlays/<task_id>.png for every task with at least one readable predictions file."""
     by_task: dict[str, list[tuple[str, list[np.ndarray]]]] = defaultdict(list)
     rank = {e: i for i, e in enumerate(encoder_order)}
+    chosen: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for (encoder, task), rec in sorted(
         best_runs(records).items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0])
     ):
         path = predictions_file(rec)
-        if path is None:
-            continue
-        try:
-            tiles = overlay_tiles(path)
-        except (PredictionsError, KeyError, ValueError, IndexError) as exc:
-            warnings.warn(f"no overlays for {encoder}/{task}: {exc}", stacklevel=2)
-            continue
-        if tiles:
-            by_task[task].append((encoder, tiles))
+        if path is not None:
+            chosen[task].append((encoder, path))
+    keys = {task: _key(task, files) for task, files in chosen.items()}
     written = []
+    for task, files in chosen.items():
+        target = out_dir / "overlays" / f"{task}.png"
+        if up_to_date(target, keys[task]):
+            written.append(target)
+            continue
+        for encoder, path in files:
+            _add_tiles(by_task, task, encoder, path)
     for task, rows in by_task.items():
         path = out_dir / "overlays" / f"{task}.png"
-        _save_mosaic(task, rows, path)
+        _save_mosaic(task, rows, path, keys[task])
         written.append(path)
     return written
+
+
+def _key(task: str, files: list[tuple[str, Path]]) -> str:
+    """What a task's mosaic shows: its encoders in order and their predictions files (path, size, mtime)."""
+    stamps = []
+    for encoder, path in files:
+        try:
+            stat = path.stat()
+            stamps.append((encoder, str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stamps.append((encoder, str(path), None, None))
+    return digest("overlays", task, MIN_TILE, GAP, ALPHA, stamps)
+
+
+def _add_tiles(by_task: dict, task: str, encoder: str, path: Path) -> None:
+    """Append one encoder's tiles to its task's rows (a warning instead when its file is unreadable)."""
+    try:
+        tiles = overlay_tiles(path)
+    except (PredictionsError, KeyError, ValueError, IndexError) as exc:
+        warnings.warn(f"no overlays for {encoder}/{task}: {exc}", stacklevel=3)
+        return
+    if tiles:
+        by_task[task].append((encoder, tiles))
 
 
 def _upscale(tile: np.ndarray, min_size: int = MIN_TILE) -> np.ndarray:
@@ -139,7 +167,9 @@ def _upscale(tile: np.ndarray, min_size: int = MIN_TILE) -> np.ndarray:
     return tile if k == 1 else np.repeat(np.repeat(tile, k, axis=0), k, axis=1)
 
 
-def _save_mosaic(task: str, rows: list[tuple[str, list[np.ndarray]]], path: Path, dpi: int = 100) -> None:
+def _save_mosaic(
+    task: str, rows: list[tuple[str, list[np.ndarray]]], path: Path, key: str, dpi: int = 100
+) -> None:
     """The mosaic at one image pixel per figure pixel, encoder names as row labels."""
     mosaic = _mosaic([[_upscale(t) for t in tiles] for _, tiles in rows])
     title = f"{task}: ground truth green, prediction red (best run per encoder)"
@@ -155,4 +185,4 @@ def _save_mosaic(task: str, rows: list[tuple[str, list[np.ndarray]]], path: Path
     ax.set_yticks([row_h * (i + 0.5) for i in range(len(rows))], [e for e, _ in rows], fontsize=8)
     ax.set_title(title, fontsize=8, loc="left")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={PNG_KEY: key})

@@ -1,7 +1,9 @@
 """Matplotlib (Agg) figures: per-task bars with 95% t-intervals and a rank heat-map (measured rows).
 
 Rendering dominates a leaderboard rebuild, so each PNG carries a digest of what it draws (a PNG text
-chunk) and is only redrawn when that changes."""
+chunk) and is only redrawn when that changes. Margins are computed from the figure's size and its
+labels' lengths instead of by matplotlib's constrained layout, which measured every text extent and
+took about half of a cold 20-encoder build."""
 
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ def _measured(layout: Layout):
     return [r for r in layout.rows if r.source == "measured"]
 
 
-_KEY = "cxrbench-input"
-_PLOTS_VERSION = 1  # bump when the drawing code changes, so existing PNGs are redrawn
+PNG_KEY = "cxrbench-input"
+_PLOTS_VERSION = 2  # bump when the drawing code changes, so existing PNGs are redrawn
 
 
-def _up_to_date(path: Path, key: str) -> bool:
+def up_to_date(path: Path, key: str) -> bool:
     """Whether the PNG at `path` was drawn from the same inputs (its text chunk holds `key`)."""
     if not path.is_file():
         return False
@@ -33,17 +35,38 @@ def _up_to_date(path: Path, key: str) -> bool:
 
     try:
         with Image.open(path) as img:
-            return img.text.get(_KEY) == key  # type: ignore[attr-defined]
+            return img.text.get(PNG_KEY) == key  # type: ignore[attr-defined]
     except (OSError, ValueError):
         return False
 
 
 def _save(fig: Figure, path: Path, key: str) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, metadata={_KEY: key})
+        fig.savefig(tmp, format="png", dpi=90, metadata={PNG_KEY: key})
 
 
-def _digest(*parts: object) -> str:
+def _char_in(fontsize: float) -> float:
+    """Rough width of one character in inches (DejaVu Sans averages ~0.6 em)."""
+    return 0.62 * fontsize / 72
+
+
+def _grid_margins(fig: Figure, nrows: int, ncols: int, *, left: float, right: float, top: float,
+                  bottom: float, gap_w: float, gap_h: float) -> None:  # fmt: skip
+    """Place a subplot grid by margins and gaps in inches."""
+    width, height = fig.get_size_inches()
+    axes_w = max((width - left - right - (ncols - 1) * gap_w) / ncols, 0.1)
+    axes_h = max((height - top - bottom - (nrows - 1) * gap_h) / nrows, 0.1)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=gap_w / axes_w,
+        hspace=gap_h / axes_h,
+    )
+
+
+def digest(*parts: object) -> str:
     return stable_hash({"version": _PLOTS_VERSION, "parts": repr(parts)})
 
 
@@ -55,14 +78,16 @@ def plot_bars(layout: Layout, path: Path, max_cols: int = 6) -> Path:
         [(c.mean, c.half) if (c := r.cells.get(col.task_id)) is not None else None for col in cols]
         for r in rows
     ]
-    key = _digest("bars", max_cols, [(c.task_id, c.metric) for c in cols], [r.encoder for r in rows], values)
-    if _up_to_date(path, key):
+    key = digest("bars", max_cols, [(c.task_id, c.metric) for c in cols], [r.encoder for r in rows], values)
+    if up_to_date(path, key):
         return path
     ncols = max(1, min(max_cols, len(cols)))
     nrows = max(1, math.ceil(len(cols) / ncols))
     legend_rows = math.ceil(len(rows) / 5)
-    fig = Figure(figsize=(2.8 * ncols, 2.4 * nrows + 0.3 * legend_rows + 0.3), layout="constrained")
+    fig = Figure(figsize=(2.8 * ncols, 2.4 * nrows + 0.3 * legend_rows + 0.3))
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    legend_in = 0.25 * legend_rows + 0.2
+    _grid_margins(fig, nrows, ncols, left=0.4, right=0.1, top=0.35, bottom=legend_in, gap_w=0.4, gap_h=0.45)
     colors = colormaps["tab20"](np.linspace(0, 1, max(len(rows), 1)))
     for j, (ax, col) in enumerate(zip(axes.flat, cols, strict=False)):
         # no result: no bar (a zero-height bar would read as a score of 0); one call per panel
@@ -87,7 +112,8 @@ def plot_bars(layout: Layout, path: Path, max_cols: int = 6) -> Path:
     fig.legend(
         handles,
         [r.encoder for r in rows],
-        loc="outside lower center",
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
         ncol=min(len(rows), 5) or 1,
         fontsize=7,
     )
@@ -101,11 +127,15 @@ def plot_rank_heatmap(layout: Layout, ranks: dict[tuple[str, str], float], path:
     cols = layout.columns
     grid = np.array([[ranks.get((r.encoder, c.task_id), math.nan) for c in cols] for r in rows], dtype=float)
     grid = grid.reshape(len(rows), len(cols))
-    key = _digest("ranks", [c.task_id for c in cols], [r.encoder for r in rows], grid.tolist())
-    if _up_to_date(path, key):
+    key = digest("ranks", [c.task_id for c in cols], [r.encoder for r in rows], grid.tolist())
+    if up_to_date(path, key):
         return path
-    fig = Figure(figsize=(2.5 + 0.5 * len(cols), 2.0 + 0.35 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(2.5 + 0.5 * len(cols), 2.0 + 0.35 * len(rows)))
     ax = fig.subplots()
+    longest_task = max((len(c.task_id) for c in cols), default=1)
+    longest_encoder = max((len(r.encoder) for r in rows), default=1)
+    _grid_margins(fig, 1, 1, left=0.15 + _char_in(8) * longest_encoder, right=0.1, top=0.35,
+                  bottom=0.3 + _char_in(7) * longest_task, gap_w=0, gap_h=0)  # fmt: skip
     cmap = colormaps["viridis_r"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(cols)), [c.task_id for c in cols], rotation=90, fontsize=7)
