@@ -25,7 +25,7 @@ from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
 from cxrbench.output_dirs import DEMO, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
-from cxrbench.workers import Worker, available_cores, spawn_context
+from cxrbench.workers import Worker, available_cores, one_torch_thread, spawn_context
 
 if TYPE_CHECKING:
     from cxrbench.baselines.training import PretrainProfile
@@ -194,8 +194,6 @@ def run_demo(
     `parallel`: evaluate `random` in a second process while this one pre-trains (None: when at least
     two cores are available and there is something to pre-train). Either way torch runs one thread
     per process, so both give the same numbers."""
-    import torch
-
     section = section or log
     paths = DemoPaths(out)
     take_folder(paths.root, DEMO)  # a new or empty folder, or an earlier demo's (its work is reused)
@@ -203,9 +201,7 @@ def run_demo(
     datasets = sorted({t.dataset for t in tasks} | ({PRETRAIN_DATA} if methods else set()))
     if parallel is None:
         parallel = bool(methods) and available_cores() >= 2
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         if parallel:
             args = (phantom_sizes, pretrain_epochs, log, section, reporter_factory, pretrain_reporter_factory)
             return _run_parallel(paths, profile, tasks, methods, datasets, *args)
@@ -219,8 +215,6 @@ def run_demo(
         )
         evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
         return _leaderboard(paths, section)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_parallel(

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from cxrbench.baselines.training import PretrainProfile, get_pretrain_profile
 from cxrbench.demo import DemoEncoder, DemoPaths, evaluate_encoders, pretrain_baselines
@@ -32,7 +31,7 @@ from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_text
 from cxrbench.output_dirs import STUDY, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
-from cxrbench.workers import JobPool, available_cores
+from cxrbench.workers import JobPool, available_cores, one_torch_thread
 
 CONTROL = "global_attention"
 PRIOR_METHODS = ("uniformity_prior", "uniformity_prior_sw", "uniformity_prior_mm")
@@ -186,34 +185,23 @@ def run_uniformity_study(
     take_folder(paths.root, STUDY, inputs=[data])
     tasks = default_tasks(profile) if tasks is None else tuple(tasks)
     workers = default_workers(methods) if workers is None else workers
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in every worker: the numbers do not depend on the split
-    try:
-        with JobPool(workers, "a study worker process") as pool:
-            section(f"1/4 pre-training {', '.join(methods)} (seed {seed}, {pre.name} profile, one budget)")
-            if workers > 1:
-                log(f"{workers - 1} worker process(es) evaluate each encoder as soon as it is pre-trained")
-            for method in methods:
-                path = pretrain_baselines(paths, [method], None, log, pretrain_reporter_factory, profile=pre)
-                for task in tasks:
-                    pool.submit(
-                        evaluate_task,
-                        paths.root,
-                        data,
-                        DemoEncoder(method, str(path[method]), None),
-                        evaluation,
-                        task,
-                    )
-            section(
-                f"2/4 evaluating on {len(tasks)} tasks ({evaluation.name} profile, {workers} process(es))"
-            )
-            pool.drain(reporter_factory=reporter_factory)
-    finally:
-        torch.set_num_threads(threads)
-    section(f"3/4 analysing the encoders on {analysis_dataset}")
-    analysis_dir = analyse_encoders(
-        paths, methods, analysis_dataset, analysis_images, evaluation.resolution, log
-    )
+    with one_torch_thread():  # as in every worker: the numbers do not depend on the split
+        _pretrain_and_evaluate(
+            paths,
+            methods,
+            tasks,
+            pre,
+            evaluation,
+            workers,
+            log,
+            section,
+            reporter_factory,
+            pretrain_reporter_factory,
+        )
+        section(f"3/4 analysing the encoders on {analysis_dataset}")
+        analysis_dir = analyse_encoders(
+            paths, methods, analysis_dataset, analysis_images, evaluation.resolution, log
+        )
     correlation = correlate([paths.runs], analysis_dir)
     section(f"4/4 leaderboard (paired tests against {CONTROL}) and report")
     board = build_leaderboard(
@@ -245,6 +233,33 @@ def run_uniformity_study(
     return StudyResult(
         report, paths.leaderboard, correlation.attrs["paths"].get("csv"), board.wins.per_task, counts
     )
+
+
+def _pretrain_and_evaluate(
+    paths: DemoPaths,
+    methods: Sequence[str],
+    tasks: Sequence[Task],
+    pre: PretrainProfile,
+    evaluation: Profile,
+    workers: int,
+    log: Callable[[str], None],
+    section: Callable[[str], None],
+    reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None,
+    pretrain_reporter_factory: Callable[[], contextlib.AbstractContextManager] | None,
+) -> None:
+    """Pre-train the methods one by one here, queueing each encoder's tasks as soon as it is ready:
+    `workers - 1` spawned processes start on them at once, this one joins after pre-training."""
+    with JobPool(workers, "a study worker process") as pool:
+        section(f"1/4 pre-training {', '.join(methods)} (seed {pre.seed}, {pre.name} profile, one budget)")
+        if workers > 1:
+            log(f"{workers - 1} worker process(es) evaluate each encoder as soon as it is pre-trained")
+        for method in methods:
+            path = pretrain_baselines(paths, [method], None, log, pretrain_reporter_factory, profile=pre)
+            encoder = DemoEncoder(method, str(path[method]), None)
+            for task in tasks:
+                pool.submit(evaluate_task, paths.root, paths.prepared, encoder, evaluation, task)
+        section(f"2/4 evaluating on {len(tasks)} tasks ({evaluation.name} profile, {workers} process(es))")
+        pool.drain(reporter_factory=reporter_factory)
 
 
 def tasks_note(tasks: Sequence[Task]) -> str:

@@ -12,11 +12,12 @@ spreads picklable jobs over this process and `workers - 1` spawned ones.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cxrbench.errors import CxrbenchError
@@ -28,6 +29,19 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """This process computes with one torch thread inside the block, like every worker."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def spawn_context():
