@@ -6,7 +6,7 @@ step reuses what a previous run finished, so a second run is fast. Phantom numbe
 medical results: they only show that every code path works and learns.
 
 On two or more cores the work is split over two processes of one torch thread each
-(`DemoWorker` says why): a second process prepares the task datasets and evaluates
+(`cxrbench.workers` says why): a second process prepares the task datasets and evaluates
 `random` while this one prepares MIMIC-CXR, pre-trains and evaluates the pre-trained encoders. With
 one thread per process the numbers do not depend on the machine's core count or on the split.
 """
@@ -14,9 +14,6 @@ one thread per process the numbers do not depend on the machine's core count or 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +23,9 @@ from typing import TYPE_CHECKING
 from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
-from cxrbench.errors import CxrbenchError
 from cxrbench.output_dirs import DEMO, take_folder
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
+from cxrbench.workers import Worker, available_cores, one_torch_thread, spawn_context
 
 if TYPE_CHECKING:
     from cxrbench.baselines.training import PretrainProfile
@@ -38,14 +35,6 @@ DEMO_SIZE = 224
 DEMO_METHODS = ("uniformity_prior",)  # the method this project is built around, against random init
 DEMO_BASELINES = ("random",)
 PRETRAIN_DATA = "mimic_cxr"
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity where the OS reports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -170,64 +159,14 @@ class WorkerJob:
     tasks: tuple[Task, ...]
 
 
-def run_worker(job: WorkerJob, ready, errors) -> None:
-    """Process entry point: data, then the encoder's evaluation; any failure goes to `errors` as text."""
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            paths = DemoPaths(job.root)
-            ensure_data(paths, job.datasets, job.sizes, log=lambda _msg: None)
-            ready.set()
-            encoder = DemoEncoder(job.encoder_name, job.encoder_spec, job.arch)
-            evaluate_encoders(paths, [encoder], job.profile, job.tasks)
-    except BaseException:
-        errors.put(traceback.format_exc())
-        raise
-
-
-class DemoWorker:
-    """A started second process running `run_worker(job)`; `wait_ready` / `finish` raise its failure.
-
-    Why a process and not torch's threads: the demo's steps are tiny (96 px, batches of 4-16) and bound
-    by per-step costs of the large heads (optimiser updates and weight gradients of 20M-87M parameters),
-    which a second torch thread speeds up by only about 1.2x on two cores, while two single-threaded
-    processes, each with its own encoder, use both cores fully. One torch thread per process also keeps
-    the demo's numbers independent of the machine's core count.
-    """
-
-    def __init__(self, job: WorkerJob):
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        self.ready = ctx.Event()
-        self.errors = ctx.Queue()
-        self.process = ctx.Process(target=run_worker, args=(job, self.ready, self.errors), daemon=True)
-        self.process.start()
-
-    def _failure(self) -> str:
-        try:
-            return self.errors.get(timeout=5)
-        except Exception:
-            return f"exit code {self.process.exitcode}"
-
-    def wait_ready(self) -> None:
-        """Block until the worker's datasets are prepared."""
-        while not self.ready.wait(0.5):
-            if not self.process.is_alive():
-                raise CxrbenchError(f"the demo's second process failed:\n{self._failure()}")
-
-    def finish(self) -> None:
-        """Wait for the worker's evaluation to end."""
-        self.process.join()
-        if self.process.exitcode != 0:
-            raise CxrbenchError(f"the demo's second process failed:\n{self._failure()}")
-
-    def stop(self) -> None:
-        """End the worker if it still runs (the parent failed or was interrupted)."""
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=10)
+def run_worker(job: WorkerJob, ready) -> None:
+    """Second process (`cxrbench.workers.Worker`): the task datasets (then `ready` is set), then the
+    baseline's evaluation."""
+    paths = DemoPaths(job.root)
+    ensure_data(paths, job.datasets, job.sizes, log=lambda _msg: None)
+    ready.set()
+    encoder = DemoEncoder(job.encoder_name, job.encoder_spec, job.arch)
+    evaluate_encoders(paths, [encoder], job.profile, job.tasks)
 
 
 def split_datasets(datasets: Sequence[str], pretrain_data: str) -> tuple[list[str], list[str]]:
@@ -255,8 +194,6 @@ def run_demo(
     `parallel`: evaluate `random` in a second process while this one pre-trains (None: when at least
     two cores are available and there is something to pre-train). Either way torch runs one thread
     per process, so both give the same numbers."""
-    import torch
-
     section = section or log
     paths = DemoPaths(out)
     take_folder(paths.root, DEMO)  # a new or empty folder, or an earlier demo's (its work is reused)
@@ -264,9 +201,7 @@ def run_demo(
     datasets = sorted({t.dataset for t in tasks} | ({PRETRAIN_DATA} if methods else set()))
     if parallel is None:
         parallel = bool(methods) and available_cores() >= 2
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         if parallel:
             args = (phantom_sizes, pretrain_epochs, log, section, reporter_factory, pretrain_reporter_factory)
             return _run_parallel(paths, profile, tasks, methods, datasets, *args)
@@ -280,8 +215,6 @@ def run_demo(
         )
         evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
         return _leaderboard(paths, section)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_parallel(
@@ -311,7 +244,8 @@ def _run_parallel(
         tuple(tasks),
     )
     section("1/4 phantom data in real raw formats -> prepared caches")
-    worker = DemoWorker(job)
+    ready = spawn_context().Event()
+    worker = Worker(run_worker, (job, ready), "the demo's second process")
     try:
         log(f"a second process prepares {', '.join(theirs)}, then evaluates {baseline.name}")
         ensure_data(paths, mine, phantom_sizes, log)
@@ -322,7 +256,7 @@ def _run_parallel(
             f"3/4 evaluating {', '.join(e.name for e in encoders)} and {baseline.name} (2nd process): "
             f"{len(tasks)} tasks, {profile.name} profile"
         )
-        worker.wait_ready()
+        worker.wait(ready)
         evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
         if worker.process.is_alive():
             log(f"waiting for the second process to finish evaluating {baseline.name}")

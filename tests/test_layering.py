@@ -4,7 +4,7 @@
     baselines may use datasets and encoders (never protocol)
     analysis may use all of these; only analysis/alignment.py may import cxrbench.baselines
     cli uses everything; nothing else imports cli; typer/rich/click appear only in cli
-    leaf modules (errors, io_utils, output_dirs, provenance, runtime, representation) may be used by anyone and
+    leaf modules (errors, io_utils, output_dirs, provenance, runtime, representation, workers) may be used by anyone and
     use only each other
 
 Every import counts: module level, inside functions (lazy imports) and under TYPE_CHECKING.
@@ -18,7 +18,9 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "cxrbench"
 
-LEAVES = frozenset({"errors", "io_utils", "output_dirs", "provenance", "runtime", "representation"})
+LEAVES = frozenset(
+    {"errors", "io_utils", "output_dirs", "provenance", "runtime", "representation", "workers"}
+)
 _PROTOCOL_AND_BELOW = frozenset({"datasets", "encoders", "protocol"})
 _LIBRARIES = _PROTOCOL_AND_BELOW | {"leaderboard", "sweep", "baselines", "analysis"}
 # Each unit of cxrbench (a sub-package or a top-level module) -> the other units it may import, leaves
@@ -160,13 +162,13 @@ def test_check_reports_each_kind_of_violation(tmp_path) -> None:
         ("cxrbench/representation.py", 1, "cxrbench.protocol"): "leaf modules import only leaf modules",
         ("cxrbench/datasets/base.py", 1, "rich.console"): "rich is imported only in cxrbench/cli/",
         ("cxrbench/protocol/run.py", 2, "cxrbench.leaderboard"): (
-            "protocol may import only datasets, encoders, errors, io_utils, output_dirs, provenance, representation, runtime"
+            "protocol may import only datasets, encoders, errors, io_utils, output_dirs, provenance, representation, runtime, workers"
         ),
         ("cxrbench/protocol/heads/__init__.py", 2, "cxrbench.sweep"): (
-            "protocol may import only datasets, encoders, errors, io_utils, output_dirs, provenance, representation, runtime"
+            "protocol may import only datasets, encoders, errors, io_utils, output_dirs, provenance, representation, runtime, workers"
         ),
         ("cxrbench/baselines/data.py", 2, "cxrbench.protocol.runner"): (
-            "baselines may import only datasets, encoders, errors, io_utils, output_dirs, provenance, representation, runtime"
+            "baselines may import only datasets, encoders, errors, io_utils, output_dirs, provenance, representation, runtime, workers"
         ),
         ("cxrbench/analysis/records.py", 1, "cxrbench.baselines.training"): (
             "only cxrbench/analysis/alignment.py may import cxrbench.baselines"

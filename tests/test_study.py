@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tiny_profiles import TINY_PRETRAIN
 from cxrbench.demo import DemoPaths, ensure_data
 from cxrbench.errors import CxrbenchError
 from cxrbench.protocol.tasks import get_profile, select_tasks
-from cxrbench.study import CONTROL, run_uniformity_study
+from cxrbench.study import CONTROL, DEMO_SKIPPED_TASKS, default_tasks, run_uniformity_study, tasks_note
 
 TINY_EVAL = dataclasses.replace(
     get_profile("demo"),
@@ -58,8 +59,19 @@ def _independent_counts(runs_dir, methods, alpha=0.05):
     return counts
 
 
-def test_study_counts_match_records_and_rerun_reuses_work(prepared, tmp_path):
-    out = tmp_path / "study"
+def _test_metrics(out) -> dict:
+    """(encoder, task, seed) -> test metrics of every run record under out/runs."""
+    found = {}
+    for path in (out / "runs").rglob("run-*.json"):
+        record = json.loads(path.read_text())
+        found[(record["encoder"], record["task_id"], record["seed"])] = record["test"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def two_workers(prepared, tmp_path_factory):
+    """The tiny study with two evaluating processes (this one and a spawned worker)."""
+    out = tmp_path_factory.mktemp("two_workers") / "study"
     kwargs = dict(
         methods=(CONTROL, "uniformity_prior"),
         tasks=select_tasks("covid_linear,rsna_seg_linear_10"),
@@ -70,7 +82,11 @@ def test_study_counts_match_records_and_rerun_reuses_work(prepared, tmp_path):
         n_boot=N_BOOT,
         log=lambda m: None,
     )
-    result = run_uniformity_study(prepared, out, **kwargs)
+    return out, kwargs, run_uniformity_study(prepared, out, workers=2, **kwargs)
+
+
+def test_study_counts_match_records_and_rerun_reuses_work(prepared, two_workers):
+    out, kwargs, result = two_workers
     text = result.report.read_text()
     assert "NOT medical results" in text
     k, n = result.counts["uniformity_prior"]
@@ -83,10 +99,28 @@ def test_study_counts_match_records_and_rerun_reuses_work(prepared, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in [*records, *(out / "pretrained").rglob("encoder.safetensors")]}
 
     messages = []
-    again = run_uniformity_study(prepared, out, **{**kwargs, "log": messages.append})
+    again = run_uniformity_study(prepared, out, workers=1, **{**kwargs, "log": messages.append})
     assert sum("reusing" in m for m in messages) == 4  # 2 pre-trainings + 2 analyses reused
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again.counts == result.counts
+
+
+def test_one_worker_gives_the_records_of_two(prepared, two_workers, tmp_path):
+    """Every run seeds itself and every process runs one torch thread: the split changes no number."""
+    out, kwargs, result = two_workers
+    alone = run_uniformity_study(prepared, tmp_path / "study", workers=1, **kwargs)
+    assert len(_test_metrics(out)) == 8 and _test_metrics(tmp_path / "study") == _test_metrics(out)
+    assert alone.counts == result.counts
+
+
+def test_demo_profile_skips_the_100_percent_rsna_tasks_by_default():
+    demo, full = default_tasks("demo"), default_tasks("full")
+    assert len(full) == 18 and len(demo) == 15
+    assert {t.task_id for t in full} - {t.task_id for t in demo} == set(DEMO_SKIPPED_TASKS)
+    assert tasks_note(demo) == (
+        "Tasks: 15 of 18; not evaluated: rsna_yolo_finetune_100, rsna_yolo_frozen_100, rsna_seg_linear_100."
+    )
+    assert tasks_note(full) == "Tasks: all 18."
 
 
 def test_study_refuses_a_foreign_folder_and_a_missing_control(prepared, tmp_path):

@@ -34,20 +34,36 @@ def uniformity_command(
         typer.Option("--methods", help="Methods to pre-train (repeatable; must include global_attention)."),
     ] = None,
     tasks: Annotated[
-        str | None, typer.Option("--tasks", help="Comma-separated task ids or patterns (default: all 18).")
+        str | None,
+        typer.Option(
+            "--tasks",
+            help="Comma-separated task ids or patterns (default: all 18; under --profile demo all but "
+            "the three 100%-label RSNA tasks).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes that evaluate, one torch thread each (default: one per core, at most one "
+            "per method). The numbers do not depend on it.",
+        ),
     ] = None,
 ) -> None:
     """Pre-train global_attention, lovt and the uniformity priors with one seed and budget, evaluate,
     analyse, and count the tasks where each beats the global-only control significantly."""
     from cxrbench.cli.reporters import RichPretrainReporter, RichReporter
-    from cxrbench.protocol.tasks import TASKS, select_tasks
-    from cxrbench.study import PHANTOM_NOTE, STUDY_METHODS, run_uniformity_study
+    from cxrbench.protocol.tasks import select_tasks
+    from cxrbench.study import PHANTOM_NOTE, STUDY_METHODS, default_tasks, run_uniformity_study, tasks_note
 
     def reporter(name: str) -> RichReporter:
         console.print(f"[bold]{name}[/]")
         return RichReporter(console)
 
+    chosen = select_tasks(tasks) if tasks else default_tasks(profile)
     console.print(f"[bold yellow]{PHANTOM_NOTE}[/]", highlight=False)
+    console.print(tasks_note(chosen), highlight=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_uniformity_study(
@@ -56,7 +72,8 @@ def uniformity_command(
             profile=profile,
             seed=seed,
             methods=methods or STUDY_METHODS,
-            tasks=select_tasks(tasks) if tasks else TASKS,
+            tasks=chosen,
+            workers=workers,
             log=lambda msg: console.print(f"  {msg}", highlight=False),
             section=console.rule,
             reporter_factory=reporter,
@@ -65,4 +82,5 @@ def uniformity_command(
     for method, (k, n) in result.counts.items():
         console.print(f"{method}: beats global_attention significantly on {k} of {n} tasks", highlight=False)
     console.print(f"[bold yellow]{PHANTOM_NOTE}[/]", highlight=False)
+    console.print(tasks_note(chosen), highlight=False)
     console.print(f"report: {result.report}; leaderboard: {result.leaderboard}", highlight=False)
