@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.datasets.indexed_column import IndexedColumn
 from cxrbench.io_utils import atomic_save_npy
 
 BLANK = -128  # the label's value is None (e.g. a blank CheXpert cell)
@@ -49,7 +50,7 @@ def write_codes(
     return codes
 
 
-class CodeColumn(Sequence):
+class CodeColumn(IndexedColumn):
     """A read-only column over a memory-mapped code matrix; `indices` selects (and orders) the images."""
 
     def __init__(self, folder: Path, name: str, labels: Sequence[str], indices: np.ndarray | None = None):
@@ -59,25 +60,13 @@ class CodeColumn(Sequence):
             raise ValueError(f"{code_file(name)} has shape {self._codes.shape}, not N x {len(self.labels)}")
         self.indices = np.arange(len(self._codes)) if indices is None else np.asarray(indices, np.int64)
 
-    def take(self, indices: Sequence[int] | np.ndarray) -> CodeColumn:
-        """The same column restricted to `indices` (positions in this column)."""
-        view = CodeColumn.__new__(CodeColumn)
-        view.__dict__.update(self.__dict__)
-        view.indices = self.indices[np.asarray(indices, np.int64)]
-        return view
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def _dict(self, row: np.ndarray) -> dict[str, int | None] | None:
         if (row == ABSENT).all():
             return None
         return {label: None if c == BLANK else int(c) for label, c in zip(self.labels, row.tolist())}
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return self._dict(np.asarray(self._codes[int(self.indices[i])]))
+    def _row(self, j: int) -> dict[str, int | None] | None:
+        return self._dict(np.asarray(self._codes[j]))
 
     def __iter__(self):
         for start in range(0, len(self), 4096):  # rows in blocks: one memmap read per block

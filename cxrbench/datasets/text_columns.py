@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrbench.datasets.indexed_column import IndexedColumn
 from cxrbench.io_utils import atomic_path, atomic_save_npy
 
 TEXT = "text"  # one string per image
@@ -52,7 +53,7 @@ def write_column(folder: Path, name: str, values: Sequence[str] | Sequence[Seque
     return kind
 
 
-class TextColumn(Sequence):
+class TextColumn(IndexedColumn):
     """A read-only column over memory-mapped files; `indices` selects (and orders) the images."""
 
     def __init__(self, folder: Path, name: str, kind: str, indices: np.ndarray | None = None):
@@ -69,24 +70,11 @@ class TextColumn(Sequence):
         n = len(self._rows if self._rows is not None else self._offsets) - 1
         self.indices = np.arange(n) if indices is None else np.asarray(indices, np.int64)
 
-    def take(self, indices: Sequence[int] | np.ndarray) -> TextColumn:
-        """The same column restricted to `indices` (positions in this column)."""
-        view = TextColumn.__new__(TextColumn)
-        view.__dict__.update(self.__dict__)
-        view.indices = self.indices[np.asarray(indices, np.int64)]
-        return view
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
     def _string(self, k: int) -> str:
         start, end = int(self._offsets[k]), int(self._offsets[k + 1])
         return self._bytes[start:end].tobytes().decode("utf-8")
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        j = int(self.indices[i])
+    def _row(self, j: int) -> str | list[str]:
         if self._rows is None:
             return self._string(j)
         return [self._string(k) for k in range(int(self._rows[j]), int(self._rows[j + 1]))]
