@@ -7,6 +7,7 @@ one copies nothing and reads nothing.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,8 +18,9 @@ class IndexedColumn(Sequence):
 
     indices: np.ndarray
 
+    @abstractmethod
     def _row(self, j: int):
-        raise NotImplementedError
+        """Backing row `j` as the column's value."""
 
     def take(self, indices: Sequence[int] | np.ndarray) -> IndexedColumn:
         """The same column restricted to `indices` (positions in this column)."""
