@@ -11,7 +11,10 @@ ids, JPEG Baseline via Pillow like the real download): `--distinct` studies are 
 one of the N patients gets a copy of one of the JPEG ones (round-robin) with its own PatientID and
 SOPInstanceUID, so each file is decoded on its own while writing stays quick. Below the full size
 the folder is marked as a phantom (`cxrbench-phantom.json`), so the reference lists are restricted
-to the ids present, exactly as for `cxrbench phantom rsna --n-images N`.
+to the ids present, exactly as for `cxrbench phantom rsna --n-images N`. `--content flat` replaces
+every frame by one flat-grey JPEG (the kind of stand-in the issue's outside figure used): the phantom's
+noisy texture makes its frames larger and slower to decode than a real radiograph's, the flat frame
+faster, so the two bracket the real files.
 
 `--per-image K` times `process_sample` (one image's decode, scaling and resize) on K stand-ins in
 this process, in CPU and wall ms. `--profile K` runs prepare in this process on one worker under
@@ -19,7 +22,7 @@ cProfile on K more stand-ins and prints where the time goes, by stage and by fun
 size the stand-ins take about 9 GB of disk (340 KiB each) and a few minutes to write.
 
     python benchmarks/bench_prepare.py [--n-images 26684] [--workers 1 2] [--profile 256] [--per-image 200]
-                                       [--out DIR]
+                                       [--content phantom|flat] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from PIL import Image
+from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from cxrbench.datasets.phantom import rsna as phantom_rsna
@@ -80,7 +86,14 @@ def cxrbench_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "cxrbench"]
 
 
-def write_standins(raw: Path, n: int, distinct: int, seed: int = 0) -> int:
+def flat_grey_frame(side: int = 1024, level: int = 128) -> bytes:
+    """One flat-grey JPEG Baseline frame (quality 95, as the phantom writes): the cheapest to decode."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((side, side), level, np.uint8), mode="L").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_standins(raw: Path, n: int, distinct: int, seed: int = 0, content: str = "phantom") -> int:
     """The RSNA raw layout with `n` patients (see the module docstring); returns the image count."""
     pool = raw.with_name(raw.name + ".pool")
     phantom_rsna.write(pool, min(distinct, n), seed)
@@ -98,9 +111,14 @@ def write_standins(raw: Path, n: int, distinct: int, seed: int = 0) -> int:
     ids = [i for split_ids in sample_reference_ids("rsna", n, seed).values() for i in split_ids]
     (raw / IMAGES).mkdir(parents=True)
     labels = []
+    flat = encapsulate([flat_grey_frame()]) if content == "flat" else None
     for k, pid in enumerate(ids):
         source = jpeg[k % len(jpeg)]
         ds = pydicom.dcmread(pool / IMAGES / f"{source}.dcm")
+        if flat is not None:
+            if (ds.Rows, ds.Columns) != (1024, 1024):
+                raise SystemExit(f"phantom study {source} is {ds.Rows}x{ds.Columns}, not 1024x1024")
+            ds.PixelData = flat
         ds.PatientID = ds.PatientName = pid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.save_as(raw / IMAGES / f"{pid}.dcm", enforce_file_format=True)
@@ -189,6 +207,12 @@ def main() -> None:
         "--workers", type=int, nargs="*", default=[1, 2], help="Worker counts to time (none: skip)."
     )
     parser.add_argument("--distinct", type=int, default=64, help="Phantom studies rendered (then copied).")
+    parser.add_argument(
+        "--content",
+        choices=("phantom", "flat"),
+        default="phantom",
+        help="Pixels of the stand-ins: the phantom's (textured, ~340 KiB, slow to decode) or flat grey.",
+    )
     parser.add_argument("--profile", type=int, default=0, help="Also profile prepare on this many images.")
     parser.add_argument("--per-image", type=int, default=0, help="Also time one image's work on this many.")
     parser.add_argument("--out", type=Path, default=None, help="Work folder (default: a temp dir, removed).")
@@ -197,11 +221,11 @@ def main() -> None:
         work = args.out or Path(tmp)
         raw = work / "rsna_raw"
         start = time.perf_counter()
-        n = write_standins(raw, args.n_images, args.distinct)
+        n = write_standins(raw, args.n_images, args.distinct, content=args.content)
         files = list((raw / IMAGES).iterdir())
         mean_kb = sum(f.stat().st_size for f in files) / len(files) / 1024
         print(
-            f"wrote {n} 1024x1024 JPEG DICOMs ({mean_kb:.0f} KiB each on average) in "
+            f"wrote {n} 1024x1024 {args.content} JPEG DICOMs ({mean_kb:.0f} KiB each on average) in "
             f"{time.perf_counter() - start:.0f} s; {os.cpu_count()} CPUs"
         )
         if args.per_image:
@@ -211,7 +235,7 @@ def main() -> None:
             )
         if args.profile:
             sub = work / "rsna_profile_raw"
-            write_standins(sub, min(args.profile, n), args.distinct)
+            write_standins(sub, min(args.profile, n), args.distinct, content=args.content)
             profile_prepare(sub, work / "rsna_profile_prepared")
         for workers in args.workers:
             out = work / f"rsna_prepared_w{workers}"

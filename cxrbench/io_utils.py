@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,19 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     """Save one array as .npy atomically (loadable later with mmap_mode='r')."""
     with atomic_path(path, suffix=".npy") as tmp, _explained_os_errors(Path(path)), open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def atomic_link(source: str | Path, path: str | Path) -> None:
+    """Put `source`'s content at `path` atomically: a hard link (no copy), or a copy where links fail.
+
+    The source stays where it is, so a step that is killed after this one can run again.
+    """
+    with atomic_path(path) as tmp, _explained_os_errors(Path(path)):
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, tmp)
 
 
 def read_json(path: str | Path) -> Any:

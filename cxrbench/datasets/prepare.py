@@ -2,7 +2,10 @@
 
 Work happens in `<out>.partial/` (marked by `prepare-in-progress.json`, which records the settings):
 each chunk of images is written as its own file as soon as it is done, so a killed run resumes
-where it stopped, but only under identical settings. The final arrays, manifest (with checksums)
+where it stopped, but only under identical settings. The workers write a chunk's pixels straight
+into one memory-mapped array per split (`chunks/<split>_images.npy`, in sample order) and then its
+small file (boxes, masks, problems), which marks the chunk done; the split's array thus needs no
+second copy through the main process, which keeps assembly short and its memory flat at any size. The final arrays, manifest (with checksums)
 and, last of all, `prepared.json` (the completion marker) are assembled there and the folder is
 renamed onto `<out>` in one step, so a cache that loads as complete is always complete.
 
@@ -18,7 +21,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +58,28 @@ from cxrbench.datasets.split_scheme import (
 from cxrbench.datasets.splits import DEFAULT_SEED, ids_hash
 from cxrbench.datasets.text_columns import column_files, write_column
 from cxrbench.errors import CxrbenchError, DataError
-from cxrbench.io_utils import atomic_path, atomic_save_npy, atomic_write_json, read_json
+from cxrbench.io_utils import atomic_link, atomic_path, atomic_save_npy, atomic_write_json, read_json
 from cxrbench.output_dirs import OURS, claim_output_dir
 from cxrbench.provenance import provenance
 
 CHUNK_SIZE = 64
+# How chunks hold their results; a partial prepare of another layout starts afresh. 2: pixels in one
+# memory-mapped array per split, grey-level counts per chunk (1, unnamed: pixels inside each chunk).
+CHUNK_LAYOUT = 2
 MIN_SIZE, MAX_SIZE = 32, 4096  # prepared side in pixels: below 32 the encoders' strides leave no map
 MAX_PROBLEMS_KEPT = 100  # problems stored in prepared.json (all are counted)
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One chunk of a split: its samples, its done-marking file, and where its pixels go."""
+
+    split: str
+    index: int
+    samples: list[RawSample]
+    path: Path  # the chunk's .npz: written last, so its presence means the chunk is done
+    images_path: Path  # the split's memory-mapped uint8 N x size x size array
+    start: int  # position of the chunk's first sample in the split
 
 
 @dataclass
@@ -151,11 +169,14 @@ def process_sample(
     )
 
 
-def _process_chunk(
-    adapter: DatasetAdapter, samples: list[RawSample], size: int, strict: bool, path: Path
-) -> list[Problem]:
-    """Process one chunk and save it as one .npz (atomically); return the problems met."""
+def _process_chunk(adapter: DatasetAdapter, job: ChunkJob, size: int, strict: bool) -> list[Problem]:
+    """Process one chunk: its pixels into the split's array, the rest as one .npz (atomically, last).
+
+    A skipped image leaves its row of the split's array zero; assembly drops it by the `ok` flags.
+    Returns the problems met.
+    """
     problems = Problems(strict=strict)
+    samples = job.samples
     results: list[ProcessedImage | None] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -171,19 +192,76 @@ def _process_chunk(
     done = [r for r in results if r is not None]
     arrays = {
         "ok": np.array(ok, dtype=bool),
-        "images": np.stack([r.image for r in done]) if done else np.zeros((0, size, size), np.uint8),
         "boxes": np.concatenate([r.boxes for r in done]) if done else np.zeros((0, 4), np.float32),
         "labels": np.concatenate([r.labels for r in done]) if done else np.zeros((0,), np.int64),
         "n_boxes": np.array([len(r.boxes) for r in done], dtype=np.int64),
         "n_clipped": np.array(sum(r.n_clipped for r in done), dtype=np.int64),
+        "level_counts": level_counts(r.image for r in done),
         "problems": np.array([_encode_problem(p) for p in problems.items], dtype=object).astype(str),
     }
     if adapter.has_masks:
         packed = (len(adapter.classes), size, (size + 7) // 8)
         arrays["masks"] = np.stack([r.masks for r in done]) if done else np.zeros((0, *packed), np.uint8)
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+    if done:
+        pixels = np.load(job.images_path, mmap_mode="r+")
+        pixels[job.start + np.flatnonzero(arrays["ok"])] = np.stack([r.image for r in done])
+        pixels.flush()
+        del pixels
+    with atomic_path(job.path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return problems.items
+
+
+def _split_arrays(jobs: list[ChunkJob], size: int) -> None:
+    """Make sure each split's pixel array exists with its shape; a new one means redoing its chunks.
+
+    Resuming keeps an existing array (its finished chunks' pixels are in it). A missing or
+    mis-shaped one is created afresh (atomically, zero-filled), and the chunk files of that split
+    are removed, since the pixels they vouch for are gone.
+    """
+    for split in dict.fromkeys(job.split for job in jobs):
+        mine = [job for job in jobs if job.split == split]
+        path, shape = mine[0].images_path, (sum(len(job.samples) for job in mine), size, size)
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0
+                if version != (1, 0):
+                    read_header = np.lib.format.read_array_header_2_0
+                header = read_header(fh)
+                ok = header == (shape, False, np.dtype(np.uint8)) and (
+                    fh.tell() + int(np.prod(shape)) == os.fstat(fh.fileno()).st_size
+                )
+        except (OSError, ValueError):
+            ok = False
+        if ok:
+            continue
+        for job in mine:
+            job.path.unlink(missing_ok=True)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+
+
+def level_counts(images: Iterable[np.ndarray]) -> np.ndarray:
+    """How many pixels of `images` (uint8) have each of the 256 grey levels: int64 x 256."""
+    counts = np.zeros(256, dtype=np.int64)
+    for image in images:
+        counts += np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
+    return counts
+
+
+def pixel_stats(counts: np.ndarray) -> tuple[float, float]:
+    """Mean and std of the [0, 1] pixel values (level / 255) counted in `counts`; (0.5, 0.25) if none.
+
+    Exact integer sums, so the result is the correctly rounded value, independent of pixel order and
+    of chunking, and needs no float copy of the train images (8 bytes a pixel, 6.4 GB for RSNA).
+    """
+    levels = np.arange(256, dtype=np.int64)
+    n, s1, s2 = int(counts.sum()), int(counts @ levels), int(counts @ (levels * levels))
+    if n == 0:
+        return 0.5, 0.25
+    variance = (n * s2 - s1 * s1) / (255 * 255 * n * n)
+    return s1 / (255 * n), float(np.sqrt(max(variance, 1e-12)))
 
 
 def _encode_problem(p: Problem) -> str:
@@ -226,7 +304,13 @@ def prepare(
             f"{adapter.name}: missing under {raw_root}: {', '.join(missing)}\nexpected layout:\n{adapter.layout}"
         )
     config = prepare_config(adapter, size, seed, scheme)
-    settings = {"config": config, "raw": raw_listing(raw_root), "strict": strict, "chunk_size": CHUNK_SIZE}
+    settings = {
+        "config": config,
+        "raw": raw_listing(raw_root),
+        "strict": strict,
+        "chunk_size": CHUNK_SIZE,
+        "chunk_layout": CHUNK_LAYOUT,
+    }
     if claimed.state == OURS and not force:
         return _reuse(adapter, out_root, raw_root, settings)
 
@@ -257,11 +341,13 @@ def prepare(
     for split, indices in assignment.splits.items():
         for c, start in enumerate(range(0, len(indices), CHUNK_SIZE)):
             chunk = [present[i] for i in indices[start : start + CHUNK_SIZE]]
-            jobs.append((split, c, chunk, chunk_dir / f"{split}_{c:05d}.npz"))
+            path, pixels = chunk_dir / f"{split}_{c:05d}.npz", chunk_dir / f"{split}_images.npy"
+            jobs.append(ChunkJob(split, c, chunk, path, pixels, start))
     if (partial / MARKER).is_file():  # killed after assembling, before the final rename
         summary = _summary_from_marker(adapter, partial, read_json(partial / MARKER))
     else:
         chunk_dir.mkdir(parents=True, exist_ok=True)
+        _split_arrays(jobs, size)
         _run_chunks(adapter, jobs, size, strict, workers, on_progress)
         summary = _assemble(
             adapter, present, assignment, jobs, partial, settings, raw_root, out_root, problems
@@ -286,21 +372,19 @@ def _check_splits_filled(adapter: DatasetAdapter, samples: list[RawSample], assi
         )
 
 
-def _run_chunks(adapter, jobs, size: int, strict: bool, workers: int, on_progress) -> None:
-    total = sum(len(j[2]) for j in jobs)
-    done = sum(len(j[2]) for j in jobs if j[3].exists())
+def _run_chunks(adapter, jobs: list[ChunkJob], size: int, strict: bool, workers: int, on_progress) -> None:
+    total = sum(len(j.samples) for j in jobs)
+    done = sum(len(j.samples) for j in jobs if j.path.exists())
     if on_progress:
         on_progress(done, total)
-    todo = [j for j in jobs if not j[3].exists()]
+    todo = [j for j in jobs if not j.path.exists()]
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_process_chunk, adapter, chunk, size, strict, path) for _, _, chunk, path in todo
-            ]
+            futures = [pool.submit(_process_chunk, adapter, job, size, strict) for job in todo]
             try:
                 for job, future in zip(todo, futures):
                     future.result()
-                    done += len(job[2])
+                    done += len(job.samples)
                     if on_progress:
                         on_progress(done, total)
             except BaseException:
@@ -308,9 +392,9 @@ def _run_chunks(adapter, jobs, size: int, strict: bool, workers: int, on_progres
                     future.cancel()
                 raise
     else:
-        for _, _, chunk, path in todo:
-            _process_chunk(adapter, chunk, size, strict, path)
-            done += len(chunk)
+        for job in todo:
+            _process_chunk(adapter, job, size, strict)
+            done += len(job.samples)
             if on_progress:
                 on_progress(done, total)
 
@@ -390,55 +474,48 @@ def _assemble(
     adapter,
     samples,
     assignment: Assignment,
-    jobs,
+    jobs: list[ChunkJob],
     partial: Path,
     settings: dict,
     raw_root: Path,
     out_root: Path,
     listed,
 ) -> PrepareSummary:
-    """Concatenate chunk files into per-split arrays, compute stats, write manifest and marker."""
+    """Gather the chunks into per-split arrays, compute stats, write manifest and marker."""
     config = settings["config"]
     source = {"dataset": adapter.name, "size": config["size"], "raw_dir": str(raw_root.resolve())}
     counts, split_meta, problems = {}, {}, []
     manifest: dict = {"splits": {}, "subsets": {}, "source": source}
     skipped_images = clipped = 0
-    train_sum = train_sq = train_n = 0.0
+    train_levels = np.zeros(256, dtype=np.int64)
     for split, indices in assignment.splits.items():
-        chunk_files = [j for j in jobs if j[0] == split]
-        parts = [np.load(path, allow_pickle=False) for _, _, _, path in chunk_files]
+        chunk_jobs = [j for j in jobs if j.split == split]
+        parts = [np.load(j.path, allow_pickle=False) for j in chunk_jobs]
         ok = np.concatenate([p["ok"] for p in parts]) if parts else np.zeros(0, bool)
         for p in parts:
             problems += [_decode_problem(t) for t in p["problems"]]
         skipped_images += int((~ok).sum())
         clipped += sum(int(p["n_clipped"]) for p in parts)
         kept = [samples[i] for i, good in zip(indices, ok) if good]
-        size = config["size"]
-        images = (
-            np.concatenate([p["images"] for p in parts]) if parts else np.zeros((0, size, size), np.uint8)
-        )
         n_boxes = np.concatenate([p["n_boxes"] for p in parts]) if parts else np.zeros(0, np.int64)
-        arrays = {"images.npy": images}
+        arrays, placed = {}, {}
+        if ok.all():  # the split's array is already the file: linked into place, not copied
+            placed["images.npy"] = chunk_jobs[0].images_path
+        else:  # skipped images leave zero rows: the kept ones are copied out, in order
+            arrays["images.npy"] = np.load(chunk_jobs[0].images_path, mmap_mode="r")[ok]
         if adapter.has_masks:
             arrays["masks.npy"] = np.concatenate([p["masks"] for p in parts])
         if adapter.has_boxes:
             arrays["boxes.npy"] = np.concatenate([p["boxes"] for p in parts]).astype(np.float32)
             arrays["box_labels.npy"] = np.concatenate([p["labels"] for p in parts])
             arrays["box_offsets.npy"] = np.concatenate([[0], np.cumsum(n_boxes)]).astype(np.int64)
-        meta, files = write_split(adapter, partial / split, arrays, kept)
+        meta, files = write_split(adapter, partial / split, arrays, kept, placed)
         ids = meta["image_ids"]
         split_meta[split] = meta
         counts[split] = len(ids)
         manifest["splits"][split] = {"count": len(ids), "ids_sha256": ids_hash(ids), "files": files}
-        if split == "train":
-            # One float64 copy, scaled and squared in place (the same values and sums as out of
-            # place, at half the peak memory: 8 bytes per train pixel, 6.4 GB for RSNA at 224 px).
-            pixels = images.astype(np.float64)
-            pixels /= 255.0
-            train_sum, train_n = pixels.sum(), pixels.size
-            np.square(pixels, out=pixels)
-            train_sq = pixels.sum()
-            del pixels
+        if split == "train":  # the workers counted each chunk's grey levels
+            train_levels = sum((p["level_counts"] for p in parts), train_levels)
     subsets = {}
     if "train" in counts:
         train_ids = split_meta["train"]["image_ids"]
@@ -446,8 +523,7 @@ def _assemble(
     split_record = _split_record(adapter, assignment, counts, skipped_images, config["seed"])
     several = patients_in_several_splits({k: v["patient_ids"] for k, v in split_meta.items()})
     manifest["split"] = {**split_record, "patients_in_several_splits": several}
-    mean = train_sum / train_n if train_n else 0.5
-    std = float(np.sqrt(max(train_sq / train_n - mean**2, 1e-12))) if train_n else 0.25
+    mean, std = pixel_stats(train_levels)
     atomic_write_json(partial / "manifest.json", manifest)
     summary = PrepareSummary(adapter.name, partial, counts, skipped_images=skipped_images, problems=problems)
     summary.skipped_rows = len([p for p in problems if "row skipped" in p.message])
@@ -485,14 +561,22 @@ def _assemble(
 
 
 def write_split(
-    adapter: DatasetAdapter, split_dir: Path, arrays: dict[str, np.ndarray], kept: list[RawSample]
+    adapter: DatasetAdapter,
+    split_dir: Path,
+    arrays: dict[str, np.ndarray],
+    kept: list[RawSample],
+    placed: dict[str, Path] | None = None,
 ) -> tuple[dict, dict]:
     """Write one split's arrays, text columns and meta.json; return (meta, the manifest's file records).
 
+    `placed`: arrays already written as .npy files elsewhere (name -> file), linked into place.
     Public so that `benchmarks/bench_mimic_open.py` writes a full-size cache through this writer.
     """
     split_dir.mkdir(exist_ok=True)
     files = {}
+    for name, source in (placed or {}).items():
+        atomic_link(source, split_dir / name)
+        files[name] = array_record(split_dir / name, np.load(split_dir / name, mmap_mode="r"))
     for name, array in arrays.items():
         atomic_save_npy(split_dir / name, array)
         files[name] = array_record(split_dir / name, array)
