@@ -212,6 +212,19 @@ def _process_chunk(adapter: DatasetAdapter, job: ChunkJob, size: int, strict: bo
     return problems.items
 
 
+_worker_adapter: DatasetAdapter | None = None  # set in each worker process by its pool's initializer
+
+
+def _set_worker_adapter(adapter: DatasetAdapter) -> None:
+    global _worker_adapter
+    _worker_adapter = adapter
+
+
+def _process_chunk_in_worker(job: ChunkJob, size: int, strict: bool) -> list[Problem]:
+    assert _worker_adapter is not None, "the pool's initializer sets the adapter"
+    return _process_chunk(_worker_adapter, job, size, strict)
+
+
 def _split_arrays(jobs: list[ChunkJob], size: int) -> None:
     """Make sure each split's pixel array exists with its shape; a new one means redoing its chunks.
 
@@ -379,8 +392,10 @@ def _run_chunks(adapter, jobs: list[ChunkJob], size: int, strict: bool, workers:
         on_progress(done, total)
     todo = [j for j in jobs if not j.path.exists()]
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_process_chunk, adapter, job, size, strict) for job in todo]
+        # The adapter (with its reference id lists, ~1 MB pickled for RSNA) goes to each worker
+        # once, not with every chunk: per chunk it cost ~15 ms of pickling and a second core's share.
+        with ProcessPoolExecutor(workers, initializer=_set_worker_adapter, initargs=(adapter,)) as pool:
+            futures = [pool.submit(_process_chunk_in_worker, job, size, strict) for job in todo]
             try:
                 for job, future in zip(todo, futures):
                     future.result()
