@@ -19,7 +19,7 @@ from cxrbench.errors import CxrbenchError
 
 
 @contextlib.contextmanager
-def _explained_os_errors(path: Path) -> Iterator[None]:
+def explained_os_errors(path: Path) -> Iterator[None]:
     """Turn disk-full and permission errors into a message that names the path."""
     try:
         yield
@@ -39,7 +39,7 @@ def _explained_os_errors(path: Path) -> Iterator[None]:
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it over `path` only on success."""
     path = Path(path)
-    with _explained_os_errors(path):
+    with explained_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
         os.close(fd)
@@ -47,7 +47,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with _explained_os_errors(path):
+        with explained_os_errors(path):
             os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -56,7 +56,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes atomically (fsync before rename so a crash cannot expose a truncated file)."""
-    with atomic_path(path) as tmp, _explained_os_errors(Path(path)), open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, explained_os_errors(Path(path)), open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -72,7 +72,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     """Save one array as .npy atomically (loadable later with mmap_mode='r')."""
-    with atomic_path(path, suffix=".npy") as tmp, _explained_os_errors(Path(path)), open(tmp, "wb") as fh:
+    with atomic_path(path, suffix=".npy") as tmp, explained_os_errors(Path(path)), open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
@@ -81,7 +81,7 @@ def atomic_link(source: str | Path, path: str | Path) -> None:
 
     The source stays where it is, so a step that is killed after this one can run again.
     """
-    with atomic_path(path) as tmp, _explained_os_errors(Path(path)):
+    with atomic_path(path) as tmp, explained_os_errors(Path(path)):
         tmp.unlink()
         try:
             os.link(source, tmp)

@@ -133,7 +133,8 @@ def test_split_arrays_are_the_files_np_save_writes_and_skipped_images_leave_no_r
 
 def test_a_damaged_split_array_redoes_that_splits_chunks(rsna, tmp_path, monkeypatch):
     """Resuming with a split's pixel array gone or cut short recomputes that split's chunks (whose
-    pixels were in it) and only those; the result equals an uninterrupted prepare."""
+    pixels were in it) and only those; a killed atomic write's temporary file is not carried into
+    the cache; the result equals an uninterrupted prepare."""
     import cxrbench.datasets.prepare as prep
 
     whole = _prepare(rsna, tmp_path / "whole").out_root
@@ -146,6 +147,9 @@ def test_a_damaged_split_array_redoes_that_splits_chunks(rsna, tmp_path, monkeyp
     chunks = tmp_path / "resumed.partial" / "chunks"
     with open(chunks / "val_images.npy", "r+b") as fh:
         fh.truncate(200)
+    stray = tmp_path / "resumed.partial" / "train" / ".images.npy.k1ll3d.npy.tmp"  # a killed atomic write's
+    stray.parent.mkdir()
+    stray.write_bytes(b"half")
     monkeypatch.undo()
     redone = []
     monkeypatch.setattr(prep, "_process_chunk", lambda *a: redone.append(a[1].split) or original(*a))

@@ -3,9 +3,9 @@
 Work happens in `<out>.partial/` (marked by `prepare-in-progress.json`, which records the settings):
 each chunk of images is written as its own file as soon as it is done, so a killed run resumes
 where it stopped, but only under identical settings. The workers write a chunk's pixels straight
-into one memory-mapped array per split (`chunks/<split>_images.npy`, in sample order) and then its
-small file (boxes, masks, problems), which marks the chunk done; the split's array thus needs no
-second copy through the main process, which keeps assembly short and its memory flat at any size. The final arrays, manifest (with checksums)
+into one array file per split (`chunks/<split>_images.npy`, in sample order, see `npy_rows`) and
+then its small file (boxes, masks, problems), which marks the chunk done; the split's pixels thus
+never pass through the main process, which keeps assembly short and its memory flat at any size. The final arrays, manifest (with checksums)
 and, last of all, `prepared.json` (the completion marker) are assembled there and the folder is
 renamed onto `<out>` in one step, so a cache that loads as complete is always complete.
 
@@ -33,6 +33,7 @@ from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
 from cxrbench.datasets.code_columns import code_file, write_codes
 from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes, overhangs
 from cxrbench.datasets.imaging import equalize_histogram
+from cxrbench.datasets.npy_rows import copy_kept_rows, create_rows_file, is_rows_file, write_rows
 from cxrbench.datasets.prepared import (
     FORMAT_VERSION,
     IN_PROGRESS,
@@ -202,11 +203,11 @@ def _process_chunk(adapter: DatasetAdapter, job: ChunkJob, size: int, strict: bo
     if adapter.has_masks:
         packed = (len(adapter.classes), size, (size + 7) // 8)
         arrays["masks"] = np.stack([r.masks for r in done]) if done else np.zeros((0, *packed), np.uint8)
-    if done:
-        pixels = np.load(job.images_path, mmap_mode="r+")
-        pixels[job.start + np.flatnonzero(arrays["ok"])] = np.stack([r.image for r in done])
-        pixels.flush()
-        del pixels
+    pixels = np.zeros((len(samples), size, size), np.uint8)  # a skipped image's row stays zero
+    for row, result in zip(pixels, results):
+        if result is not None:
+            row[...] = result.image
+    write_rows(job.images_path, job.start, pixels)
     with atomic_path(job.path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return problems.items
@@ -229,30 +230,17 @@ def _split_arrays(jobs: list[ChunkJob], size: int) -> None:
     """Make sure each split's pixel array exists with its shape; a new one means redoing its chunks.
 
     Resuming keeps an existing array (its finished chunks' pixels are in it). A missing or
-    mis-shaped one is created afresh (atomically, zero-filled), and the chunk files of that split
-    are removed, since the pixels they vouch for are gone.
+    mis-shaped one is created afresh (atomically, zero-filled, its disk space reserved), and the
+    chunk files of that split are removed, since the pixels they vouch for are gone.
     """
     for split in dict.fromkeys(job.split for job in jobs):
         mine = [job for job in jobs if job.split == split]
         path, shape = mine[0].images_path, (sum(len(job.samples) for job in mine), size, size)
-        try:
-            with open(path, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                read_header = np.lib.format.read_array_header_1_0
-                if version != (1, 0):
-                    read_header = np.lib.format.read_array_header_2_0
-                header = read_header(fh)
-                ok = header == (shape, False, np.dtype(np.uint8)) and (
-                    fh.tell() + int(np.prod(shape)) == os.fstat(fh.fileno()).st_size
-                )
-        except (OSError, ValueError):
-            ok = False
-        if ok:
+        if is_rows_file(path, shape):
             continue
         for job in mine:
             job.path.unlink(missing_ok=True)
-        with atomic_path(path, suffix=".npy") as tmp:
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+        create_rows_file(path, shape)
 
 
 def level_counts(images: Iterable[np.ndarray]) -> np.ndarray:
@@ -266,8 +254,9 @@ def level_counts(images: Iterable[np.ndarray]) -> np.ndarray:
 def pixel_stats(counts: np.ndarray) -> tuple[float, float]:
     """Mean and std of the [0, 1] pixel values (level / 255) counted in `counts`; (0.5, 0.25) if none.
 
-    Exact integer sums, so the result is the correctly rounded value, independent of pixel order and
-    of chunking, and needs no float copy of the train images (8 bytes a pixel, 6.4 GB for RSNA).
+    Exact integer sums: the mean is correctly rounded and the std is the square root of the exact
+    variance, independent of pixel order and chunking, with no float copy of the train images
+    (8 bytes a pixel, 6.4 GB for RSNA).
     """
     levels = np.arange(256, dtype=np.int64)
     n, s1, s2 = int(counts.sum()), int(counts @ levels), int(counts @ (levels * levels))
@@ -513,11 +502,12 @@ def _assemble(
         clipped += sum(int(p["n_clipped"]) for p in parts)
         kept = [samples[i] for i, good in zip(indices, ok) if good]
         n_boxes = np.concatenate([p["n_boxes"] for p in parts]) if parts else np.zeros(0, np.int64)
-        arrays, placed = {}, {}
-        if ok.all():  # the split's array is already the file: linked into place, not copied
-            placed["images.npy"] = chunk_jobs[0].images_path
-        else:  # skipped images leave zero rows: the kept ones are copied out, in order
-            arrays["images.npy"] = np.load(chunk_jobs[0].images_path, mmap_mode="r")[ok]
+        arrays, pixels = {}, chunk_jobs[0].images_path
+        if not ok.all():  # skipped images left zero rows: the kept ones are copied out, in order
+            kept_pixels = pixels.with_name(f"{split}_images_kept.npy")
+            copy_kept_rows(pixels, kept_pixels, ok)
+            pixels = kept_pixels
+        placed = {"images.npy": pixels}  # the split's array is the file: linked into place, not copied
         if adapter.has_masks:
             arrays["masks.npy"] = np.concatenate([p["masks"] for p in parts])
         if adapter.has_boxes:
@@ -588,6 +578,8 @@ def write_split(
     Public so that `benchmarks/bench_mimic_open.py` writes a full-size cache through this writer.
     """
     split_dir.mkdir(exist_ok=True)
+    for stray in split_dir.glob(".*.tmp"):  # an atomic write's temporary file, left by a killed run
+        stray.unlink()
     files = {}
     for name, source in (placed or {}).items():
         atomic_link(source, split_dir / name)
