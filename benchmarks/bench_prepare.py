@@ -19,7 +19,10 @@ faster, so the two bracket the real files.
 `--per-image K` times `process_sample` (one image's decode, scaling and resize) on K stand-ins in
 this process, in CPU and wall ms. `--profile K` runs prepare in this process on one worker under
 cProfile on K more stand-ins and prints where the time goes, by stage and by function. At the full
-size the stand-ins take about 9 GB of disk (340 KiB each) and a few minutes to write.
+size the phantom stand-ins take about 9 GB of disk (340 KiB each) and a few minutes to write; where
+that is more than the page cache keeps, later runs read them from disk and measure the disk (the CPU
+figure printed with each run shows it: cores busy well below the worker count). Flat-grey ones take
+350 MB.
 
     python benchmarks/bench_prepare.py [--n-images 26684] [--workers 1 2] [--profile 256] [--per-image 200]
                                        [--content phantom|flat] [--out DIR]
@@ -34,6 +37,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import shutil
 import subprocess
 import sys
@@ -133,9 +137,12 @@ def write_standins(raw: Path, n: int, distinct: int, seed: int = 0, content: str
     return len(ids)
 
 
-def run_prepare(raw: Path, out: Path, workers: int) -> tuple[float, tuple[float, float]]:
-    """Wall seconds of one `cxrbench prepare rsna` and the 1-minute load average before and after."""
+def run_prepare(raw: Path, out: Path, workers: int) -> tuple[float, float, tuple[float, float]]:
+    """Wall and CPU seconds (the command and its workers) of one `cxrbench prepare rsna`, and the
+    1-minute load average before and after. CPU well below workers x wall means the run waited on
+    the disk (stand-ins that do not fit the page cache), and the figure measures the disk."""
     before = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
         [*cxrbench_command(), "prepare", "rsna", str(raw), str(out), "--workers", str(workers)],
@@ -143,7 +150,10 @@ def run_prepare(raw: Path, out: Path, workers: int) -> tuple[float, tuple[float,
         stdout=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
     )
-    return time.perf_counter() - start, (before, os.getloadavg()[0])
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+    return wall, cpu, (before, os.getloadavg()[0])
 
 
 def profile_prepare(raw: Path, out: Path, top: int = 25) -> None:
@@ -239,12 +249,13 @@ def main() -> None:
             profile_prepare(sub, work / "rsna_profile_prepared")
         for workers in args.workers:
             out = work / f"rsna_prepared_w{workers}"
-            wall, (before, after) = run_prepare(raw, out, workers)
+            wall, cpu, (before, after) = run_prepare(raw, out, workers)
             counts = json.loads((out / "prepared.json").read_text())["counts"]
             done = sum(counts.values())
             print(
                 f"--workers {workers}: {done} images in {wall:.1f} s = {done / wall:.1f} images/s, "
-                f"{done / wall / workers:.1f} per worker (load average {before:.2f} before, {after:.2f} after)"
+                f"{done / wall / workers:.1f} per worker; CPU {cpu:.0f} s = {cpu / wall:.2f} cores busy "
+                f"(load average {before:.2f} before, {after:.2f} after)"
             )
             shutil.rmtree(out)
 
