@@ -177,6 +177,30 @@ def test_compile_flag_reaches_the_record_but_not_the_run_key(prepared_root, tmp_
     assert read_record(path)["compiled"] is None
 
 
+def test_the_record_says_where_frozen_features_were_kept(prepared_root, tmp_path):
+    """memory under the budget, disk past it (with disk room), none when caching is off; null for
+    a record written before the field existed. The numbers are the same whichever."""
+    tasks = select_tasks("covid_linear")
+    records = {
+        kind: evaluate_checkpoint("random", tasks, _options(prepared_root, tmp_path / kind, **options))[
+            0
+        ].records[0]
+        for kind, options in {
+            "memory": {},
+            "disk": {"cache_budget_bytes": 1},
+            "none": {"use_feature_cache": False},
+        }.items()
+    }
+    assert {kind: r["feature_cache_kind"] for kind, r in records.items()} == {k: k for k in records}
+    assert [r["feature_cache"] for r in records.values()] == [True, True, False]
+    assert records["memory"]["test"] == records["disk"]["test"]
+    path = next((tmp_path / "disk").rglob("run-*.json"))
+    old = json.loads(path.read_text())
+    del old["feature_cache_kind"]
+    path.write_text(json.dumps(old))
+    assert read_record(path)["feature_cache_kind"] is None
+
+
 @pytest.mark.slow
 def test_torch_compile_on_the_cpu_trains_to_the_same_numbers(prepared_root):
     task, data = _data(prepared_root, "covid_linear", dataclasses.replace(FAST, max_epochs=1))

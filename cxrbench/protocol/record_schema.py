@@ -19,8 +19,9 @@ Version history:
   Older records carry them inline (``per_image_sidecar`` null); `cxrbench rescore` moves them out.
   Later additions to version 4 (readers fill them in as null for records written before): the cost
   fields (``encoder_parameters``, ``head_parameters``, ``peak_memory_*``, ``train_images_per_s``,
-  ``grad_checkpointing``) and ``compiled`` (whether the run used `torch.compile`, `--compile`; how
-  the run was executed, never part of the run key or the protocol hash).
+  ``grad_checkpointing``), ``compiled`` (whether the run used `torch.compile`, `--compile`) and
+  ``feature_cache_kind`` (where frozen features were kept: "memory", "disk" or "none"); how the run
+  was executed, never part of the run key or the protocol hash.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class RunRecord(_RunRecordFields, total=False):
     train_images_per_s: float | None  # training images per second of optimiser steps
     grad_checkpointing: bool | None  # whether the encoder recomputed activations (fine-tune tasks)
     compiled: bool | None  # whether encoder and head ran through torch.compile (`--compile`)
+    feature_cache_kind: str | None  # "memory", "disk" or "none" (`feature_cache` says only whether)
 
 
 class RecordError(CxrbenchError):
@@ -173,6 +175,7 @@ OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "peak_memory_bytes": (int, type(None)),
     "train_images_per_s": (int, float, type(None)),
     "splits": dict,
+    "feature_cache_kind": (str, type(None)),
 }
 COST_FIELDS = (
     "encoder_parameters",
@@ -184,7 +187,7 @@ COST_FIELDS = (
     "compiled",
 )
 # Fields added to the current version after records were written: filled in as null when absent.
-ADDED_FIELDS = COST_FIELDS
+ADDED_FIELDS = (*COST_FIELDS, "feature_cache_kind")
 
 
 def sha256_of_identity(identity: str | None) -> str | None:
@@ -231,6 +234,7 @@ def make_record(
         "device": device,
         "encoder_load": encoder_load,
         "feature_cache": None if failed else outcome.used_feature_cache,
+        "feature_cache_kind": None if failed else outcome.feature_cache_kind,
         **provenance(),
         "status": "failed" if failed else "ok",
         "error": f"{type(outcome).__name__}: {outcome}" if failed else None,
