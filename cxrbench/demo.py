@@ -35,6 +35,7 @@ DEMO_SIZE = 224
 DEMO_METHODS = ("uniformity_prior",)  # the method this project is built around, against random init
 DEMO_BASELINES = ("random",)
 PRETRAIN_DATA = "mimic_cxr"
+PROGRESS_EVERY_S = 30.0  # how often the main process says how far the second one is, once waiting
 
 
 @dataclass
@@ -159,14 +160,41 @@ class WorkerJob:
     tasks: tuple[Task, ...]
 
 
-def run_worker(job: WorkerJob, ready) -> None:
+class RunCounter:
+    """The second process's progress, counted into a shared array (tasks started, runs finished,
+    runs planned so far) that the main process reads for its log; a `Reporter` of `evaluate`."""
+
+    def __init__(self, counts) -> None:
+        self.counts = counts
+
+    def __getattr__(self, name: str):  # the Reporter calls this counter does not count
+        return lambda *args, **kwargs: None
+
+    def task_started(self, task: Task, n_runs: int) -> None:
+        with self.counts.get_lock():
+            self.counts[0] += 1
+            self.counts[2] += n_runs
+
+    def run_finished(self, task: Task, record: dict, skipped: bool) -> None:
+        with self.counts.get_lock():
+            self.counts[1] += 1
+
+
+def describe_progress(counts, encoder: str, n_tasks: int) -> str:
+    """One line on the second process's evaluation, from `RunCounter`'s shared counts."""
+    tasks, done, planned = counts[:]
+    return f"{encoder} (2nd process): task {tasks} of {n_tasks} started, {done} of {planned} runs finished"
+
+
+def run_worker(job: WorkerJob, ready, counts=None) -> None:
     """Second process (`cxrbench.workers.Worker`): the task datasets (then `ready` is set), then the
-    baseline's evaluation."""
+    baseline's evaluation (counted into `counts` for the main process's log when given)."""
     paths = DemoPaths(job.root)
     ensure_data(paths, job.datasets, job.sizes, log=lambda _msg: None)
     ready.set()
     encoder = DemoEncoder(job.encoder_name, job.encoder_spec, job.arch)
-    evaluate_encoders(paths, [encoder], job.profile, job.tasks)
+    factory = None if counts is None else (lambda _name: contextlib.nullcontext(RunCounter(counts)))
+    evaluate_encoders(paths, [encoder], job.profile, job.tasks, factory)
 
 
 def split_datasets(datasets: Sequence[str], pretrain_data: str) -> tuple[list[str], list[str]]:
@@ -244,8 +272,8 @@ def _run_parallel(
         tuple(tasks),
     )
     section("1/4 phantom data in real raw formats -> prepared caches")
-    ready = spawn_context().Event()
-    worker = Worker(run_worker, (job, ready), "the demo's second process")
+    ready, counts = spawn_context().Event(), spawn_context().Array("q", 3)
+    worker = Worker(run_worker, (job, ready, counts), "the demo's second process")
     try:
         log(f"a second process prepares {', '.join(theirs)}, then evaluates {baseline.name}")
         ensure_data(paths, mine, phantom_sizes, log)
@@ -258,9 +286,11 @@ def _run_parallel(
         )
         worker.wait(ready)
         evaluate_encoders(paths, encoders, profile, tasks, reporter_factory)
-        if worker.process.is_alive():
-            log(f"waiting for the second process to finish evaluating {baseline.name}")
+        while worker.process.is_alive():
+            log(f"waiting for the second process: {describe_progress(counts, baseline.name, len(tasks))}")
+            worker.process.join(PROGRESS_EVERY_S)
         worker.finish()
+        log(f"done: {describe_progress(counts, baseline.name, len(tasks))}")
     finally:
         worker.stop()
     return _leaderboard(paths, section)

@@ -44,7 +44,14 @@ def parallel_demo(tmp_path_factory):
         pretrain_epochs=1,
         log=lambda m: None,
     )
-    return root, kwargs, run_demo(root, parallel=True, **kwargs)
+    messages: list[str] = []
+    result = run_demo(root, parallel=True, **{**kwargs, "log": messages.append})
+    # the second process's progress reaches the main process's log (its last count: all of it)
+    assert messages[-2:] == [
+        "done: random (2nd process): task 2 of 2 started, 4 of 4 runs finished",
+        "4/4 leaderboard",
+    ]
+    return root, kwargs, result
 
 
 def test_demo_runs_end_to_end_and_reuses_work(parallel_demo):
