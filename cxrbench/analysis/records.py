@@ -28,6 +28,7 @@ from cxrbench.datasets.splits import ids_hash
 from cxrbench.encoders import is_builtin, load_encoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import atomic_write_json
+from cxrbench.protocol.runner import run_preprocessing
 from cxrbench.protocol.task_data import TaskSplit, resize_images
 from cxrbench.provenance import provenance
 from cxrbench.runtime import resolve_device
@@ -46,6 +47,7 @@ def analyze_encoder(
     device: str = "cpu",
     arch: str | None = None,
     prefix: str | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Statistics of a frozen encoder's conv5 features on a seeded sample of prepared test images.
 
@@ -53,7 +55,8 @@ def analyze_encoder(
     seeded exactly like the benchmark's, so they are the evaluated network), or a `cxrbench pretrain`
     output folder / its checkpoint.pt: then the image statistics use the run's best-epoch backbone
     (the exported encoder.safetensors) and image-report alignment is computed with the whole model.
-    Images are resized and normalised by the protocol's own code, exactly as evaluation feeds them.
+    Images are resized and normalised by the protocol's own code, exactly as evaluation feeds them:
+    with the encoder's input preset (`preset`, or what the checkpoint says; `cxrbench.encoders.presets`).
     `resolution` defaults to 224 (conv5 is 7 x 7). Returns a JSON-able record with statistics and
     provenance.
     """
@@ -74,6 +77,7 @@ def analyze_encoder(
         loaded = best_backbone(pretrained, checkpoint)
     else:
         loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)
+    preprocessing = run_preprocessing(checkpoint, loaded, preset)
     encoder = loaded.encoder.to(torch_device).eval()
     encoder.requires_grad_(False)
     stage = encoder.feature_info.probe  # conv5 of a ResNet, the last block's grid of a ViT
@@ -85,6 +89,7 @@ def analyze_encoder(
         ids,
         dataset.stats["mean"],
         dataset.stats["std"],
+        preprocessing,
     )
     maps = []
     with torch.no_grad():
@@ -115,6 +120,7 @@ def analyze_encoder(
             "prefix": report.prefix,
             "fraction_loaded": report.fraction_loaded,
         },
+        "preprocessing": preprocessing.describe(),
         "sample": {
             "split": "test",
             "n_images": len(ids),

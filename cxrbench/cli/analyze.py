@@ -161,6 +161,10 @@ def run_command(
     prefix: Annotated[
         str | None, typer.Option(help="State-dict key prefix of the encoder (auto-detected).")
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Input preset, as for `evaluate --preset` (default: what the checkpoint says)."),
+    ] = None,
 ) -> None:
     """Local uniformity/alignment statistics of one encoder on a seeded sample of test images."""
     from cxrbench.analysis import analyze_encoder, default_name, write_analysis
@@ -180,6 +184,7 @@ def run_command(
         device=device,
         arch=arch,
         prefix=prefix,
+        preset=preset,
     )
     take_folder(analysis_dir, ANALYSIS)
     written = write_analysis(record, analysis_dir, label)
