@@ -215,7 +215,10 @@ def correlate_command(
 ) -> None:
     """Spearman correlation (permutation p-values) of the analysed statistics with run-record scores."""
     from cxrbench.analysis import MEAN_TASK, correlate
+    from cxrbench.output_dirs import CORRELATION, take_folder
 
+    if out is not None:  # the default (the analysis folder) is cxrbench's; a given one is claimed
+        take_folder(out, CORRELATION, inputs=runs_dir)
     frame = correlate(
         runs_dir, analysis_dir or default_analysis_dir(runs_dir), out_dir=out, features=features
     )
