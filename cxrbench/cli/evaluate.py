@@ -161,7 +161,9 @@ def evaluate_cmd(
     from cxrbench.protocol.record_schema import is_ok
     from cxrbench.protocol.records import default_encoder_name
     from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint, run_preprocessing
+    from cxrbench.protocol.task_data import open_task_dataset
     from cxrbench.protocol.tasks import get_profile, select_tasks
+    from cxrbench.runtime import resolve_device
 
     # Everything that can be refused is refused before any training (exit 2, one line).
     label = (
@@ -171,6 +173,10 @@ def evaluate_cmd(
     memory_budget = budget_bytes("--cache-memory-gb", cache_memory_gb, DEFAULT_MEMORY_BUDGET_BYTES)
     disk_budget = budget_bytes("--cache-disk-gb", cache_disk_gb, DEFAULT_DISK_BUDGET_BYTES)
     selected = select_tasks(tasks)
+    chosen_profile = get_profile(profile)
+    resolve_device(device)
+    for dataset in dict.fromkeys(t.dataset for t in selected):
+        open_task_dataset(data, dataset)  # a wrong --data is refused before the runs dir is created
     claim_folder(runs_dir, RUNS)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
     console.print(format_load_report(loaded.report), highlight=False)
@@ -181,7 +187,7 @@ def evaluate_cmd(
         data_root=data,
         runs_dir=runs_dir,
         encoder=label,
-        profile=get_profile(profile),
+        profile=chosen_profile,
         seeds=seeds,
         device=device,
         amp=amp,
