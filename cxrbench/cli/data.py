@@ -75,6 +75,11 @@ def verify_cmd(
         console.print(f"[yellow]... {len(report.extra) - 50} more extra files[/]")
     for problem in report.problems:
         console.print(f"[red]problem[/] {escape(str(problem))}", highlight=False)
+    if not report.missing and report.n_samples == 0:
+        console.print(
+            "[red]problem[/] the annotations list no images: prepare would find no usable images",
+            highlight=False,
+        )
     for key, count in report.info.items():
         console.print(f"[cyan]info[/] {count} images {key.replace('_', ' ')} (excluded by design)")
     summary = f"{dataset}: {report.n_samples} samples, {len(report.missing)} missing, {len(report.extra)} extra, {len(report.problems)} problems (rows, images or boxes prepare would skip)"
