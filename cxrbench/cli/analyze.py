@@ -184,7 +184,7 @@ def run_command(
     take_folder(analysis_dir, ANALYSIS)
     written = write_analysis(record, analysis_dir, label)
     console.print(statistics_table({**record, "name": label}))
-    console.print(f"analysis record: {written} ({record['wall_time_s']:.1f} s)", highlight=False)
+    console.print(f"analysis record: {escape(str(written))} ({record['wall_time_s']:.1f} s)", highlight=False)
 
 
 @analyze_app.command("correlate")
@@ -226,4 +226,4 @@ def correlate_command(
     for note in frame.attrs.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for name, path in frame.attrs.get("paths", {}).items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {escape(str(path))}", highlight=False)

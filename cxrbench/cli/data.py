@@ -38,7 +38,7 @@ def phantom_cmd(
             bar.update(task, description=f"phantom {name}")
             write_phantom(name, out_dir / name, n_images, seed)
             bar.advance(task)
-    console.print(f"phantom data written to {out_dir}/{{{','.join(names)}}}")
+    console.print(f"phantom data written to {escape(str(out_dir))}/{{{','.join(names)}}}", highlight=False)
 
 
 @reports_user_errors
@@ -130,11 +130,13 @@ def prepare_cmd(
             splits=splits,
         )
     if summary.reused:
-        console.print(f"{out_dir} is already prepared with these settings; nothing to do.")
+        console.print(
+            f"{escape(str(out_dir))} is already prepared with these settings; nothing to do.", highlight=False
+        )
         return
     for problem in summary.problems:
         console.print(f"[yellow]warning[/] {escape(str(problem))}", highlight=False)
-    table = Table(title=f"prepared {dataset} -> {out_dir}")
+    table = Table(title=f"prepared {dataset} -> {escape(str(out_dir))}")
     for col in ("split", "images"):
         table.add_column(col)
     for split, count in summary.counts.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cxrbench.cli.console import console
@@ -179,7 +180,7 @@ def evaluate_cmd(
         open_task_dataset(data, dataset)  # a wrong --data is refused before the runs dir is created
     claim_folder(runs_dir, RUNS)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
-    console.print(format_load_report(loaded.report), highlight=False)
+    console.print(escape(format_load_report(loaded.report)), highlight=False)
     chosen = run_preprocessing(checkpoint, loaded, preset)
     console.print(f"  input: {describe_preset(chosen)}", highlight=False)
     take_folder(runs_dir, RUNS)  # created, write-probed and marked before the first run
@@ -203,7 +204,7 @@ def evaluate_cmd(
     with RichReporter(console) as reporter:
         outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)
     console.print(summary_table(label, outcomes))
-    console.print(f"run records: {runs_dir / label}")
+    console.print(f"run records: {escape(str(runs_dir / label))}", highlight=False)
     failed = [r for o in outcomes for r in o.records if not is_ok(r)]
     if failed:
         console.print(
@@ -220,7 +221,7 @@ def summary_table(encoder: str, outcomes: list[TaskOutcome]) -> Table:
 
     from cxrbench.protocol.record_schema import FINAL, is_ok, primary_value, usable_runs
 
-    table = Table(title=f"{encoder}: test metric over final runs")
+    table = Table(title=f"{escape(encoder)}: test metric over final runs")
     for col in ("task", "metric", "lr", "runs ok", "failed", "mean", "sd"):
         table.add_column(col)
     for outcome in outcomes:
