@@ -6,7 +6,7 @@ cxrbench creates). Anything else, an existing file, or an output that overlaps o
 inputs (inside it, around it or the same folder) is refused with a message, and no `--force`
 overrides that: `--force` may only replace cxrbench's own output.
 
-The run-side commands (evaluate, sweep, leaderboard, pretrain, analyze, demo) claim their folders with
+The run-side commands (evaluate, sweep, leaderboard, pretrain, analyze run and correlate, demo) claim their folders with
 `take_folder`, which also probes them with a real write and leaves the kind's marker file, before any
 training. Names that become folder or file names pass `check_name`, the one rule for safe names.
 """
@@ -48,6 +48,12 @@ PRETRAIN = FolderKind("pre-training folder", ".cxrbench-pretrain.json", ("checkp
 ANALYSIS = FolderKind("analysis folder", ".cxrbench-analysis.json", ("*__*.json",))
 DEMO = FolderKind("demo folder", ".cxrbench-demo.json", ("prepared/*/prepared.json",))
 STUDY = FolderKind("study folder", ".cxrbench-study.json")
+# `analyze correlate --out`: its own folder, an analysis folder (the default output) or earlier output
+CORRELATION = FolderKind(
+    "correlation folder",
+    ".cxrbench-correlation.json",
+    (ANALYSIS.marker, "correlation_heatmap*__*.png", "within_uniformity_vs_score*__*.png"),
+)
 
 
 @dataclass(frozen=True)

@@ -332,3 +332,31 @@ def test_cli_analyze_out_is_where_correlate_looks(prepared, tmp_path) -> None:
         app, ["analyze", "correlate", "--runs-dir", str(runs), "--analysis-dir", str(runs)]
     )
     assert result.exit_code == 2 and "no analysis records" in result.output
+
+
+def test_cli_correlate_out_is_claimed_like_every_output_folder(tmp_path) -> None:
+    """`analyze correlate --out` writes only into a new, empty or earlier correlation/analysis folder: a
+    user's folder (with its own correlation.csv), a file or the runs dir are refused and untouched."""
+    app = _app()
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    _write_runs(runs, ENCODERS)
+    _write_analyses(tmp_path, ENCODERS)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "correlation.csv").write_text("my own numbers\n")
+    report = tmp_path / "report.txt"
+    report.write_text("keep\n")
+    runs_before = sorted(str(p.relative_to(runs)) for p in runs.rglob("*"))
+    for target, message in ((mine, "already holds files"), (report, "existing file"), (runs, "input folder")):
+        result = runner.invoke(app, ["analyze", "correlate", "--runs-dir", str(runs), "--out", str(target)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert sorted(p.name for p in mine.iterdir()) == ["correlation.csv"]
+    assert (mine / "correlation.csv").read_text() == "my own numbers\n" and report.read_text() == "keep\n"
+    assert sorted(str(p.relative_to(runs)) for p in runs.rglob("*")) == runs_before
+    new = tmp_path / "new"
+    for _ in range(2):  # a new folder, then the same folder again (its own)
+        result = runner.invoke(app, ["analyze", "correlate", "--runs-dir", str(runs), "--out", str(new)])
+        assert result.exit_code == 0, result.output
+        assert (new / "correlation.csv").is_file()

@@ -207,6 +207,60 @@ def test_non_dict_checkpoint(tmp_path):
         load_encoder(path)
 
 
+def _changed(state: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {**state, key: value}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda s: _changed(s, "conv1.weight", torch.full_like(s["conv1.weight"], float("nan"))), "NaN/inf"),
+        (lambda s: _changed(s, "layer1.0.bn1.running_var", torch.full((64,), float("inf"))), "NaN/inf"),
+        (lambda s: {k: (v * 100).to(torch.int32) for k, v in s.items()}, "dtype int32"),
+        (lambda s: {k: v.to(torch.complex64) for k, v in s.items()}, "dtype complex64"),
+        (lambda s: {k: v > 0 for k, v in s.items()}, "dtype bool"),
+        (lambda s: {k: torch.empty(v.shape, device="meta") for k, v in s.items()}, "meta tensor"),
+    ],
+    ids=["nan", "inf-buffer", "int", "complex", "bool", "meta"],
+)
+def test_tensors_that_cannot_be_weights_are_refused(tmp_path, tv18, make, message):
+    """Cast silently (ints, bools, complex), NaN/inf (every run fails an epoch later) or without data:
+    one CheckpointError naming the file and a tensor, before any run."""
+    path = tmp_path / "enc.pt"
+    torch.save(make(tv18), path)
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_encoder(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and ("conv1.weight" in text or "running_var" in text)
+
+
+def test_nan_weights_in_safetensors_are_refused(tmp_path, tv18):
+    path = tmp_path / "enc.safetensors"
+    bad = _changed(tv18, "fc.weight", tv18["fc.weight"])  # the classifier is ignored, the body is not
+    bad["layer4.1.conv2.weight"] = torch.full_like(tv18["layer4.1.conv2.weight"], float("nan"))
+    save_file({k: v.contiguous() for k, v in bad.items()}, str(path))
+    with pytest.raises(
+        CheckpointError, match=r"NaN/inf value\(s\) in 1 backbone tensor\(s\) \(layer4\.1\.conv2"
+    ):
+        load_encoder(path)
+
+
+def test_a_safetensors_file_under_a_pt_name_is_read_as_safetensors(tmp_path, tv18):
+    path = tmp_path / "enc.pt"
+    save_file({k: v.contiguous() for k, v in tv18.items()}, str(path))
+    loaded = load_encoder(path)
+    assert loaded.report.fraction_loaded == 1.0 and _same_weights(loaded.encoder, tv18)
+
+
+def test_a_dict_that_contains_itself_is_an_error_not_a_recursion(tmp_path):
+    outer: dict = {"epoch": 3}
+    outer["state_dict"] = outer
+    path = tmp_path / "loop.pt"
+    torch.save(outer, path)
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        load_encoder(path)
+
+
 def test_foreign_checkpoints_are_refused(tmp_path, tv18):
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     path = tmp_path / "mlp.pt"

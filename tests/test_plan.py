@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -101,3 +102,28 @@ def test_sweep_time_limit_comes_from_the_plan_estimate(prepared_root, tmp_path, 
     per_run = task.max_epochs * (n["train"] + n["val"]) * 0.01 + n["test"] * 0.01 + sum(n.values()) * 0.01
     assert per_run * 100 / 60 > 10  # above the floor, so the estimate decides
     assert estimated_time_min(config, margin=100) == math.ceil(per_run * 100 / 60)
+
+
+@pytest.mark.parametrize("folder", ["exp[lr=0.1]", "run[/b]"])
+def test_paths_with_brackets_are_printed_as_they_are(prepared_root, tmp_path, folder):
+    """Rich markup in a path: `[lr=0.1]` was dropped from the printed path (another path shown) and
+    `[/b]` was a MarkupError traceback; plan and evaluate print user paths literally."""
+    import torchvision
+
+    checkpoint = tmp_path / folder / "enc.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
+    args = ["--data", str(prepared_root), "--tasks", "covid_linear", "--profile", "demo"]
+    result = CliRunner().invoke(app, ["plan", str(checkpoint), *args, "--no-probe"], terminal_width=400)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert f"plan:{checkpoint}(" in "".join(result.output.split())  # the table title wraps
+    runs = tmp_path / "runs"
+    evaluated = CliRunner().invoke(
+        app,
+        ["evaluate", str(checkpoint), *args, "--name", "enc[bold]", "--seeds", "1", "--runs-dir", str(runs)],
+        terminal_width=400,
+    )
+    assert evaluated.exit_code == 0 and evaluated.exception is None, evaluated.output
+    printed = "".join(evaluated.output.split())
+    assert f"from{checkpoint}({checkpoint}" in printed
+    assert "enc[bold]:testmetric" in printed and f"runrecords:{runs / 'enc[bold]'}" in printed

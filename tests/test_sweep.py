@@ -246,6 +246,33 @@ def test_config_validation_and_profile_overrides():
             config_from_mapping(bad)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"checkpoints": "random"},
+            r"`checkpoints` must be a list.*'random'",
+        ),  # not 6 one-letter checkpoints
+        ({"checkpoints": {"spec": "random"}}, "`checkpoints` must be a list"),
+        ({"data": 5}, "`data` must be a path"),
+        ({"runs_dir": ["a", "b"]}, "`runs_dir` must be a path"),
+        ({"tasks": 5}, "`tasks` must be"),
+        ({"amp": "false"}, "`amp` must be true or false, got 'false'"),  # bool('false') is True
+        ({"feature_cache": 0}, "`feature_cache` must be true or false"),
+        ({"slurm": {"time_min": "4h"}}, r"`slurm\.time_min` must be an integer of 1 or more, got '4h'"),
+        ({"slurm": {"mem_gb": -1}}, r"`slurm\.mem_gb` must be an integer of 1"),
+        ({"slurm": {"partition": 3}}, r"`slurm\.partition` must be a string"),
+    ],
+)
+def test_config_values_of_the_wrong_yaml_type_are_one_message(change, message):
+    """YAML hands over whatever type was written: each mistake is a CxrbenchError naming the key (was a
+    TypeError traceback, or silently another setting)."""
+    base = {"checkpoints": ["random"], "data": "prepared"}
+    with pytest.raises(CxrbenchError, match=message):
+        config_from_mapping({**base, **change})
+    assert config_from_mapping({**base, "slurm": {"gpus_per_job": 0}}).cluster.gpus_per_job == 0
+
+
 def test_slurm_executor_parameters(tmp_path, monkeypatch):
     cluster = ClusterOptions(partition="gpu", account="lab", gpus_per_job=2, cpus_per_job=12, mem_gb=64,
                              time_min=90, array_parallelism=16)  # fmt: skip

@@ -230,6 +230,25 @@ def test_openai_clip_forward_equals_the_timm_clip_tower(tmp_path):
         torch.testing.assert_close(encoder(x)["block1"], expected[1])
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_attention_heads": 7}, "num_attention_heads 7 does not fit the weights"),
+        ({"num_attention_heads": "two"}, "num_attention_heads 'two'"),
+        ({"layer_norm_eps": "small"}, "layer_norm_eps 'small'"),
+    ],
+)
+def test_a_hf_config_that_does_not_fit_its_weights_is_a_checkpoint_error(tmp_path, change, message):
+    """A config.json of another model size (or a hand-edited one) beside the weights: one message
+    naming config.json, not an AssertionError/ValueError from building the network."""
+    _hf_dinov2(tmp_path / "hf")
+    config_path = tmp_path / "hf" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_encoder(tmp_path / "hf")
+    assert str(config_path) in str(err.value)
+
+
 @pytest.mark.parametrize("registers", [0, 2])
 def test_hf_dinov2_folder_forward_equals_transformers(tmp_path, registers):
     """Our timm mapping of a Dinov2Model folder gives transformers' own last hidden state."""

@@ -189,7 +189,7 @@ def run_command(
     take_folder(analysis_dir, ANALYSIS)
     written = write_analysis(record, analysis_dir, label)
     console.print(statistics_table({**record, "name": label}))
-    console.print(f"analysis record: {written} ({record['wall_time_s']:.1f} s)", highlight=False)
+    console.print(f"analysis record: {escape(str(written))} ({record['wall_time_s']:.1f} s)", highlight=False)
 
 
 @analyze_app.command("correlate")
@@ -220,7 +220,10 @@ def correlate_command(
 ) -> None:
     """Spearman correlation (permutation p-values) of the analysed statistics with run-record scores."""
     from cxrbench.analysis import MEAN_TASK, correlate
+    from cxrbench.output_dirs import CORRELATION, take_folder
 
+    if out is not None:  # the default (the analysis folder) is cxrbench's; a given one is claimed
+        take_folder(out, CORRELATION, inputs=runs_dir)
     frame = correlate(
         runs_dir, analysis_dir or default_analysis_dir(runs_dir), out_dir=out, features=features
     )
@@ -228,4 +231,4 @@ def correlate_command(
     for note in frame.attrs.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for name, path in frame.attrs.get("paths", {}).items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {escape(str(path))}", highlight=False)

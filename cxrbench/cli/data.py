@@ -38,7 +38,7 @@ def phantom_cmd(
             bar.update(task, description=f"phantom {name}")
             write_phantom(name, out_dir / name, n_images, seed)
             bar.advance(task)
-    console.print(f"phantom data written to {out_dir}/{{{','.join(names)}}}")
+    console.print(f"phantom data written to {escape(str(out_dir))}/{{{','.join(names)}}}", highlight=False)
 
 
 @reports_user_errors
@@ -75,6 +75,11 @@ def verify_cmd(
         console.print(f"[yellow]... {len(report.extra) - 50} more extra files[/]")
     for problem in report.problems:
         console.print(f"[red]problem[/] {escape(str(problem))}", highlight=False)
+    if not report.missing and report.n_samples == 0:
+        console.print(
+            "[red]problem[/] the annotations list no images: prepare would find no usable images",
+            highlight=False,
+        )
     for key, count in report.info.items():
         console.print(f"[cyan]info[/] {count} images {key.replace('_', ' ')} (excluded by design)")
     summary = f"{dataset}: {report.n_samples} samples, {len(report.missing)} missing, {len(report.extra)} extra, {len(report.problems)} problems (rows, images or boxes prepare would skip)"
@@ -125,11 +130,13 @@ def prepare_cmd(
             splits=splits,
         )
     if summary.reused:
-        console.print(f"{out_dir} is already prepared with these settings; nothing to do.")
+        console.print(
+            f"{escape(str(out_dir))} is already prepared with these settings; nothing to do.", highlight=False
+        )
         return
     for problem in summary.problems:
         console.print(f"[yellow]warning[/] {escape(str(problem))}", highlight=False)
-    table = Table(title=f"prepared {dataset} -> {out_dir}")
+    table = Table(title=f"prepared {dataset} -> {escape(str(out_dir))}")
     for col in ("split", "images"):
         table.add_column(col)
     for split, count in summary.counts.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cxrbench.cli.console import console
@@ -161,7 +162,9 @@ def evaluate_cmd(
     from cxrbench.protocol.record_schema import is_ok
     from cxrbench.protocol.records import default_encoder_name
     from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint, run_preprocessing
+    from cxrbench.protocol.task_data import open_task_dataset
     from cxrbench.protocol.tasks import get_profile, select_tasks
+    from cxrbench.runtime import resolve_device
 
     # Everything that can be refused is refused before any training (exit 2, one line).
     label = (
@@ -171,9 +174,13 @@ def evaluate_cmd(
     memory_budget = budget_bytes("--cache-memory-gb", cache_memory_gb, DEFAULT_MEMORY_BUDGET_BYTES)
     disk_budget = budget_bytes("--cache-disk-gb", cache_disk_gb, DEFAULT_DISK_BUDGET_BYTES)
     selected = select_tasks(tasks)
+    chosen_profile = get_profile(profile)
+    resolve_device(device)
+    for dataset in dict.fromkeys(t.dataset for t in selected):
+        open_task_dataset(data, dataset)  # a wrong --data is refused before the runs dir is created
     claim_folder(runs_dir, RUNS)
     loaded = load_encoder(checkpoint, arch=arch, prefix=prefix)  # fail fast with a clear message
-    console.print(format_load_report(loaded.report), highlight=False)
+    console.print(escape(format_load_report(loaded.report)), highlight=False)
     chosen = run_preprocessing(checkpoint, loaded, preset)
     console.print(f"  input: {describe_preset(chosen)}", highlight=False)
     take_folder(runs_dir, RUNS)  # created, write-probed and marked before the first run
@@ -181,7 +188,7 @@ def evaluate_cmd(
         data_root=data,
         runs_dir=runs_dir,
         encoder=label,
-        profile=get_profile(profile),
+        profile=chosen_profile,
         seeds=seeds,
         device=device,
         amp=amp,
@@ -197,7 +204,7 @@ def evaluate_cmd(
     with RichReporter(console) as reporter:
         outcomes = evaluate_checkpoint(checkpoint, selected, options, reporter)
     console.print(summary_table(label, outcomes))
-    console.print(f"run records: {runs_dir / label}")
+    console.print(f"run records: {escape(str(runs_dir / label))}", highlight=False)
     failed = [r for o in outcomes for r in o.records if not is_ok(r)]
     if failed:
         console.print(
@@ -214,7 +221,7 @@ def summary_table(encoder: str, outcomes: list[TaskOutcome]) -> Table:
 
     from cxrbench.protocol.record_schema import FINAL, is_ok, primary_value, usable_runs
 
-    table = Table(title=f"{encoder}: test metric over final runs")
+    table = Table(title=f"{escape(encoder)}: test metric over final runs")
     for col in ("task", "metric", "lr", "runs ok", "failed", "mean", "sd"):
         table.add_column(col)
     for outcome in outcomes:

@@ -91,7 +91,7 @@ def leaderboard_command(
         console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     console.print(Markdown(result.markdown))
     for name, path in result.paths.items():
-        console.print(f"{name}: {path}", highlight=False)
+        console.print(f"{name}: {escape(str(path))}", highlight=False)
     if result.overlays:
         console.print(
             f"overlays: {len(result.overlays)} file(s) in {result.overlays[0].parent}", highlight=False
@@ -116,7 +116,9 @@ def rescore_command(
         console.print(f"changed {escape(line)}", highlight=False, soft_wrap=True)
     if result.rescored and not result.changes:
         console.print(f"no test value changed in the {result.rescored} run(s) re-scored", highlight=False)
-    console.print(f"{result.rewritten} record(s) re-scored and rewritten under {runs_dir}", highlight=False)
+    console.print(
+        f"{result.rewritten} record(s) re-scored and rewritten under {escape(str(runs_dir))}", highlight=False
+    )
     if result.damaged:
         console.print(
             f"[red]{len(result.damaged)} run(s) not re-scored[/]: their predictions files are damaged "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cxrbench.cli.console import console
@@ -63,7 +64,7 @@ def print_plan(
     costs = plan_costs(
         selected, prof, n_seeds, sizes, loaded.encoder.feature_info, throughput, memory_budget, disk_budget
     )
-    title = f"plan: {checkpoint} ({prof.name} profile, {n_seeds} seeds"
+    title = f"plan: {escape(str(checkpoint))} ({prof.name} profile, {n_seeds} seeds"
     title += f", probed on {throughput.device})" if throughput else ", no throughput probe)"
     table = Table(title=title)
     for col in (

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
@@ -61,4 +62,7 @@ def pretrain_command(
             bert=bert,
             reporter=reporter,
         )
-    console.print(f"evaluate it with: cxrbench evaluate {result.encoder_path} --name {method}")
+    console.print(
+        f"evaluate it with: cxrbench evaluate {escape(str(result.encoder_path))} --name {method}",
+        highlight=False,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import TextColumn
 
 from cxrbench.baselines.training import PretrainReporter, PretrainResult
@@ -96,7 +97,10 @@ class RichPretrainReporter(PretrainReporter):
 
     def finished(self, result: PretrainResult) -> None:
         note = " (early stop)" if result.stopped_early else ""
-        self.console.print(f"best epoch {result.best_epoch}{note}; encoder: {result.encoder_path}")
+        self.console.print(
+            f"best epoch {result.best_epoch}{note}; encoder: {escape(str(result.encoder_path))}",
+            highlight=False,
+        )
 
 
 class RichSweepReporter(SweepReporter):
@@ -129,5 +133,6 @@ class RichSweepReporter(SweepReporter):
         self.progress.update(self.bar, advance=1, **self.counts)
         if kind == "failed":
             self.progress.console.print(
-                f"[red]{outcome.status}[/] {outcome.job.describe()}: {outcome.error}", highlight=False
+                f"[red]{outcome.status}[/] {escape(outcome.job.describe())}: {escape(str(outcome.error))}",
+                highlight=False,
             )

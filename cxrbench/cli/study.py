@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cxrbench.cli.console import console
 from cxrbench.cli.errors import reports_user_errors
@@ -83,4 +84,7 @@ def uniformity_command(
         console.print(f"{method}: beats global_attention significantly on {k} of {n} tasks", highlight=False)
     console.print(f"[bold yellow]{PHANTOM_NOTE}[/]", highlight=False)
     console.print(tasks_note(chosen), highlight=False)
-    console.print(f"report: {result.report}; leaderboard: {result.leaderboard}", highlight=False)
+    console.print(
+        f"report: {escape(str(result.report))}; leaderboard: {escape(str(result.leaderboard))}",
+        highlight=False,
+    )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrbench.cli.console import console
@@ -140,7 +141,10 @@ def sweep_command(
         summary = run_sweep(sweep_config, reporter)
     console.print(summary_table(summary))
     _print_problems(console, summary)
-    console.print(f"run records: {sweep_config.runs_dir} (build tables with `cxrbench leaderboard`)")
+    console.print(
+        f"run records: {escape(str(sweep_config.runs_dir))} (build tables with `cxrbench leaderboard`)",
+        highlight=False,
+    )
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -161,11 +165,16 @@ def _flag_checkpoint(
 def _print_problems(console: Console, summary: SweepSummary) -> None:
     bad = [o for o in summary.outcomes if o.status in ("failed", "error")]
     for outcome in bad[:_MAX_ERRORS_SHOWN]:
-        console.print(f"[red]{outcome.status}[/] {outcome.job.describe()}: {outcome.error}", highlight=False)
+        console.print(
+            f"[red]{outcome.status}[/] {escape(outcome.job.describe())}: {escape(str(outcome.error))}",
+            highlight=False,
+        )
     if len(bad) > _MAX_ERRORS_SHOWN:
         console.print(f"... and {len(bad) - _MAX_ERRORS_SHOWN} more; see the records' `error` fields")
     for blocked in summary.blocked:
-        console.print(f"[yellow]blocked[/] {blocked}: its lr search is incomplete, so no final runs yet")
+        console.print(
+            f"[yellow]blocked[/] {escape(str(blocked))}: its lr search is incomplete, so no final runs yet"
+        )
     if bad or summary.blocked:
         console.print("re-run the same sweep to retry failed and missing runs (finished ones are skipped)")
 

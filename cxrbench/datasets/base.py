@@ -98,7 +98,8 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.problems
+        """Nothing missing or malformed, and at least one image listed (prepare refuses an empty dataset)."""
+        return not self.missing and not self.problems and self.n_samples > 0
 
 
 class DatasetAdapter(ABC):

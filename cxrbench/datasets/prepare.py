@@ -383,7 +383,10 @@ def _run_chunks(adapter, jobs: list[ChunkJob], size: int, strict: bool, workers:
     if workers > 1 and len(todo) > 1:
         # The adapter (with its reference id lists, ~1 MB pickled for RSNA) goes to each worker
         # once, not with every chunk: per chunk it cost ~15 ms of pickling and a second core's share.
-        with ProcessPoolExecutor(workers, initializer=_set_worker_adapter, initargs=(adapter,)) as pool:
+        # never more processes than chunks to do: `--workers 500` on a small dataset forks 500 idle
+        # interpreters otherwise (the fork start method launches all of them up front)
+        n_processes = min(workers, len(todo))
+        with ProcessPoolExecutor(n_processes, initializer=_set_worker_adapter, initargs=(adapter,)) as pool:
             futures = [pool.submit(_process_chunk_in_worker, job, size, strict) for job in todo]
             try:
                 for job, future in zip(todo, futures):

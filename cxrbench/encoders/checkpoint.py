@@ -26,6 +26,7 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "encod
 __all__ = [
     "WRAPPER_KEYS",
     "PrefixChoice",
+    "check_tensor_values",
     "choose_prefix",
     "detect_arch",
     "extract_state_dict",
@@ -38,7 +39,7 @@ def read_checkpoint(path: Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -54,6 +55,17 @@ def read_checkpoint(path: Path) -> object:
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint, or truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file under another name (e.g. `model.pt`): its 8-byte header length is followed by
+    a JSON object, where a PyTorch file starts with a zip or pickle signature."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
 
 
 def refusal_message(path: Path, exc: BaseException) -> str:
@@ -77,19 +89,46 @@ def refusal_message(path: Path, exc: BaseException) -> str:
     )
 
 
-def extract_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
+def extract_state_dict(obj: object, path: Path, _seen: frozenset[int] = frozenset()) -> dict[str, Tensor]:
     """Unwrap Lightning/trainer containers down to a flat {name: tensor} dict."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, found a {type(obj).__name__}")
+    seen = _seen | {id(obj)}
     for key in WRAPPER_KEYS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and _contains_tensors(inner):
-            return extract_state_dict(inner, path)
+        if isinstance(inner, Mapping) and id(inner) not in seen and _contains_tensors(inner):
+            return extract_state_dict(inner, path, seen)
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not tensors:
         keys = ", ".join(map(str, list(obj)[:8]))
         raise CheckpointError(f"{path}: no tensors found (top-level keys: {keys})")
     return tensors
+
+
+def check_tensor_values(matched: Mapping[str, Tensor], target: Mapping[str, Tensor], path: Path) -> None:
+    """Refuse backbone tensors whose values cannot be weights: no data (meta, sparse), a non-real
+    dtype where the network holds floats (ints, bools and complex would be cast silently), or NaN/inf
+    (every run would fail one epoch later, task after task)."""
+    for key, value in matched.items():
+        if value.is_meta or value.layout != torch.strided:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds no values ({'meta' if value.is_meta else value.layout} tensor); "
+                "expected a dense tensor of weights (was the model saved before it was materialised?)"
+            )
+        if target[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has dtype {str(value.dtype).removeprefix('torch.')}; expected a "
+                "floating-point dtype (float32/16, bfloat16; a quantized or otherwise converted checkpoint "
+                "cannot be scored as is)"
+            )
+    bad = [k for k, v in matched.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        count = int(sum((~torch.isfinite(matched[k])).sum() for k in bad))
+        shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+        raise CheckpointError(
+            f"{path}: {count} NaN/inf value(s) in {len(bad)} backbone tensor(s) ({shown}); expected finite "
+            "weights (a diverged or damaged checkpoint)"
+        )
 
 
 @dataclass(frozen=True)
@@ -167,9 +206,13 @@ def backbone_shapes(arch: str) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in encoder.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-def _contains_tensors(obj: Mapping) -> bool:
+def _contains_tensors(obj: Mapping, seen: frozenset[int] = frozenset()) -> bool:
+    """Whether `obj` holds a tensor at any depth; a dict that contains itself (possible in a pickle)
+    is searched once, not until the recursion limit."""
+    seen = seen | {id(obj)}
     return any(
-        isinstance(v, Tensor) or (isinstance(v, Mapping) and _contains_tensors(v)) for v in obj.values()
+        isinstance(v, Tensor) or (isinstance(v, Mapping) and id(v) not in seen and _contains_tensors(v, seen))
+        for v in obj.values()
     )
 
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxrbench.encoders.checkpoint import choose_prefix, extract_state_dict, read_checkpoint, strip_prefix
+from cxrbench.encoders.checkpoint import (
+    check_tensor_values,
+    choose_prefix,
+    extract_state_dict,
+    read_checkpoint,
+    strip_prefix,
+)
 from cxrbench.encoders.families import family_of
 from cxrbench.encoders.hf_folder import read_hf_folder
 from cxrbench.encoders.imagenet import find_imagenet_weights
@@ -146,6 +152,7 @@ def _load_file(path: Path, source: str, arch: str | None, prefix: str | None) ->
             f"missing e.g. {', '.join(missing[:4])}. Is this a {family} checkpoint? Pass the prefix or arch "
             "explicitly if auto-detection picked the wrong one"
         )
+    check_tensor_values(matched, target, path)
     encoder.load_state_dict(matched, strict=False)
     report = LoadReport(
         source=source,

@@ -164,8 +164,7 @@ def detect_config(
     eps = 1e-5 if layout == OPENAI_CLIP else 1e-6
     heads = default_heads(width)
     if hf_config is not None:
-        heads = int(hf_config.get("num_attention_heads", heads))
-        eps = float(hf_config.get("layer_norm_eps", eps))
+        heads, eps = _hf_heads_and_eps(hf_config, width, heads, eps, path)
         image_size = hf_config.get("image_size")
         if pos_grid is None and isinstance(image_size, int):
             pos_grid = image_size // patch
@@ -187,6 +186,24 @@ def detect_config(
         norm_eps=eps,
         in_chans=in_chans,
     )
+
+
+def _hf_heads_and_eps(
+    hf_config: Mapping, width: int, heads: int, eps: float, path: Path
+) -> tuple[int, float]:
+    """The head count and norm eps a Hugging Face config.json gives, checked against the weights' width
+    (a config.json of another model size beside the weights is one message, not an assertion)."""
+    config_path = path / "config.json" if path.is_dir() else path
+    heads = hf_config.get("num_attention_heads", heads)
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or width % heads:
+        raise CheckpointError(
+            f"{config_path}: num_attention_heads {heads!r} does not fit the weights (hidden width {width}); "
+            "expected a positive integer dividing the width (is this config.json of another model?)"
+        )
+    eps = hf_config.get("layer_norm_eps", eps)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < 1:
+        raise CheckpointError(f"{config_path}: layer_norm_eps {eps!r} is not a small positive number")
+    return heads, float(eps)
 
 
 def _pos_grid(pos_embed: Tensor | None, prefix_tokens: int, path: Path) -> tuple[int | None, bool]:

@@ -291,6 +291,8 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
     Raises RecordError for a version this cxrbench cannot read (naming `cxrbench rescore`) or a
     record whose fields are missing or of the wrong type."""
     version = obj.get("schema_version") if isinstance(obj, Mapping) else None
+    if isinstance(version, bool | float):  # True == 1 and 3.0 == 3: never a version cxrbench wrote
+        version = repr(version)
     if isinstance(obj, Mapping) and "schema_version" in obj and version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise UnsupportedVersion(
@@ -303,6 +305,9 @@ def parse_record(obj: Any, source: str = "run record") -> tuple[RunRecord, bool]
             )
         )
     upgraded = version in (1, 2, 3)
+    checkpoint = obj.get("checkpoint") if version == 1 else None
+    if checkpoint is not None and not isinstance(checkpoint, Mapping):  # upgrade_v1 reads it as a dict
+        raise RecordError(f"{source}: run record field 'checkpoint' is {checkpoint!r}, expected dict")
     if version == 1:
         obj = upgrade_v1(obj)
     if version in (1, 2):

@@ -78,12 +78,37 @@ def open_task_dataset(data_root: Path, dataset: str) -> PreparedDataset:
     """Open PREPARED_ROOT/<dataset>, or say which `cxrbench prepare` command creates it."""
     path = prepared_path(data_root, dataset)
     if not (path / "prepared.json").exists():
-        raise CxrbenchError(
-            f"prepared dataset {dataset!r} not found at {path}. Create it with:\n"
-            f"  cxrbench prepare {dataset} RAW_DIR {path}\n"
-            f"(or `cxrbench phantom PHANTOM_DIR --dataset {dataset}` first for synthetic data)"
-        )
+        raise CxrbenchError(_not_prepared(Path(data_root), dataset, path))
     return open_prepared(path)
+
+
+def _not_prepared(data_root: Path, dataset: str, path: Path) -> str:
+    """Why PREPARED_ROOT/<dataset> is not a prepared dataset, for the usual wrong `--data`: a folder
+    that does not exist, one prepared dataset instead of their parent, or a raw download (whose
+    `prepare` command would otherwise be suggested with an output inside it)."""
+    from cxrbench.datasets import get_adapter
+
+    if (data_root / "prepared.json").is_file():
+        return (
+            f"--data {data_root} is itself one prepared dataset; --data takes PREPARED_ROOT, the folder "
+            f"that holds one prepared folder per dataset (e.g. {data_root.parent}), so {dataset} is read "
+            f"from PREPARED_ROOT/{dataset}"
+        )
+    adapter = get_adapter(dataset)
+    for raw in (path, data_root):
+        required = adapter.required_files(raw)
+        if required and all(p.exists() for p in required):
+            return (
+                f"{raw} is a raw {dataset} download (it holds {required[0].name}), not a prepared dataset: "
+                f"run `cxrbench prepare {dataset} {raw} PREPARED_ROOT/{dataset}` (a folder outside the "
+                "download), then pass PREPARED_ROOT as --data"
+            )
+    missing = "" if data_root.is_dir() else f" (--data {data_root} does not exist)"
+    return (
+        f"prepared dataset {dataset!r} not found at {path}{missing}. Create it with:\n"
+        f"  cxrbench prepare {dataset} RAW_DIR {path}\n"
+        f"(or `cxrbench phantom PHANTOM_DIR --dataset {dataset}` first for synthetic data)"
+    )
 
 
 def _limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:

@@ -110,8 +110,13 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         )
     if not mapping.get("checkpoints"):
         raise CxrbenchError(f"{source}: no checkpoints given (a `checkpoints:` list or --checkpoint)")
+    if not isinstance(mapping["checkpoints"], list):  # a bare string would become one checkpoint per letter
+        raise CxrbenchError(
+            f"{source}: `checkpoints` must be a list (one `- entry` per checkpoint), got {mapping['checkpoints']!r}"
+        )
     if not mapping.get("data"):
         raise CxrbenchError(f"{source}: no prepared data root given (`data:` or --data)")
+    _check_types(mapping, source)
     executor = mapping.get("executor", "local")
     if executor not in EXECUTORS:
         raise CxrbenchError(f"{source}: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
@@ -142,6 +147,41 @@ def config_from_mapping(mapping: Mapping[str, Any], source: str = "sweep config"
         logs_dir=Path(mapping["logs_dir"]) if mapping.get("logs_dir") else None,
         cluster=ClusterOptions(**slurm),
     )
+
+
+def _check_types(mapping: Mapping[str, Any], source: str) -> None:
+    """Paths, task lists, switches and cluster resources of the right YAML type, so that a mistake is
+    one message (not a TypeError, and not `amp: 'false'` read as true)."""
+    for key in ("data", "runs_dir", "logs_dir", "device"):
+        value = mapping.get(key)
+        if value is not None and not isinstance(value, str | Path):
+            raise CxrbenchError(f"{source}: `{key}` must be a path or name (a string), got {value!r}")
+    tasks = mapping.get("tasks", "all")
+    if not isinstance(tasks, str) and not (
+        isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)
+    ):
+        raise CxrbenchError(
+            f"{source}: `tasks` must be 'all', a comma-separated string or a list of ids, got {tasks!r}"
+        )
+    for key in ("amp", "feature_cache", "compile"):
+        if key in mapping and not isinstance(mapping[key], bool):
+            raise CxrbenchError(f"{source}: `{key}` must be true or false, got {mapping[key]!r}")
+    slurm = mapping.get("slurm") or {}
+    for key, value in slurm.items():
+        if value is None:
+            continue
+        if key in ("partition", "account"):
+            if not isinstance(value, str):
+                raise CxrbenchError(f"{source}: `slurm.{key}` must be a string, got {value!r}")
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < (0 if key == "gpus_per_job" else 1)
+        ):
+            least = 0 if key == "gpus_per_job" else 1
+            raise CxrbenchError(
+                f"{source}: `slurm.{key}` must be an integer of {least} or more, got {value!r}"
+            )
 
 
 def _budget(mapping: Mapping[str, Any], key: str, source: str) -> float | None:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from cxrbench.protocol.record_schema import SCHEMA_VERSION
-from cxrbench.protocol.records import scan_records
+from cxrbench.protocol.records import read_record, scan_records
 
 from .helpers import folder_digest, run_cli, write_seg_run
 
@@ -93,6 +93,26 @@ def test_damaged_and_old_records_are_one_line_each_in_leaderboard_and_rescore(tm
     assert accepted.exit_code == 0 and "Traceback" not in accepted.output, accepted.output
     for bad in (not_json, missing_keys):
         assert len([line for line in _lines(accepted.output) if bad.name in line]) == 1, accepted.output
+
+
+@pytest.mark.parametrize("checkpoint", ["resnet50.pt", 7, ["a", "b"]])
+def test_an_old_record_with_a_mistyped_checkpoint_is_one_line_not_a_traceback(tmp_path, checkpoint):
+    """Version 1 records are upgraded on read; one whose `checkpoint` is not an object is skipped with
+    one line naming it (in `leaderboard`, `rescore` and the evaluate-side reader), like any damaged one."""
+    runs = tmp_path / "runs"
+    good = write_seg_run(runs, "enc", 0)
+    old = json.loads(good.read_text())
+    old.update(schema_version=1, checkpoint=checkpoint)
+    bad = good.with_name("run-old.json")
+    bad.write_text(json.dumps(old))
+    before = folder_digest(runs)
+    with pytest.warns(UserWarning, match=r"run-old\.json: run record field 'checkpoint'"):
+        assert len(scan_records(runs).records) == 1
+    assert read_record(bad) is None  # evaluate re-runs it instead of crashing
+    rescore = run_cli("rescore", runs)
+    assert rescore.exit_code == 0 and rescore.exception is None, rescore.output
+    assert len([line for line in _lines(rescore.output) if bad.name in line]) == 1, rescore.output
+    assert bad.read_bytes() == json.dumps(old).encode() and folder_digest(runs).keys() == before.keys()
 
 
 def test_records_of_a_newer_cxrbench_are_refused_not_overwritten(tmp_path):

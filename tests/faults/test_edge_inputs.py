@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
+from cxrbench.datasets import get_adapter
 from cxrbench.datasets.phantom import write_phantom
+from cxrbench.datasets.prepare import prepare
 
 from .helpers import assert_one_line_error, run_cli
 
@@ -51,3 +55,24 @@ def test_out_of_range_prepare_options(tmp_path, option, value, fragment):
 def test_phantom_needs_at_least_one_image(tmp_path, n):
     assert_one_line_error(run_cli("phantom", tmp_path, "--dataset", "rsna", "--n-images", n), "--n-images")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_starts_no_more_worker_processes_than_chunks(rsna_small, tmp_path, monkeypatch):
+    """An absurd `--workers 500` on a 12-image dataset (one chunk per split) starts one process per
+    chunk, not 500 forked interpreters, and still prepares the same cache."""
+    import concurrent.futures
+
+    import cxrbench.datasets.prepare as prepare_module
+
+    sizes = []
+
+    class Recording(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, max_workers=None, **kwargs):
+            sizes.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "ProcessPoolExecutor", Recording)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(get_adapter("rsna"), rsna_small, tmp_path / "out", size=32, workers=500)
+    assert sizes and all(1 < n <= 3 for n in sizes), sizes  # three splits of at most 64 images: 3 chunks

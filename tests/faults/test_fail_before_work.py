@@ -136,3 +136,23 @@ def test_a_sweep_profile_name_follows_the_same_rule():
     base = {"checkpoints": ["random"], "data": "prepared"}
     with pytest.raises(CxrbenchError, match="profile name 'a/b' contains a path separator"):
         config_from_mapping({**base, "profile": {"base": "demo", "name": "a/b", "max_epochs": 1}})
+
+
+def test_a_wrong_data_folder_is_named_before_the_runs_dir_is_created(prepared_root, tmp_path, no_training):
+    """`evaluate --data` at one prepared dataset or at a raw download says so (never suggesting a
+    cache inside the download); it, an unknown profile or an absent device create no runs dir."""
+    raw = tmp_path / "downloads" / "rsna"
+    (raw / "stage_2_train_images").mkdir(parents=True)
+    (raw / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\n")
+    args = ["evaluate", "random", "--arch", "resnet18", "--tasks", "rsna_seg_linear_1"]
+    cases = [
+        (["--data", prepared_root / "rsna"], ["is itself one prepared dataset", str(prepared_root)]),
+        (["--data", raw], [f"{raw} is a raw rsna download", "outside the download"]),
+        (["--data", raw.parent], [f"{raw} is a raw rsna download"]),
+        (["--data", prepared_root, "--profile", "nightly"], ["unknown profile 'nightly'"]),
+    ]
+    for k, (extra, fragments) in enumerate(cases):
+        runs = tmp_path / f"runs{k}"
+        assert_one_line_error(run_cli(*args, *extra, "--runs-dir", runs), *fragments)
+        assert not runs.exists()
+    assert sorted(p.name for p in raw.iterdir()) == ["stage_2_train_images", "stage_2_train_labels.csv"]

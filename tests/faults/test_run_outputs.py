@@ -1,4 +1,5 @@
-"""Fault class: every command that writes a folder (evaluate, sweep, leaderboard, pretrain, analyze, demo)
+"""Fault class: every command that writes a folder (evaluate, sweep, leaderboard, pretrain, analyze run and
+correlate, demo)
 writes only into a new or empty folder or one of its own kind; a user's folder or file is refused."""
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ def _commands(prepared_root: Path, target: Path, runs: Path) -> dict[str, list]:
         "leaderboard": ["leaderboard", "--runs-dir", runs, "--out", target],
         "pretrain": ["pretrain", "convirt", "--data", prepared_root / "mimic_cxr", "--out", target],
         "analyze": ["analyze", "run", "random", "--data", prepared_root, "--arch", "resnet18", "--out", target],
+        "correlate": ["analyze", "correlate", "--runs-dir", runs, "--out", target],
         "demo": ["demo", "--out", target],
     }  # fmt: skip
 
 
-COMMANDS = ["evaluate", "sweep", "leaderboard", "pretrain", "analyze", "demo"]
+COMMANDS = ["evaluate", "sweep", "leaderboard", "pretrain", "analyze", "correlate", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -69,3 +69,14 @@ def test_verify_cli_names_the_broken_files(rsna_small, tmp_path):
     for path in broken:
         assert path.name in result.output
     assert "FAILED" in result.output
+
+
+def test_verify_fails_when_the_annotations_list_no_images(rsna_small, tmp_path):
+    """A labels file with only its header lists nothing: `prepare` refuses it ("no usable images"),
+    so `verify` must not call it OK."""
+    raw = copy_tree(rsna_small, tmp_path / "raw")
+    labels = raw / "stage_2_train_labels.csv"
+    labels.write_text(labels.read_text().splitlines()[0] + "\n")
+    result = run_cli("verify", "rsna", raw)
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.output and "list no images" in result.output and "OK" not in result.output
