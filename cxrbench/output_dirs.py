@@ -48,6 +48,10 @@ PRETRAIN = FolderKind("pre-training folder", ".cxrbench-pretrain.json", ("checkp
 ANALYSIS = FolderKind("analysis folder", ".cxrbench-analysis.json", ("*__*.json",))
 DEMO = FolderKind("demo folder", ".cxrbench-demo.json", ("prepared/*/prepared.json",))
 STUDY = FolderKind("study folder", ".cxrbench-study.json")
+# `sweep --logs-dir`: submitit's job folders (`<job id>/<job id>_submitted.pkl`, `..._log.out`, ...)
+SWEEP_LOGS = FolderKind(
+    "sweep logs folder", ".cxrbench-sweep-logs.json", ("*/*_submitted.pkl", "*/*_log.out")
+)
 # `analyze correlate --out`: its own folder, an analysis folder (the default output) or earlier output
 CORRELATION = FolderKind(
     "correlation folder",

@@ -26,6 +26,7 @@ from cxrbench.cli.sweep import sweep_command
 from cxrbench.encoders import ResNetEncoder
 from cxrbench.errors import CxrbenchError
 from cxrbench.io_utils import sha256_file
+from cxrbench.output_dirs import SWEEP_LOGS
 from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 from cxrbench.protocol.tasks import get_profile, select_tasks
 from cxrbench.sweep import (
@@ -302,3 +303,24 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
         12,
     )
     assert (params["time"], params["array_parallelism"], params["mem"]) == (90, 16, "64GB")
+
+
+def test_a_logs_dir_is_claimed_before_submitit_writes_into_it(prepared_root, tmp_path):
+    """`--logs-dir` (submitit's job folders) follows the output-folder rule: a user's folder is
+    refused before any job; a new one is marked; one holding submitit's job folders is accepted."""
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's file")
+    with pytest.raises(CxrbenchError, match=r"mine"):
+        planning.plan_sweep(_config(prepared_root, tmp_path / "runs", "submitit-local", logs_dir=foreign))
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "logs"
+    planning.plan_sweep(_config(prepared_root, tmp_path / "runs", "submitit-local", logs_dir=fresh))
+    assert (fresh / SWEEP_LOGS.marker).is_file()
+    old = tmp_path / "old_logs" / "4242"
+    old.mkdir(parents=True)
+    (old / "4242_submitted.pkl").write_bytes(b"")
+    planning.plan_sweep(_config(prepared_root, tmp_path / "runs", "slurm", logs_dir=old.parent))
+    planning.plan_sweep(
+        _config(prepared_root, tmp_path / "runs2", "debug", logs_dir=foreign)
+    )  # debug writes no logs

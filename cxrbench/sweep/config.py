@@ -15,6 +15,7 @@ from cxrbench.protocol.records import default_encoder_name
 from cxrbench.protocol.tasks import Profile, get_profile, select_tasks
 
 EXECUTORS = ("local", "submitit-local", "slurm", "debug")
+SUBMITIT_EXECUTORS = ("submitit-local", "slurm")  # they write job folders into the logs folder
 
 
 @dataclass(frozen=True)

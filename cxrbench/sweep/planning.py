@@ -16,13 +16,13 @@ import torch
 from cxrbench.datasets.split_scheme import SplitIdentity
 from cxrbench.encoders import load_encoder
 from cxrbench.errors import CxrbenchError
-from cxrbench.output_dirs import RUNS, check_name, claim_folder, take_folder
+from cxrbench.output_dirs import RUNS, SWEEP_LOGS, check_name, claim_folder, take_folder
 from cxrbench.protocol.record_schema import FINAL, LR_SEARCH
 from cxrbench.protocol.records import read_record
 from cxrbench.protocol.runner import best_lr, checkpoint_identity, checkpoint_path, run_preprocessing
 from cxrbench.protocol.task_data import open_task_dataset
 from cxrbench.protocol.tasks import Profile, Task, select_tasks
-from cxrbench.sweep.config import CheckpointSpec, SweepConfig, budget_settings
+from cxrbench.sweep.config import SUBMITIT_EXECUTORS, CheckpointSpec, SweepConfig, budget_settings
 from cxrbench.sweep.job import Job, JobOutcome
 
 STAGE_NAMES = ("lr search", "final seeds")
@@ -87,6 +87,8 @@ def plan_sweep(config: SweepConfig, check_writable: bool = True) -> SweepPlan:
         check_runs_dir(config.runs_dir)
     else:
         claim_folder(config.runs_dir, RUNS)
+    if config.logs_dir is not None and config.executor in SUBMITIT_EXECUTORS:  # its job folders go there
+        (take_folder if check_writable else claim_folder)(config.logs_dir, SWEEP_LOGS)
     profile = config.resolved_profile()
     tasks = [profile.apply(t) for t in select_tasks(config.tasks)]
     splits = {
