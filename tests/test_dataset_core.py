@@ -347,3 +347,30 @@ def test_verify_reports_extra_and_missing_annotation(rsna_raw, tmp_path):
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(CxrbenchError, match="valid names: rsna"):
         get_adapter("chexpert")
+
+
+def test_an_id_that_leaves_the_raw_folder_is_a_skipped_row_never_read(rsna_raw, tmp_path, monkeypatch):
+    """A patientId like `../../outside` would name a file outside the download: prepare and verify
+    report its row and never open that file (a valid DICOM is waiting there)."""
+    import cxrbench.datasets.rsna as rsna_module
+
+    raw = _copy(rsna_raw, tmp_path)
+    first = sorted((raw / "stage_2_train_images").glob("*.dcm"))[0]
+    shutil.copy(first, raw.parent / "outside.dcm")  # where ../../outside.dcm points from the images folder
+
+    def escape(rows):
+        rows.append(["../../outside", "", "", "", "", "0"])
+        return rows
+
+    _rewrite_labels(raw, escape)
+    bad_row = len(list(csv.reader(open(raw / "stage_2_train_labels.csv"))))
+    opened = []
+    original = rsna_module.read_dicom_scaled
+    monkeypatch.setattr(rsna_module, "read_dicom_scaled", lambda p: opened.append(Path(p)) or original(p))
+    with pytest.warns(UserWarning, match=f"row {bad_row}.*leaves the raw folder"):
+        summary = prepare(get_adapter("rsna"), raw, tmp_path / "p", splits="patient")
+    assert sum(summary.counts.values()) == 30 and opened
+    assert not any("outside" in str(p) for p in opened)
+    report = get_adapter("rsna").verify(raw)
+    assert any(p.row == bad_row and "leaves the raw folder" in p.message for p in report.problems)
+    assert report.n_samples == 30

@@ -8,6 +8,7 @@ atomicity, resume) lives in `prepare.py`, so an adapter stays a small parser.
 
 from __future__ import annotations
 
+import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -73,6 +74,29 @@ class RawSample:
     source: tuple[str, int | None] | None = None
     annotation: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def samples_inside(samples: list[RawSample], raw_root: Path, problems: Problems) -> list[RawSample]:
+    """The samples whose image path stays inside `raw_root`; each other one is a problem, row skipped.
+
+    An annotation id such as `../../etc/x` would otherwise make cxrbench read a file outside the
+    download. The test is on the path as written (symlinked folders inside the download still work).
+    """
+    root = os.path.normpath(os.path.abspath(raw_root))
+    kept = []
+    for sample in samples:
+        path = os.path.normpath(os.path.abspath(sample.path))
+        if os.path.commonpath([root, path]) == root:
+            kept.append(sample)
+            continue
+        file, row = sample.source or (str(sample.path), None)
+        problems.add(
+            file,
+            f"image path {sample.path} leaves the raw folder {raw_root}; row skipped",
+            row=row,
+            expected="an image id naming a file inside the download",
+        )
+    return kept
 
 
 @dataclass
@@ -198,6 +222,10 @@ class DatasetAdapter(ABC):
                 file, row = sample.box_rows[k] if k < len(sample.box_rows) else (str(sample.path), None)
                 problems.add(file, f"{reason}; row skipped", row=row, expected="a box overlapping the image")
 
+    def listed_samples(self, raw_root: Path, problems: Problems) -> list[RawSample]:
+        """`list_samples`, without samples whose image path leaves `raw_root` (a problem each)."""
+        return samples_inside(self.list_samples(raw_root, problems), raw_root, problems)
+
     def check_required(self, raw_root: Path) -> list[str]:
         return [str(p) for p in self.required_files(raw_root) if not p.exists()]
 
@@ -211,7 +239,7 @@ class DatasetAdapter(ABC):
         if not missing:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                samples = self.list_samples(raw_root, problems)
+                samples = self.listed_samples(raw_root, problems)
                 listed = {s.path.resolve() for s in samples}
                 missing += [str(s.path) for s in samples if not s.path.exists()]
                 for sample in samples:

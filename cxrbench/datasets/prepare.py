@@ -318,7 +318,7 @@ def prepare(
 
     problems = Problems(strict=strict)
     adapter.listed_ids = listed_ids(adapter, scheme)
-    samples = adapter.list_samples(raw_root, problems)
+    samples = adapter.listed_samples(raw_root, problems)
     present = []
     for s in samples:
         if s.path.exists():
