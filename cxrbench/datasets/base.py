@@ -89,14 +89,19 @@ def samples_inside(samples: list[RawSample], raw_root: Path, problems: Problems)
         if os.path.commonpath([root, path]) == root:
             kept.append(sample)
             continue
-        file, row = sample.source or (str(sample.path), None)
-        problems.add(
-            file,
+        report_sample(
+            problems,
+            sample,
             f"image path {sample.path} leaves the raw folder {raw_root}; row skipped",
-            row=row,
             expected="an image id naming a file inside the download",
         )
     return kept
+
+
+def report_sample(problems: Problems, sample: RawSample, message: str, expected: str) -> None:
+    """A problem with one sample, at the annotation row that listed it (else at its image file)."""
+    file, row = sample.source or (str(sample.path), None)
+    problems.add(file, message, row=row, expected=expected)
 
 
 @dataclass

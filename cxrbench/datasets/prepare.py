@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample
+from cxrbench.datasets.base import DatasetAdapter, Problem, Problems, RawSample, report_sample
 from cxrbench.datasets.code_columns import code_file, write_codes
 from cxrbench.datasets.geometry import SquareResize, boxes_to_masks, check_box, clip_boxes, overhangs
 from cxrbench.datasets.imaging import equalize_histogram
@@ -324,12 +324,8 @@ def prepare(
         if s.path.exists():
             present.append(s)
         else:
-            file, row = s.source or (str(s.path), None)
-            problems.add(
-                file,
-                f"image {s.path} is listed but absent; image skipped",
-                row=row,
-                expected="the file to exist",
+            report_sample(
+                problems, s, f"image {s.path} is listed but absent; image skipped", "the file to exist"
             )
     if not present:
         raise CxrbenchError(f"{adapter.name}: no usable images found under {raw_root}")
