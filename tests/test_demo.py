@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
+from tiny_profiles import runs_test_metrics
 
 from cxrbench.demo import run_demo
 from cxrbench.protocol.tasks import get_profile, select_tasks
@@ -21,15 +21,6 @@ TINY = dataclasses.replace(
     max_eval_images=12,
 )
 SIZES = {"covid_rural": 30, "rsna": 40, "mimic_cxr": 60}
-
-
-def _test_metrics(root) -> dict:
-    """(encoder, task, seed) -> test metrics of every run record under root/runs."""
-    out = {}
-    for path in (root / "runs").rglob("run-*.json"):
-        record = json.loads(path.read_text())
-        out[(record["encoder"], record["task_id"], record["seed"])] = record["test"]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -75,5 +66,5 @@ def test_one_process_gives_the_numbers_of_two(parallel_demo, tmp_path):
     """One torch thread per process: the split over processes changes no number."""
     root, kwargs, _ = parallel_demo
     run_demo(tmp_path, parallel=False, **kwargs)
-    parallel, sequential = _test_metrics(root), _test_metrics(tmp_path)
+    parallel, sequential = runs_test_metrics(root), runs_test_metrics(tmp_path)
     assert len(parallel) == 8 and parallel == sequential

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
-from tiny_profiles import TINY_PRETRAIN
+from tiny_profiles import TINY_PRETRAIN, runs_test_metrics
 
 from cxrbench.demo import DemoPaths, ensure_data
 from cxrbench.errors import CxrbenchError
@@ -59,15 +58,6 @@ def _independent_counts(runs_dir, methods, alpha=0.05):
     return counts
 
 
-def _test_metrics(out) -> dict:
-    """(encoder, task, seed) -> test metrics of every run record under out/runs."""
-    found = {}
-    for path in (out / "runs").rglob("run-*.json"):
-        record = json.loads(path.read_text())
-        found[(record["encoder"], record["task_id"], record["seed"])] = record["test"]
-    return found
-
-
 @pytest.fixture(scope="module")
 def two_workers(prepared, tmp_path_factory):
     """The tiny study with two evaluating processes (this one and a spawned worker)."""
@@ -109,7 +99,8 @@ def test_one_worker_gives_the_records_of_two(prepared, two_workers, tmp_path):
     """Every run seeds itself and every process runs one torch thread: the split changes no number."""
     out, kwargs, result = two_workers
     alone = run_uniformity_study(prepared, tmp_path / "study", workers=1, **kwargs)
-    assert len(_test_metrics(out)) == 8 and _test_metrics(tmp_path / "study") == _test_metrics(out)
+    two = runs_test_metrics(out)
+    assert len(two) == 8 and runs_test_metrics(tmp_path / "study") == two
     assert alone.counts == result.counts
 
 

@@ -1,8 +1,10 @@
-"""The tiny profiles the tests share: small enough to pre-train or evaluate in seconds on a CPU."""
+"""The tiny profiles (and a record helper) the tests share: pre-train or evaluate in seconds on a CPU."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from cxrbench.baselines.training import get_pretrain_profile
 from cxrbench.protocol.tasks import get_profile
@@ -34,3 +36,12 @@ FAST_EVAL = dataclasses.replace(
     max_train_images=16,
     max_eval_images=12,
 )
+
+
+def runs_test_metrics(root: Path) -> dict:
+    """(encoder, task, seed) -> test metrics of every run record under root/runs (to compare runs)."""
+    found = {}
+    for path in (Path(root) / "runs").rglob("run-*.json"):
+        record = json.loads(path.read_text())
+        found[(record["encoder"], record["task_id"], record["seed"])] = record["test"]
+    return found

@@ -5,8 +5,8 @@ each chunk of images is written as its own file as soon as it is done, so a kill
 where it stopped, but only under identical settings. The workers write a chunk's pixels straight
 into one array file per split (`chunks/<split>_images.npy`, in sample order, see `npy_rows`) and
 then its small file (boxes, masks, problems), which marks the chunk done; the split's pixels thus
-never pass through the main process, which keeps assembly short and its memory flat at any size. The final arrays, manifest (with checksums)
-and, last of all, `prepared.json` (the completion marker) are assembled there and the folder is
+never pass through the main process, which keeps assembly short and its memory flat at any size.
+The final arrays, manifest (with checksums) and, last of all, `prepared.json` (the completion marker) are assembled there and the folder is
 renamed onto `<out>` in one step, so a cache that loads as complete is always complete.
 
 Output folders are claimed with `cxrbench.output_dirs.claim_output_dir`: OUT must be new, empty
@@ -65,7 +65,7 @@ from cxrbench.provenance import provenance
 
 CHUNK_SIZE = 64
 # How chunks hold their results; a partial prepare of another layout starts afresh. 2: pixels in one
-# memory-mapped array per split, grey-level counts per chunk (1, unnamed: pixels inside each chunk).
+# array file per split (`npy_rows`), grey-level counts per chunk (1, unnamed: pixels in each chunk).
 CHUNK_LAYOUT = 2
 MIN_SIZE, MAX_SIZE = 32, 4096  # prepared side in pixels: below 32 the encoders' strides leave no map
 MAX_PROBLEMS_KEPT = 100  # problems stored in prepared.json (all are counted)
@@ -76,10 +76,9 @@ class ChunkJob:
     """One chunk of a split: its samples, its done-marking file, and where its pixels go."""
 
     split: str
-    index: int
     samples: list[RawSample]
     path: Path  # the chunk's .npz: written last, so its presence means the chunk is done
-    images_path: Path  # the split's memory-mapped uint8 N x size x size array
+    images_path: Path  # the split's uint8 N x size x size array file (`npy_rows`)
     start: int  # position of the chunk's first sample in the split
 
 
@@ -340,7 +339,7 @@ def prepare(
         for c, start in enumerate(range(0, len(indices), CHUNK_SIZE)):
             chunk = [present[i] for i in indices[start : start + CHUNK_SIZE]]
             path, pixels = chunk_dir / f"{split}_{c:05d}.npz", chunk_dir / f"{split}_images.npy"
-            jobs.append(ChunkJob(split, c, chunk, path, pixels, start))
+            jobs.append(ChunkJob(split, chunk, path, pixels, start))
     if (partial / MARKER).is_file():  # killed after assembling, before the final rename
         summary = _summary_from_marker(adapter, partial, read_json(partial / MARKER))
     else:
@@ -379,8 +378,8 @@ def _run_chunks(adapter, jobs: list[ChunkJob], size: int, strict: bool, workers:
     if workers > 1 and len(todo) > 1:
         # The adapter (with its reference id lists, ~1 MB pickled for RSNA) goes to each worker
         # once, not with every chunk: per chunk it cost ~15 ms of pickling and a second core's share.
-        # never more processes than chunks to do: `--workers 500` on a small dataset forks 500 idle
-        # interpreters otherwise (the fork start method launches all of them up front)
+        # Never more processes than chunks to do: `--workers 500` on a small dataset would fork 500
+        # idle interpreters (the fork start method launches all of them up front).
         n_processes = min(workers, len(todo))
         with ProcessPoolExecutor(n_processes, initializer=_set_worker_adapter, initargs=(adapter,)) as pool:
             futures = [pool.submit(_process_chunk_in_worker, job, size, strict) for job in todo]
