@@ -24,6 +24,7 @@ from cxrbench.datasets import DATASET_NAMES, get_adapter
 from cxrbench.datasets.phantom import write_phantom
 from cxrbench.datasets.prepare import prepare
 from cxrbench.output_dirs import DEMO, take_folder
+from cxrbench.protocol.runner import Reporter
 from cxrbench.protocol.tasks import TASKS, Profile, Task, get_profile
 from cxrbench.workers import Worker, available_cores, one_torch_thread, spawn_context
 
@@ -160,15 +161,12 @@ class WorkerJob:
     tasks: tuple[Task, ...]
 
 
-class RunCounter:
+class RunCounter(Reporter):
     """The second process's progress, counted into a shared array (tasks started, runs finished,
-    runs planned so far) that the main process reads for its log; a `Reporter` of `evaluate`."""
+    runs planned so far) that the main process reads for its log."""
 
     def __init__(self, counts) -> None:
         self.counts = counts
-
-    def __getattr__(self, name: str):  # the Reporter calls this counter does not count
-        return lambda *args, **kwargs: None
 
     def task_started(self, task: Task, n_runs: int) -> None:
         with self.counts.get_lock():
