@@ -138,7 +138,7 @@ def evaluate_encoders(
     reporter_factory: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> None:
     """Every task for every encoder (finished runs are skipped)."""
-    from cxrbench.protocol.runner import EvaluateOptions, Reporter, evaluate_checkpoint
+    from cxrbench.protocol.runner import EvaluateOptions, evaluate_checkpoint
 
     for encoder in encoders:
         options = EvaluateOptions(paths.prepared, paths.runs, encoder.name, profile, arch=encoder.arch)
